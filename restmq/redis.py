@@ -1,0 +1,145 @@
+"""The Redis connection service: the command pool, its timeouts and reconnects.
+
+Everything that talks to Redis goes through `RedisService.execute` or `RedisService.run_script`,
+which never wait longer than the command timeout and fail with the core's domain exceptions.
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+from importlib import resources
+from typing import Any
+
+import txredisapi
+from twisted.application import service
+from twisted.internet import defer, error as ierror
+from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint
+from twisted.logger import Logger
+
+from restmq.errors import RedisFailure, RedisUnavailable
+
+COMMAND_TIMEOUT = 5.0
+RECONNECT_MAX_DELAY = 5.0
+
+
+def text(value: Any) -> Any:
+    """Values that are not valid UTF-8 arrive as bytes: decode them with U+FFFD replacement."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, list):
+        return [text(v) for v in value]
+    return value
+
+
+class _Factory(txredisapi.RedisFactory):
+    # The spec asks for a reconnect attempt at least every 5 s.
+    maxDelay = RECONNECT_MAX_DELAY
+    initialDelay = 0.5
+
+
+class Script:
+    """A Lua script run by EVALSHA, loaded again when Redis answers NOSCRIPT."""
+
+    def __init__(self, name: str, source: str):
+        self.name = name
+        self.source = source
+        self.sha = hashlib.sha1(source.encode("utf-8")).hexdigest()
+
+
+def load_script(name: str) -> Script:
+    """Read `restmq/scripts/<name>.lua`; scripts that retire keys get the shared prelude."""
+    folder = resources.files("restmq") / "scripts"
+    source = (folder / f"{name}.lua").read_text("utf-8")
+    if "retire(" in source:
+        source = (folder / "_retire.lua").read_text("utf-8") + source
+    return Script(name, source)
+
+
+class RedisService(service.Service):
+    """Owns the command pool: opened in startService, closed in stopService.
+
+    `description` is the text the stats and control routes show.
+    """
+
+    log = Logger()
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 6379, unix_socket: str | None = None,
+                 password: str | None = None, db: int = 0, poolsize: int = 10,
+                 timeout: float = COMMAND_TIMEOUT, reactor: Any = None):
+        if reactor is None:
+            from twisted.internet import reactor
+        self.reactor = reactor
+        self.host, self.port, self.unix_socket = host, port, unix_socket
+        self.password, self.db, self.poolsize = password, db, poolsize
+        self.timeout = timeout
+        self._factory: _Factory | None = None
+        self._started_at = 0.0
+        where = f"unix:{unix_socket}" if unix_socket else f"{host}:{port}"
+        self.description = f"<Redis Connection: {where} - {poolsize} connection(s)>"
+
+    def endpoint(self):
+        if self.unix_socket:
+            return UNIXClientEndpoint(self.reactor, self.unix_socket, timeout=self.timeout)
+        return HostnameEndpoint(self.reactor, self.host, self.port, timeout=self.timeout)
+
+    def startService(self) -> None:
+        super().startService()
+        factory = _Factory(None, self.db or None, self.poolsize, isLazy=True,
+                           charset="utf-8", password=self.password,
+                           replyTimeout=self.timeout, convertNumbers=False)
+        factory.startConnecting(self.endpoint())
+        self._factory = factory
+        self._started_at = time.monotonic()
+        self.log.info("connecting to Redis: {redis}", redis=self.description)
+
+    def stopService(self):
+        super().stopService()
+        factory, self._factory = self._factory, None
+        if factory is not None:
+            return factory.disconnect()
+
+    @property
+    def connected(self) -> bool:
+        return self._factory is not None and self._factory.size > 0
+
+    def _usable(self) -> bool:
+        if self._factory is None:
+            return False
+        if self._factory.size:
+            return True
+        # Just after start no connection exists yet: let commands wait for the first one
+        # (bounded by the timeout) instead of failing the first requests of a fresh server.
+        return time.monotonic() - self._started_at < self.timeout
+
+    def execute(self, *args: Any) -> defer.Deferred:
+        """Run one command. Fires with its reply (str, bytes-free); fails with
+        RedisUnavailable (no connection, timeout, lost connection) or RedisFailure (error reply)."""
+        if not self._usable():
+            return defer.fail(RedisUnavailable())
+        d = self._factory.handler.execute_command(*args)
+        return self._guard(d)
+
+    def run_script(self, script: Script, *args: Any) -> defer.Deferred:
+        """Run a Lua script by EVALSHA with `args` as ARGV; on NOSCRIPT load it by EVAL."""
+        d = self.execute("EVALSHA", script.sha, 0, *args)
+
+        def noscript(failure):
+            failure.trap(RedisFailure)
+            if not str(failure.value).startswith("NOSCRIPT"):
+                return failure
+            return self.execute("EVAL", script.source, 0, *args)
+
+        return d.addErrback(noscript)
+
+    def _guard(self, d: defer.Deferred) -> defer.Deferred:
+        d.addTimeout(self.timeout, self.reactor)
+        return d.addErrback(_translate)
+
+
+def _translate(failure):
+    if failure.check(txredisapi.ResponseError):
+        raise RedisFailure(str(failure.value))
+    if failure.check(txredisapi.ConnectionError, defer.TimeoutError, defer.CancelledError,
+                     ierror.ConnectionLost, ierror.ConnectionDone, ierror.ConnectError):
+        raise RedisUnavailable(str(failure.value))
+    return failure

@@ -1,0 +1,14 @@
+-- ADD(q, value[, ttl]): ARGV = queue, value, ttl ('' for none), db.
+local q, value, ttl, db = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local n = redis.call('INCR', q .. ':UUID')
+local key = q .. ':' .. n
+if ttl then
+  redis.call('SET', key, value, 'EX', ttl)
+else
+  redis.call('SET', key, value)
+end
+redis.call('SADD', 'QUEUESET', q)
+redis.call('SETNX', 'queuestat::' .. q, '1')
+redis.call('LPUSH', q .. ':queue', key)
+redis.call('PUBLISH', q .. ':PUBSUB', '{"type": "wake", "db": ' .. db .. '}')
+return key

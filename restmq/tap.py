@@ -1,0 +1,130 @@
+"""Options and makeService of the `restmq` twistd plugin: only wiring, no queue logic."""
+from __future__ import annotations
+
+from twisted.application import internet, service, strports
+from twisted.python import usage
+
+from restmq import __version__
+
+
+def _int_at_least(minimum: int, name: str):
+    def convert(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise usage.UsageError(f"--{name} must be an integer, not {text!r}") from None
+        if value < minimum:
+            raise usage.UsageError(f"--{name} must be at least {minimum}, not {value}")
+        return value
+    return convert
+
+
+def _port(name: str):
+    convert = _int_at_least(1, name)
+
+    def port(text: str) -> int:
+        value = convert(text)
+        if value > 65535:
+            raise usage.UsageError(f"--{name} must be at most 65535, not {value}")
+        return value
+    return port
+
+
+class RedisOptions(usage.Options):
+    """The Redis options every plugin shares (PROTOCOL.md §2)."""
+
+    optParameters = [
+        ["redis-host", None, "127.0.0.1", "Redis host."],
+        ["redis-port", None, 6379, "Redis port.", _port("redis-port")],
+        ["redis-unix-socket", None, None, "Redis Unix socket path; replaces host and port."],
+        ["redis-password", None, None, "Password sent with AUTH on every connection."],
+        ["redis-db", None, 0, "Redis database number (SELECT).", _int_at_least(0, "redis-db")],
+        ["redis-pool", None, 10, "Command connections per process (at least 1).",
+         _int_at_least(1, "redis-pool")],
+    ]
+
+
+class ListenOptions(usage.Options):
+    optParameters = [
+        ["listen", None, "127.0.0.1", "Interface to bind."],
+        ["ssl-cert", None, None, "PEM certificate (chain); with --ssl-key the listener speaks TLS."],
+        ["ssl-key", None, None, "PEM private key for --ssl-cert."],
+        ["endpoint", None, None,
+         "Twisted server endpoint string (e.g. tcp:8888:interface=0.0.0.0); "
+         "replaces --port and --listen."],
+    ]
+
+    def check_listen(self) -> None:
+        if bool(self["ssl-cert"]) != bool(self["ssl-key"]):
+            raise usage.UsageError("--ssl-cert and --ssl-key must be given together")
+        if self["endpoint"] and self["ssl-cert"]:
+            raise usage.UsageError("--endpoint cannot be combined with --ssl-cert/--ssl-key; "
+                                   "put the certificate in the endpoint string")
+
+    def endpoint_description(self) -> str:
+        if self["endpoint"]:
+            return self["endpoint"]
+        interface = self["listen"].replace(":", "\\:")
+        if self["ssl-cert"]:
+            return (f"ssl:{self['port']}:interface={interface}:privateKey={self['ssl-key']}"
+                    f":certKey={self['ssl-cert']}")
+        return f"tcp:{self['port']}:interface={interface}"
+
+
+class Options(RedisOptions, ListenOptions):
+    """twistd restmq [options]"""
+
+    synopsis = "[options]"
+    longdesc = "RestMQ: a message queue over HTTP, kept in Redis."
+    optParameters = [
+        ["port", None, 8888, "TCP port to listen on.", _port("port")],
+        ["acl", None, "acl.conf",
+         "ACL file: a path, else the packaged file of that name."],
+        ["consumed-ttl", None, 3600,
+         "Seconds a consumed value stays readable (0 deletes at once).",
+         _int_at_least(0, "consumed-ttl")],
+        ["max-body", None, 1048576, "Largest request body and WebSocket message, in bytes.",
+         _int_at_least(1, "max-body")],
+    ]
+    optFlags = [
+        ["trusted-proxy", None, "Take the client address from X-Real-IP / X-Forwarded-For."],
+    ]
+
+    def opt_version(self):
+        print(f"restmq {__version__}")
+        raise SystemExit(0)
+
+    def postOptions(self) -> None:
+        from restmq.acl import AclError, AclFile
+        self.check_listen()
+        try:
+            self.acl = AclFile(self["acl"], trusted_proxy=self["trusted-proxy"])
+        except AclError:
+            raise usage.UsageError(f"Cannot load ACL file: {self['acl']}") from None
+
+
+def redis_service(options: usage.Options):
+    from restmq.redis import RedisService
+    return RedisService(host=options["redis-host"], port=options["redis-port"],
+                        unix_socket=options["redis-unix-socket"],
+                        password=options["redis-password"], db=options["redis-db"],
+                        poolsize=options["redis-pool"])
+
+
+def makeService(options: Options) -> service.IService:
+    from twisted.internet import reactor
+
+    from restmq.core import Core
+    from restmq.web import Context, load_static, make_application
+
+    top = service.MultiService()
+    redis = redis_service(options)
+    redis.setServiceParent(top)
+    core = Core(redis, consumed_ttl=options["consumed-ttl"])
+    acl = options.acl
+    ctx = Context(core=core, acl=acl, redis_description=redis.description,
+                  static=load_static())
+    app = make_application(ctx, max_body=options["max-body"])
+    internet.TimerService(5, acl.check_for_change).setServiceParent(top)
+    strports.service(options.endpoint_description(), app, reactor=reactor).setServiceParent(top)
+    return top

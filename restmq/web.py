@@ -1,0 +1,499 @@
+"""The cyclone Application and its thin handlers: parse the request, call the core, reply.
+
+Domain exceptions become `{"error": reason}` replies in one place, BaseHandler.
+"""
+from __future__ import annotations
+
+import html
+import json
+import mimetypes
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+from urllib.parse import quote, unquote_to_bytes
+
+import cyclone.web
+from cyclone import httputil
+from twisted.logger import Logger
+
+from restmq import core as corelib, dispatch
+from restmq._cyclone_py3 import Application, ChunkedTransferEncoding, CoroutineHandlerMixin
+from restmq.errors import (BadRequest, BodyTooLarge, InvalidArgument, InvalidName,
+                           MethodNotAllowed, MissingArgument, NotFound, RestMQError)
+
+HTML = "text/html; charset=UTF-8"
+JSON = "application/json"
+CALLBACK = re.compile(r"[A-Za-z_$][A-Za-z0-9_$]*(\.[A-Za-z_$][A-Za-z0-9_$]*)*\Z")
+TTL_MAX = 2147483647
+
+
+class _AnyMethod:
+    """Lets every method reach `prepare`, so routing (404) is decided before the method (405)."""
+
+    def __contains__(self, method: str) -> bool:
+        return True
+
+
+def json_text(obj: Any) -> str:
+    """JSON as §1.3 wants it: ASCII only, with <, > and & escaped."""
+    return (json.dumps(obj, ensure_ascii=True, separators=(", ", ": "))
+            .replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026"))
+
+
+def _decode(raw: bytes, name: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidArgument(name) from None
+
+
+def parse_urlencoded(raw: bytes, into: dict[str, str]) -> None:
+    """Percent-decode, then strict UTF-8; the last occurrence of a name wins."""
+    for part in raw.split(b"&"):
+        if not part:
+            continue
+        name, _, value = part.partition(b"=")
+        name_bytes = unquote_to_bytes(name.replace(b"+", b" "))
+        name_text = _decode(name_bytes, name_bytes.decode("utf-8", "replace"))
+        into[name_text] = _decode(unquote_to_bytes(value.replace(b"+", b" ")), name_text)
+
+
+@dataclass
+class Context:
+    """What every handler needs: the core and the settings of this process."""
+
+    core: corelib.Core
+    acl: Any = None
+    redis_description: str = ""
+    static: dict[str, bytes] = field(default_factory=dict)
+
+
+class BaseHandler(CoroutineHandlerMixin, cyclone.web.RequestHandler):
+    """Method check, body limit, ACL, argument parsing and error replies for every route.
+
+    Subclasses list `methods`, the ACL category per method in `sections`, the route `prefix`
+    (for the queue name in the path) and the methods whose replies take JSONP.
+    """
+
+    SUPPORTED_METHODS = _AnyMethod()
+    methods: tuple[str, ...] = ()
+    sections: dict[str, str] = {}
+    prefix = ""
+    jsonp_methods: tuple[str, ...] = ()
+    api = True
+    log = Logger()
+
+    def initialize(self, ctx: Context):
+        self.ctx = ctx
+        self._args: dict[str, str] | None = None
+
+    def set_default_headers(self):
+        self.set_header("Server", "RestMQ")
+        if self.api:
+            self.set_header("Cache-Control", "no-store")
+            self.set_header("Content-Security-Policy", "default-src 'none'; sandbox")
+
+    def compute_etag(self):
+        return None
+
+    def prepare(self):
+        method = self.request.method
+        if method not in self.methods:
+            raise MethodNotAllowed()
+        if self.request.body_too_large:
+            raise BodyTooLarge()
+        section = self.sections.get(method)
+        if section and self.ctx.acl is not None:
+            self.ctx.acl.check(section, self.request)
+
+    # -- request parsing -------------------------------------------------------------------
+
+    @property
+    def args(self) -> dict[str, str]:
+        """Query and form arguments (§1.2), parsed on first use; BadRequest when undecodable."""
+        if self._args is None:
+            args: dict[str, str] = {}
+            parse_urlencoded(self.request.query.encode("latin-1"), args)
+            if self.request.method == "POST" and self.request.body:
+                self._parse_body(args)
+            self._args = args
+        return self._args
+
+    def _parse_body(self, args: dict[str, str]) -> None:
+        ctype = self.request.headers.get("Content-Type", "")
+        media = ctype.split(";", 1)[0].strip().lower()
+        if media == "application/x-www-form-urlencoded":
+            parse_urlencoded(self.request.body, args)
+        elif media == "multipart/form-data":
+            for param in ctype.split(";")[1:]:
+                name, _, value = param.strip().partition("=")
+                if name.strip().lower() == "boundary" and value:
+                    parts: dict[str, list[bytes]] = {}
+                    httputil.parse_multipart_form_data(value.strip('"').encode("latin-1"),
+                                                       self.request.body, parts, {})
+                    for key, values in parts.items():
+                        name_text = key if isinstance(key, str) else _decode(key, "?")
+                        args[name_text] = _decode(values[-1], name_text)
+                    break
+
+    def arg(self, name: str) -> str | None:
+        """An argument, or None when absent or empty."""
+        return self.args.get(name) or None
+
+    def required(self, name: str) -> str:
+        value = self.arg(name)
+        if value is None:
+            raise MissingArgument(name)
+        return value
+
+    def path_queue(self) -> str:
+        """The queue name after the route prefix, percent-decoded, then UTF-8 (§1.1)."""
+        raw = unquote_to_bytes(self.request.path[len(self.prefix):].encode("latin-1"))
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidName() from None
+
+    def queue_name(self) -> str:
+        name = self.path_queue()
+        return corelib.check_name(name)
+
+    def callback(self) -> str | None:
+        if self.request.method not in self.jsonp_methods:
+            return None
+        name = self.arg("callback")
+        if name is not None and (len(name) > 128 or not CALLBACK.match(name)):
+            raise InvalidArgument("callback")
+        return name
+
+    # -- replies -----------------------------------------------------------------------------
+
+    def reply(self, body: str, ctype: str = HTML, crlf: bool = True, callback: str | None = None,
+              semicolon: bool = True) -> None:
+        """Write `body` (JSON or text already rendered), JSONP-wrapped when `callback` is set."""
+        if callback:
+            body = f"{callback}({body}){';' if semicolon else ''}"
+        self.set_header("Content-Type", ctype)
+        self.finish(body + "\r\n" if crlf else body)
+
+    def reply_key(self, key: str, callback: str | None) -> None:
+        if callback:
+            self.reply(json_text(key), callback=callback)
+        else:
+            self.reply(key)
+
+    def redirect_to(self, location: str) -> None:
+        self.set_status(302)
+        self.set_header("Location", location)
+        self.finish()
+
+    def no_content(self) -> None:
+        self.set_status(204)
+        self.clear_header("Content-Type")
+        self.finish()
+
+    def _handle_request_exception(self, e):
+        value = getattr(e, "value", e)
+        if isinstance(value, cyclone.web.HTTPError):
+            value = NotFound() if value.status_code == 404 else MethodNotAllowed()
+        if not isinstance(value, RestMQError):
+            self.log.failure("internal error in {method} {uri}",
+                             failure=e if hasattr(e, "getTraceback") else None,
+                             method=self.request.method, uri=self.request.uri)
+            value = RestMQError()
+        if getattr(value, "detail", None):
+            self.log.warn("{reason} ({detail}) in {method} {uri}", reason=value.reason,
+                          detail=value.detail, method=self.request.method, uri=self.request.uri)
+        self.send_error_reply(value)
+
+    def send_error_reply(self, error: RestMQError) -> None:
+        if self._headers_written:
+            if not self._finished:
+                self.finish()
+            return
+        self.clear()
+        self.set_status(error.status)
+        self.set_header("Content-Type", JSON)
+        if isinstance(error, MethodNotAllowed):
+            self.set_header("Allow", ", ".join(self.methods))
+        if getattr(error, "challenge", False):
+            self.set_header("WWW-Authenticate", 'Basic realm="RestMQ Restricted Access"')
+        if not self._finished:
+            self.finish(json_text({"error": error.reason}))
+
+
+def message_json(message: corelib.Message) -> str:
+    return json_text({"key": message.key, "value": message.value, "count": 0})
+
+
+class RootHandler(BaseHandler):
+    """`/`: hard get by `queue=`, the redirect to the dashboard, and add (§4.1, §4.2)."""
+
+    methods = ("GET", "POST")
+    sections = {"GET": "rest:consumer", "POST": "rest:producer"}
+    jsonp_methods = ("GET", "POST")
+
+    async def get(self):
+        name = self.arg("queue")
+        if name is None:
+            return self.redirect_to("/static/index.html")
+        corelib.check_name(name)
+        callback = self.callback()
+        message = await self.ctx.core.hard_get(name)
+        self.reply(message_json(message), callback=callback)
+
+    async def post(self):
+        name = corelib.check_name(self.required("queue"))
+        await add(self, name)
+
+
+async def add(handler: BaseHandler, name: str) -> None:
+    """The add of `POST /` and `POST /q/<q>` after the queue name was checked."""
+    value = handler.arg("msg") or handler.arg("value")
+    if value is None:
+        raise MissingArgument("value")
+    ttl = handler.arg("ttl")
+    if ttl is not None:
+        if not (ttl.isascii() and ttl.isdigit()) or not 1 <= int(ttl) <= TTL_MAX:
+            raise InvalidArgument("ttl")
+        ttl = int(ttl)
+    callback = handler.callback()
+    key = await handler.ctx.core.add(name, value, ttl)
+    handler.reply_key(key, callback)
+
+
+class QueueHandler(BaseHandler):
+    """`/q/<q>`: hard get, add, purge; `/q/` lists the queues (§4.2-§4.4)."""
+
+    methods = ("GET", "POST", "DELETE")
+    sections = {"GET": "rest:consumer", "POST": "rest:producer", "DELETE": "rest:producer"}
+    prefix = "/q/"
+    jsonp_methods = ("GET", "POST", "DELETE")
+
+    async def get(self):
+        if self.request.path == self.prefix:
+            return self.reply(queue_list_page(await self.ctx.core.queues()), crlf=False)
+        name = self.queue_name()
+        callback = self.callback()
+        try:
+            message = await self.ctx.core.hard_get(name)
+        except corelib.EmptyQueue:
+            return self.no_content()
+        self.reply(message_json(message), callback=callback)
+
+    async def post(self):
+        await add(self, self.queue_name())
+
+    async def delete(self):
+        name = self.queue_name()
+        callback = self.callback()
+        existed = await self.ctx.core.purge(name)
+        self.reply(json_text({"queue": name, "status": existed}), callback=callback)
+
+
+def queue_list_page(names: list[str]) -> str:
+    items = "".join(
+        f'<li><a href="/q/{quote(name, safe="/:@-._~")}">/q/{html.escape(name)}</a></li>\n'
+        for name in names)
+    return ("<html><head><title>avaliable queue for REST</title></head><body><ul>\n"
+            f"{items}</ul></body></html>\n")
+
+
+class PolicyHandler(BaseHandler):
+    """`/p/<q>`: read and set the delivery policy (§4.6)."""
+
+    methods = ("GET", "POST")
+    sections = {"GET": "rest:consumer", "POST": "rest:producer"}
+    prefix = "/p/"
+    jsonp_methods = ("GET", "POST")
+
+    async def get(self):
+        name = self.queue_name()
+        callback = self.callback()
+        policy = await self.ctx.core.get_policy(name)
+        self.reply(json_text({"queue": name, "value": policy}), callback=callback)
+
+    async def post(self):
+        name = self.queue_name()
+        policy = self.required("policy")
+        callback = self.callback()
+        if policy not in corelib.POLICY_NAMES:
+            return self.reply("null", callback=callback)
+        await self.ctx.core.set_policy(name, policy)
+        self.reply(json_text("OK") if callback else "OK", callback=callback)
+
+
+class ControlHandler(BaseHandler):
+    """`/control/<q>`: flow control, start and stop live delivery (§4.7)."""
+
+    methods = ("GET", "POST")
+    sections = {"GET": "rest:consumer", "POST": "rest:producer"}
+    prefix = "/control/"
+    jsonp_methods = ("POST",)
+
+    async def get(self):
+        redis = self.ctx.redis_description
+        if self.request.path == self.prefix:
+            rows = await self.ctx.core.stats()
+            queues = {row.name: {"queue": row.name,
+                                 "status": corelib.status_flag(row.status or None)}
+                      for row in rows}
+            body = {"redis": redis, "queues": queues, "count": len(rows)}
+        else:
+            name = self.queue_name()
+            stored = await self.ctx.core.get_status(name)
+            body = {"redis": redis, "queue": name,
+                    "status": {"queue": name, "status": corelib.status_flag(stored)}}
+        self.reply(json_text(body), ctype=JSON)
+
+    async def post(self):
+        name = self.queue_name()
+        status = self.arg("status")
+        callback = self.callback()
+        if status not in ("start", "stop"):
+            body = {"stat": f"invalid status: {status}"}
+        else:
+            await self.ctx.core.set_status(name, status == "start")
+            body = {"stat": {"queue": name, "status": 1 if status == "start" else 0}}
+        self.reply(json_text(body), callback=callback, semicolon=False)
+
+
+class StatsHandler(BaseHandler):
+    """`/stats/` and `/stats/<q>` (§4.8)."""
+
+    methods = ("GET",)
+    sections = {"GET": "rest:consumer"}
+    prefix = "/stats/"
+    jsonp_methods = ("GET",)
+
+    async def get(self):
+        redis = self.ctx.redis_description
+        if self.request.path == self.prefix:
+            callback = self.callback()
+            rows = await self.ctx.core.stats()
+            queues = {row.name: {
+                "name": row.name, "len": row.length,
+                "status": "" if not row.status else (1 if row.status == "1" else 0),
+                "policy": int(row.policy) if row.policy in ("1", "2") else "",
+                "policy_name": corelib.policy_name(row.policy)} for row in rows}
+            body = {"queues": queues, "redis": redis, "count": len(rows)}
+        else:
+            name = self.queue_name()
+            callback = self.callback()
+            body = {"redis": redis, "queue": name, "len": await self.ctx.core.length(name)}
+        self.reply(json_text(body), ctype=JSON, crlf=False, callback=callback, semicolon=False)
+
+
+class JobsHandler(BaseHandler):
+    """`/j/<q>`: an HTML page of a queue's newest pending keys (§4.9)."""
+
+    methods = ("GET",)
+    prefix = "/j/"
+
+    async def get(self):
+        name = self.queue_name()
+        objects, length, latest = await self.ctx.core.jobs(name)
+        self.reply(jobs_page(name, objects, length, latest), crlf=False)
+
+
+def jobs_page(name: str, objects: int, length: int, latest: list[str]) -> str:
+    e = html.escape
+    items = "".join(f"<li>{e(key)}</li>\n" for key in latest)
+    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">"
+            f"<title>jobs in queue {e(name)}</title></head><body>\n"
+            f"<h1>jobs in queue {e(name)}</h1>\n"
+            f"<p>queue name: {e(name)}</p>\n<p>queue objects: {objects}</p>\n"
+            f"<p>job count: {length}</p>\n<h2>latest 10 jobs</h2>\n<ul>\n{items}</ul>\n"
+            "</body></html>\n")
+
+
+class JsonProtocolHandler(BaseHandler):
+    """`/queue`: GET redirects to the help page, POST runs a JSON command (§5)."""
+
+    methods = ("GET", "POST")
+    sections = {"POST": "rest:producer"}
+
+    async def get(self):
+        self.redirect_to("/static/help.html")
+
+    async def post(self):
+        command = self.arg("msg") or self.arg("body")
+        if command is None:
+            raise MissingArgument("body")
+        outcome = await dispatch.run(self.ctx.core, command)
+        ctype = HTML if outcome.get("error") == "null resultset" else JSON
+        self.reply(json_text(outcome), ctype=ctype, crlf=False)
+
+
+class StaticHandler(BaseHandler):
+    """The packaged static/ files, served from memory; `/favicon.ico` and `/robots.txt` too."""
+
+    methods = ("GET", "HEAD")
+    api = False
+
+    def get(self):
+        path = self.request.path
+        relative = path[len("/static/"):] if path.startswith("/static/") else path.lstrip("/")
+        try:
+            relative = unquote_to_bytes(relative.encode("latin-1")).decode("utf-8")
+        except UnicodeDecodeError:
+            raise NotFound() from None
+        body = self.ctx.static.get(relative)
+        if body is None:
+            raise NotFound()
+        ctype = mimetypes.guess_type(relative)[0] or "application/octet-stream"
+        if ctype.startswith("text/") or ctype in ("application/javascript",):
+            ctype += "; charset=UTF-8"
+        self.set_header("Content-Type", ctype)
+        self.finish(body)
+
+    head = get
+
+
+class NotFoundHandler(BaseHandler):
+    methods = ()
+
+    def prepare(self):
+        raise NotFound()
+
+
+def load_static() -> dict[str, bytes]:
+    """Every file under the packaged static/ directory, by relative path."""
+    files: dict[str, bytes] = {}
+
+    def walk(folder, prefix):
+        for entry in folder.iterdir():
+            if entry.is_dir():
+                walk(entry, f"{prefix}{entry.name}/")
+            elif entry.is_file():
+                files[prefix + entry.name] = entry.read_bytes()
+
+    walk(resources.files("restmq") / "static", "")
+    return files
+
+
+def routes(ctx: Context) -> list:
+    kw = {"ctx": ctx}
+    return [
+        (r"/", RootHandler, kw),
+        (r"/q/.*", QueueHandler, kw),
+        (r"/p/.*", PolicyHandler, kw),
+        (r"/control/.*", ControlHandler, kw),
+        (r"/stats/.*", StatsHandler, kw),
+        (r"/j/.*", JobsHandler, kw),
+        (r"/queue", JsonProtocolHandler, kw),
+        (r"/static/.*", StaticHandler, kw),
+        (r"/(?:favicon\.ico|robots\.txt)", StaticHandler, kw),
+        (r".*", NotFoundHandler, kw),
+    ]
+
+
+def make_application(ctx: Context, max_body: int = 1024 * 1024,
+                     access_log: bool = True) -> Application:
+    settings: dict[str, Any] = {"max_body": max_body}
+    if not access_log:
+        settings["log_function"] = lambda handler: None
+    app = Application(routes(ctx), **settings)
+    app.transforms = [ChunkedTransferEncoding]
+    return app

@@ -1,0 +1,30 @@
+from setuptools import setup
+
+# cyclone 1.3 is deliberately not listed: its pins (twisted==19.2.1) cannot be installed on
+# Python 3.11, so the Makefile installs it with --no-deps (see spec/STACK.md §1).
+setup(
+    name="restmq",
+    version="2.0.0",
+    description="A message queue over HTTP, kept in Redis",
+    long_description=open("README.rst", encoding="utf-8").read(),
+    long_description_content_type="text/x-rst",
+    license="MIT",
+    python_requires=">=3.11",
+    packages=["restmq", "twisted.plugins"],
+    package_data={
+        "restmq": ["static/*", "templates/*", "scripts/*.lua", "acl.conf"],
+        "twisted": ["plugins/restmq_plugins.py"],
+    },
+    install_requires=[
+        "twisted>=24.7",
+        "txredisapi>=1.6,<1.7",
+        "pyopenssl",
+        "service_identity",
+    ],
+    extras_require={"test": ["pytest", "pytest-twisted"]},
+    classifiers=[
+        "Framework :: Twisted",
+        "Programming Language :: Python :: 3",
+        "Topic :: System :: Networking",
+    ],
+)

@@ -1,0 +1,6 @@
+# One line per plugin: importing cyclone or txredisapi here would install a reactor while
+# twistd scans plugins and break --reactor (see spec/STACK.md §4).
+from twisted.application.service import ServiceMaker
+
+restmq = ServiceMaker("restmq", "restmq.tap", "RestMQ: a message queue over HTTP and Redis",
+                      "restmq")
