@@ -43,7 +43,7 @@ apt-redis:
 
 # Tools the suite drives as real clients.
 test-tools:
-	@missing=""; for t in curl; do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
+	@missing=""; for t in curl chromium; do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
 	if [ -n "$$missing" ]; then \
 		[ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 || \
 			{ echo "missing:$$missing (install them, or run as root on Debian)"; exit 1; }; \

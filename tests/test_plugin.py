@@ -1,0 +1,86 @@
+"""The twistd plugin as a user meets it: --help from any directory, usage errors, the ACL
+file at startup, and a clean shutdown on SIGTERM."""
+from __future__ import annotations
+
+import signal
+import subprocess
+
+import pytest
+
+from tests.conftest import TWISTD, ServerProcess
+
+OPTIONS = ["--port", "--listen", "--ssl-cert", "--ssl-key", "--endpoint", "--redis-host",
+           "--redis-port", "--redis-unix-socket", "--redis-password", "--redis-db",
+           "--redis-pool", "--acl", "--consumed-ttl", "--max-body", "--trusted-proxy"]
+
+
+def twistd(*args, cwd="/"):
+    return subprocess.run([TWISTD, *args], capture_output=True, text=True, cwd=cwd, timeout=60)
+
+
+def test_help_lists_every_option_from_any_directory(tmp_path):
+    out = twistd("restmq", "--help", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    for option in OPTIONS:
+        assert option in out.stdout, option
+
+
+def test_twistd_lists_the_plugin():
+    assert "restmq" in twistd("--help").stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--port", "abc"], "--port must be an integer"),
+    (["--port", "0"], "--port must be at least 1"),
+    (["--redis-pool", "0"], "--redis-pool must be at least 1"),
+    (["--consumed-ttl", "-1"], "--consumed-ttl must be at least 0"),
+    (["--max-body", "0"], "--max-body must be at least 1"),
+    (["--ssl-cert", "c.pem"], "--ssl-cert and --ssl-key must be given together"),
+    (["--endpoint", "tcp:1", "--ssl-cert", "c", "--ssl-key", "k"], "--endpoint cannot"),
+    (["--no-such-option"], "no-such-option"),
+    (["--acl", "/nonexistent/acl.conf"], "Cannot load ACL file: /nonexistent/acl.conf"),
+])
+def test_bad_options_are_usage_errors(args, message, tmp_path):
+    out = twistd("-n", "restmq", *args, cwd=tmp_path)
+    assert out.returncode != 0
+    assert message in out.stdout + out.stderr
+
+
+def test_an_acl_file_that_is_not_ini_stops_startup(tmp_path):
+    bad = tmp_path / "bad.conf"
+    bad.write_text("hosts_allow = 127.0.0.1\n")
+    out = twistd("-n", "restmq", "--acl", str(bad), cwd=tmp_path)
+    assert out.returncode != 0
+    assert f"Cannot load ACL file: {bad}" in out.stdout + out.stderr
+
+
+def test_default_acl_falls_back_to_the_packaged_file(redis_proc, tmp_path):
+    # Started from a directory without acl.conf: the packaged, all-comments file is used.
+    server = ServerProcess(redis_proc.port)
+    server.proc = subprocess.Popen(server.argv, cwd=tmp_path, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT)
+    try:
+        import socket
+        import time
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", server.port), timeout=1).close()
+                break
+            except OSError:
+                assert server.proc.poll() is None, server.proc.stdout.read()
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+    finally:
+        server.stop()
+
+
+def test_sigterm_shuts_down_cleanly(redis_proc):
+    server = ServerProcess(redis_proc.port).start()
+    server.proc.send_signal(signal.SIGTERM)
+    # twistd re-raises the signal after a complete shutdown, so the exit status says SIGTERM.
+    assert server.proc.wait(15) in (0, -signal.SIGTERM)
+    log = server.log()
+    assert "Server Shut Down" in log
+    assert "Traceback" not in log
+    assert "Scheduling retry" not in log
