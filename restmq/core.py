@@ -141,6 +141,10 @@ class Core:
 
         return d.addCallback(parse)
 
+    def ping(self) -> defer.Deferred:
+        """Fires when Redis answers; fails with RedisUnavailable otherwise."""
+        return self.redis.execute("PING")
+
     def length(self, queue: str) -> defer.Deferred:
         """Fires with the pending count (0 for an unknown queue)."""
         check_name(queue)

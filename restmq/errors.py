@@ -16,6 +16,16 @@ class RestMQError(Exception):
             self.reason = reason
         super().__init__(self.reason)
 
+    headers: dict[str, str] = {}
+
+    @classmethod
+    def with_status(cls, status: int, reason: str, **headers: str) -> "RestMQError":
+        """An error of any status, with extra reply headers (`Sec_WebSocket_Version="13"`)."""
+        error = cls(reason)
+        error.status = status
+        error.headers = {name.replace("_", "-"): value for name, value in headers.items()}
+        return error
+
 
 class BadRequest(RestMQError):
     status = 400

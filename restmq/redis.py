@@ -159,3 +159,105 @@ def _translate(failure):
                      ierror.ConnectionLost, ierror.ConnectionDone, ierror.ConnectError):
         raise RedisUnavailable(str(failure.value))
     return failure
+
+
+class _Subscriber(txredisapi.SubscriberProtocol):
+    def messageReceived(self, pattern, channel, message):
+        self.factory.owner.message_received(text(channel), text(message))
+
+
+class _SubscriberFactory(txredisapi.RedisFactory):
+    protocol = _Subscriber
+    maxDelay = RECONNECT_MAX_DELAY
+    initialDelay = 0.5
+    owner: "PubSubService"
+
+    def addConnection(self, conn):
+        super().addConnection(conn)
+        if conn in self.pool:
+            self.owner.connected(conn)
+
+    def delConnection(self, conn):
+        super().delConnection(conn)
+        self.owner.disconnected(conn)
+
+
+class PubSubService(service.Service):
+    """The dedicated pub/sub connection of an HTTP process (PROTOCOL.md §7.6).
+
+    Keeps the set of wanted channels, subscribes them again after every reconnect, and tells
+    `listener` (an object with `confirmed(channel)`, `lost()` and `message(channel, text)`)
+    what happens. A channel counts as subscribed only once Redis has confirmed it.
+    """
+
+    log = Logger()
+
+    def __init__(self, redis: RedisService, listener: Any = None):
+        self.redis = redis
+        self.listener = listener
+        self.wanted: set[str] = set()
+        self.confirmed: set[str] = set()
+        self._conn = None
+        self._factory: _SubscriberFactory | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        factory = _SubscriberFactory(None, None, 1, isLazy=True, charset="utf-8",
+                                     password=self.redis.password, convertNumbers=False)
+        factory.owner = self
+        factory.startConnecting(self.redis.endpoint())
+        self._factory = factory
+
+    def stopService(self):
+        super().stopService()
+        factory, self._factory = self._factory, None
+        self._conn = None
+        self.confirmed.clear()
+        if factory is not None:
+            return factory.disconnect()
+
+    def connected(self, conn) -> None:
+        self._conn = conn
+        self.log.info("pub/sub connection ready, subscribing {n} channel(s)", n=len(self.wanted))
+        for channel in sorted(self.wanted):
+            self._subscribe(channel)
+
+    def disconnected(self, conn) -> None:
+        if conn is not self._conn:
+            return
+        self._conn = None
+        self.confirmed.clear()
+        if self.listener is not None:
+            self.listener.lost()
+
+    def subscribe(self, channel: str) -> None:
+        if channel in self.wanted:
+            return
+        self.wanted.add(channel)
+        if self._conn is not None:
+            self._subscribe(channel)
+
+    def unsubscribe(self, channel: str) -> None:
+        self.wanted.discard(channel)
+        self.confirmed.discard(channel)
+        if self._conn is not None:
+            self._conn.unsubscribe(channel).addErrback(lambda f: None)
+
+    def _subscribe(self, channel: str) -> None:
+        conn = self._conn
+
+        def done(_):
+            if conn is self._conn and channel in self.wanted:
+                self.confirmed.add(channel)
+                if self.listener is not None:
+                    self.listener.confirmed(channel)
+
+        def failed(failure):
+            self.log.warn("SUBSCRIBE {channel} failed: {error}", channel=channel,
+                          error=failure.getErrorMessage())
+
+        conn.subscribe(channel).addCallbacks(done, failed)
+
+    def message_received(self, channel: str, message: str) -> None:
+        if self.listener is not None:
+            self.listener.message(channel, message)

@@ -115,14 +115,21 @@ def makeService(options: Options) -> service.IService:
     from twisted.internet import reactor
 
     from restmq.core import Core
+    from restmq.delivery import Delivery
+    from restmq.redis import PubSubService
     from restmq.web import Context, load_static, make_application
 
     top = service.MultiService()
     redis = redis_service(options)
     redis.setServiceParent(top)
     core = Core(redis, consumed_ttl=options["consumed-ttl"])
+    pubsub = PubSubService(redis)
+    delivery = Delivery(core, pubsub, db=options["redis-db"])
+    pubsub.listener = delivery
+    pubsub.setServiceParent(top)
+    delivery.setServiceParent(top)
     acl = options.acl
-    ctx = Context(core=core, acl=acl, redis_description=redis.description,
+    ctx = Context(core=core, acl=acl, delivery=delivery, redis_description=redis.description,
                   static=load_static())
     app = make_application(ctx, max_body=options["max-body"])
     internet.TimerService(5, acl.check_for_change).setServiceParent(top)

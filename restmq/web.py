@@ -15,14 +15,18 @@ from urllib.parse import quote, unquote_to_bytes
 
 import cyclone.web
 from cyclone import httputil
+from twisted.internet import task
 from twisted.logger import Logger
 
 from restmq import core as corelib, dispatch
+from restmq import _cyclone_py3 as compat
 from restmq._cyclone_py3 import Application, ChunkedTransferEncoding, CoroutineHandlerMixin
 from restmq.errors import (BadRequest, BodyTooLarge, InvalidArgument, InvalidName,
                            MethodNotAllowed, MissingArgument, NotFound, RestMQError)
 
 HTML = "text/html; charset=UTF-8"
+MAX_UNSENT = 16 * 1024 * 1024  # a live consumer further behind than this is disconnected
+SSE_KEEPALIVE = 15.0
 JSON = "application/json"
 CALLBACK = re.compile(r"[A-Za-z_$][A-Za-z0-9_$]*(\.[A-Za-z_$][A-Za-z0-9_$]*)*\Z")
 TTL_MAX = 2147483647
@@ -65,6 +69,7 @@ class Context:
 
     core: corelib.Core
     acl: Any = None
+    delivery: Any = None
     redis_description: str = ""
     static: dict[str, bytes] = field(default_factory=dict)
 
@@ -222,6 +227,8 @@ class BaseHandler(CoroutineHandlerMixin, cyclone.web.RequestHandler):
         self.set_header("Content-Type", JSON)
         if isinstance(error, MethodNotAllowed):
             self.set_header("Allow", ", ".join(self.methods))
+        for name, value in error.headers.items():
+            self.set_header(name, value)
         if getattr(error, "challenge", False):
             self.set_header("WWW-Authenticate", 'Basic realm="RestMQ Restricted Access"')
         if not self._finished:
@@ -456,6 +463,174 @@ class StaticHandler(BaseHandler):
     head = get
 
 
+class LiveHandler(BaseHandler):
+    """Shared by the comet, WebSocket and SSE consumers: checks before the stream starts
+    (name, ACL, Redis), registration with delivery, and one idempotent close path."""
+
+    methods = ("GET",)
+    queue: str | None = None
+    done = False
+
+    async def start_live(self) -> str:
+        """Validate the request and check Redis; returns the queue name. The caller starts
+        its stream and then calls `join`."""
+        name = self.queue_name()
+        self.jsonp = self.callback()
+        await self.ctx.core.ping()
+        return name
+
+    def join(self, name: str) -> None:
+        self._auto_finish = False
+        self.queue = name
+        self.ctx.delivery.register(name, self)
+
+    def leave(self) -> None:
+        if self.queue is not None:
+            self.ctx.delivery.unregister(self.queue, self)
+
+    def on_connection_close(self, *args):
+        self.done = True
+        self.leave()
+
+    def too_far_behind(self) -> bool:
+        if compat.unsent_bytes(self.request.connection.transport) > MAX_UNSENT:
+            self.log.warn("live consumer of {queue} is more than 16 MiB behind: disconnected",
+                          queue=self.queue)
+            self.done = True
+            self.leave()
+            self.request.connection.transport.abortConnection()
+            return True
+        return False
+
+    def write_live(self, data: str) -> None:
+        if self.done or self.too_far_behind():
+            return
+        self.write(data)
+        self.flush()
+
+
+def delivery_json(message: corelib.Message) -> str:
+    return json_text({"key": message.key, "value": message.value})
+
+
+class CometHandler(LiveHandler):
+    """`GET /c/<q>`: one line per message on a never-ending response (§7.2)."""
+
+    sections = {"GET": "comet:consumer"}
+    prefix = "/c/"
+    jsonp_methods = ("GET",)
+
+    async def get(self):
+        name = await self.start_live()
+        self.set_header("Content-Type", "text/plain")
+        self.flush()
+        self.join(name)
+
+    def _line(self, body: str) -> str:
+        return f"{self.jsonp}({body});\r\n" if self.jsonp else body + "\r\n"
+
+    def send(self, message: corelib.Message) -> None:
+        self.write_live(self._line(delivery_json(message)))
+
+    def end(self) -> None:
+        if not self.done:
+            self.write_live(self._line("null"))
+            self.done = True
+            self.finish()
+
+
+class SSEHandler(LiveHandler):
+    """`GET /sse/<q>`: Server-Sent Events, one event per message, a keepalive every 15 s."""
+
+    sections = {"GET": "sse:consumer"}
+    prefix = "/sse/"
+    keepalive = None
+
+    async def get(self):
+        name = await self.start_live()
+        self.set_header("Content-Type", "text/event-stream")
+        self.flush()
+        self.keepalive = task.LoopingCall(self.write_live, ": keepalive\n\n")
+        self.keepalive.start(SSE_KEEPALIVE, now=False)
+        self.join(name)
+
+    def send(self, message: corelib.Message) -> None:
+        self.write_live(f"id: {message.key}\ndata: {delivery_json(message)}\n\n")
+
+    def end(self) -> None:
+        if not self.done:
+            self.write_live("data: null\n\n")
+            self.done = True
+            self._stop_keepalive()
+            self.finish()
+
+    def _stop_keepalive(self):
+        if self.keepalive is not None and self.keepalive.running:
+            self.keepalive.stop()
+
+    def on_connection_close(self, *args):
+        self._stop_keepalive()
+        super().on_connection_close(*args)
+
+
+class WebSocketHandler(LiveHandler):
+    """`GET /ws/<q>`: RFC 6455; messages out as text frames, client messages echoed (§7.3)."""
+
+    sections = {"GET": "websocket:consumer"}
+    prefix = "/ws/"
+    ws = None
+
+    async def get(self):
+        headers = self.request.headers
+        name = self.queue_name()
+        if "websocket" not in _tokens(headers.get("Upgrade", "")):
+            raise RestMQError.with_status(403, "expected WebSocket headers")
+        if headers.get("Sec-WebSocket-Version", "").strip() != "13":
+            raise RestMQError.with_status(426, "unsupported WebSocket version",
+                                          Sec_WebSocket_Version="13")
+        key = headers.get("Sec-WebSocket-Key", "").strip()
+        if "upgrade" not in _tokens(headers.get("Connection", "")) or \
+                not compat.websocket_key_valid(key):
+            raise BadRequest("invalid WebSocket handshake")
+        await self.start_live()
+        connection = self.request.connection
+        connection.transport.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nServer: RestMQ\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Accept: "
+            + compat.websocket_accept(key).encode() + b"\r\n\r\n")
+        self._headers_written = True
+        self.ws = compat.WebSocketConnection(
+            connection.transport, self.application.settings.get("max_body", 1024 * 1024),
+            on_message=self._echo, on_close=self.leave)
+        pending, connection.upgrade_buffer = connection.upgrade_buffer or b"", None
+        connection.rawDataReceived = self.ws.data_received
+        self.join(name)
+        if pending:
+            self.ws.data_received(bytes(pending))
+
+    def _echo(self, opcode: int, payload: bytes) -> None:
+        self.ws.send(opcode, payload)
+
+    def send(self, message: corelib.Message) -> None:
+        if self.done or self.ws.closing or self.too_far_behind():
+            return
+        self.ws.send(compat.OP_TEXT, delivery_json(message).encode("ascii"))
+
+    def end(self) -> None:
+        if not self.done:
+            self.ws.send(compat.OP_TEXT, b"null")
+            self.ws.close(compat.CLOSE_NORMAL)
+            self.done = True
+
+    def leave(self) -> None:
+        self.done = True
+        super().leave()
+
+
+def _tokens(header: str) -> set[str]:
+    return {token.strip().lower() for token in header.split(",")}
+
+
 class NotFoundHandler(BaseHandler):
     methods = ()
 
@@ -483,6 +658,9 @@ def routes(ctx: Context) -> list:
     return [
         (r"/", RootHandler, kw),
         (r"/q/.*", QueueHandler, kw),
+        (r"/c/.*", CometHandler, kw),
+        (r"/ws/.*", WebSocketHandler, kw),
+        (r"/sse/.*", SSEHandler, kw),
         (r"/p/.*", PolicyHandler, kw),
         (r"/control/.*", ControlHandler, kw),
         (r"/stats/.*", StatsHandler, kw),
