@@ -21,7 +21,7 @@ setup(
         "pyopenssl",
         "service_identity",
     ],
-    extras_require={"test": ["pytest", "pytest-twisted"]},
+    extras_require={"test": ["pytest", "pytest-twisted", "autobahn"]},
     classifiers=[
         "Framework :: Twisted",
         "Programming Language :: Python :: 3",

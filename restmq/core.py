@@ -130,6 +130,7 @@ class Core:
 
     def pop_batch(self, queue: str) -> defer.Deferred:
         """POP_BATCH: fires with (policy name, [Message...]); empty when stopped or empty."""
+        check_name(queue)
         d = self._run("pop_batch", queue, self.redis.db, BATCH_COUNT, BATCH_BYTES)
 
         def parse(reply):

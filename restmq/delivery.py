@@ -7,6 +7,7 @@ hands roundrobin messages out in rotation, while broadcast batches come back thr
 from __future__ import annotations
 
 import json
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -39,6 +40,10 @@ class _Queue:
     running: bool = False
     again: bool = False
     batch_arrived: defer.Deferred | None = None
+    awaited_key: str | None = None
+    # Last keys of recently arrived broadcast batches: the subscription can deliver a batch
+    # before the script's reply reaches us on the command connection.
+    arrived: deque = field(default_factory=lambda: deque(maxlen=64))
 
 
 class Delivery(service.Service):
@@ -128,7 +133,7 @@ class Delivery(service.Service):
                 if policy == "roundrobin":
                     self._hand_out(queue, state, batch)
                 elif batch and _full(batch):
-                    await self._wait_for_broadcast(state)
+                    await self._wait_for_broadcast(state, batch[-1].key)
                 if batch and _full(batch):
                     state.again = True
                 if not state.again:
@@ -146,13 +151,17 @@ class Delivery(service.Service):
             state.counter += 1
             consumer.send(message)
 
-    async def _wait_for_broadcast(self, state: _Queue) -> None:
+    async def _wait_for_broadcast(self, state: _Queue, last_key: str) -> None:
+        """Pace a full broadcast batch: pop again once it came back on the subscription."""
+        if last_key in state.arrived:
+            return
         waiter = state.batch_arrived = defer.Deferred()
+        state.awaited_key = last_key
         waiter.addTimeout(BROADCAST_WAIT, self.clock, onTimeoutCancel=lambda *_: None)
         try:
             await waiter
         finally:
-            state.batch_arrived = None
+            state.batch_arrived = state.awaited_key = None
 
     # -- pub/sub listener -------------------------------------------------------------------
 
@@ -191,8 +200,10 @@ class Delivery(service.Service):
         for consumer in list(state.consumers):
             for message in batch:
                 consumer.send(message)
-        if state.batch_arrived is not None and not state.batch_arrived.called:
-            state.batch_arrived.callback(None)
+        if batch:
+            state.arrived.append(batch[-1].key)
+            if batch[-1].key == state.awaited_key and not state.batch_arrived.called:
+                state.batch_arrived.callback(None)
 
     def _purge(self, queue: str) -> None:
         state = self.queues.get(queue)

@@ -128,7 +128,8 @@ class RedisService(service.Service):
         return not self._factory.settled
 
     def execute(self, *args: Any) -> defer.Deferred:
-        """Run one command. Fires with its reply (str, bytes-free); fails with
+        """Run one command. Fires with its reply (text as str, or bytes where it is not valid
+        UTF-8: pass it through `text`); fails with
         RedisUnavailable (no connection, timeout, lost connection) or RedisFailure (error reply)."""
         if not self._usable():
             return defer.fail(RedisUnavailable())

@@ -1,0 +1,198 @@
+"""Live delivery semantics (PROTOCOL.md §7.5, §7.6) over real sockets: policies, flow control,
+purge, the safety sweep, slow consumers and several server processes on one Redis."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.comet import CometClient
+from tests.conftest import ServerProcess
+from tests.http_client import delete, get, post
+
+
+def wait_for(predicate, timeout=10.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def subscribed(redis, queue, processes=1):
+    """True once `processes` servers are subscribed to the queue's channel."""
+    return lambda: redis("PUBSUB", "NUMSUB", f"{queue}:PUBSUB")[1] >= processes
+
+
+def add(url, queue, value):
+    reply = post(url, f"/q/{queue}", {"value": value})
+    assert reply.status == 200, reply.body
+    return reply.body.decode().strip()
+
+
+@pytest.fixture
+def clients():
+    opened = []
+
+    def connect(url, queue, **kw):
+        client = CometClient(url, queue, **kw)
+        opened.append(client)
+        return client
+
+    yield connect
+    for client in opened:
+        client.close()
+
+
+def test_comet_headers_arrive_at_once_and_pending_messages_are_delivered(H, redis, clients):
+    keys = [add(H, "q", f"m{i}") for i in range(3)]
+    c = clients(H, "q")
+    assert c.status == 200
+    assert c.headers["content-type"] == "text/plain"
+    assert c.headers["transfer-encoding"] == "chunked"
+    assert [m["key"] for m in c.messages(3)] == keys
+    # Delivered messages are deleted from Redis, value and refcount.
+    wait_for(lambda: redis("EXISTS", *keys) == 0, what="deleted values")
+    assert redis("LLEN", "q:queue") == 0
+
+
+def test_broadcast_reaches_every_consumer_in_the_same_order(H, redis, clients):
+    consumers = [clients(H, "b") for _ in range(3)]
+    wait_for(subscribed(redis, "b"))
+    keys = [add(H, "b", f"v{i}") for i in range(25)]
+    for c in consumers:
+        assert [(m["key"], m["value"]) for m in c.messages(25)] == \
+            [(k, f"v{i}") for i, k in enumerate(keys)]
+
+
+def test_roundrobin_rotates_consumers_one_message_each(H, redis, clients):
+    assert post(H, "/p/rr", {"policy": "roundrobin"}).status == 200
+    consumers = [clients(H, "rr") for _ in range(3)]
+    wait_for(subscribed(redis, "rr"))
+    time.sleep(0.2)
+    keys = [add(H, "rr", f"v{i}") for i in range(9)]
+    got = [[m["key"] for m in c.messages(3)] for c in consumers]
+    # Message i goes to consumers[i mod 3], in order.
+    assert got == [keys[0::3], keys[1::3], keys[2::3]]
+
+
+def test_stop_pauses_live_delivery_and_start_drains_the_backlog(H, redis, clients):
+    assert post(H, "/control/s", {"status": "stop"}).status == 200
+    c = clients(H, "s")
+    wait_for(subscribed(redis, "s"))
+    keys = [add(H, "s", f"v{i}") for i in range(30)]
+    time.sleep(1.5)  # more than one safety sweep
+    assert redis("LLEN", "s:queue") == 30
+    # Pull routes keep working while stopped.
+    assert get(H, "/q/s").json["key"] == keys[0]
+    assert post(H, "/control/s", {"status": "start"}).status == 200
+    assert [m["key"] for m in c.messages(29)] == keys[1:]
+
+
+def test_purge_ends_every_consumer_with_null(H, redis, clients):
+    plain, wrapped = clients(H, "p"), clients(H, "p", callback="cb")
+    wait_for(subscribed(redis, "p"))
+    reply = delete(H, "/q/p")
+    assert reply.json == {"queue": "p", "status": 0}
+    assert plain.lines(1) == ["null"]
+    assert wrapped.lines(1) == ["cb(null);"]
+    plain.wait_end()
+    wrapped.wait_end()
+    wait_for(lambda: redis("PUBSUB", "NUMSUB", "p:PUBSUB")[1] == 0, what="unsubscribe")
+
+
+def test_comet_jsonp_lines(H, redis, clients):
+    c = clients(H, "j", callback="cb")
+    wait_for(subscribed(redis, "j"))
+    key = add(H, "j", "<x>")
+    assert c.lines(1) == [f'cb({{"key": "{key}", "value": "\\u003cx\\u003e"}});']
+
+
+def test_safety_sweep_delivers_without_a_notification(H, redis, clients):
+    c = clients(H, "sweep")
+    wait_for(subscribed(redis, "sweep"))
+    time.sleep(0.1)
+    # Written by a program that publishes no wake: only the 1 s sweep finds it.
+    redis("SET", "sweep:1", "quiet")
+    redis("SET", "queuestat::sweep", "1")
+    redis("LPUSH", "sweep:queue", "sweep:1")
+    assert c.messages(1, timeout=5) == [{"key": "sweep:1", "value": "quiet"}]
+
+
+def test_backlog_drains_in_batches(H, redis, clients):
+    values = [f"m{i}" for i in range(500)]
+    for i, value in enumerate(values, 1):
+        redis("SET", f"big:{i}", value)
+        redis("LPUSH", "big:queue", f"big:{i}")
+    redis("SET", "queuestat::big", "1")
+    c = clients(H, "big")
+    assert [m["value"] for m in c.messages(500, timeout=30)] == values
+
+
+def test_disconnected_consumer_is_forgotten(H, redis, clients):
+    c = clients(H, "gone")
+    wait_for(subscribed(redis, "gone"))
+    c.close()
+    wait_for(lambda: redis("PUBSUB", "NUMSUB", "gone:PUBSUB")[1] == 0, what="unsubscribe")
+    add(H, "gone", "kept")
+    time.sleep(1.5)
+    assert redis("LLEN", "gone:queue") == 1
+
+
+def test_slow_consumer_is_disconnected_past_16_mib(H, redis):
+    c = CometClient(H, "slow")
+    c.sock.setsockopt(__import__("socket").SOL_SOCKET, __import__("socket").SO_RCVBUF, 4096)
+    try:
+        wait_for(subscribed(redis, "slow"))
+        value = "x" * 900_000
+        for _ in range(40):  # 36 MB, never read by the client
+            add(H, "slow", value)
+        wait_for(lambda: redis("PUBSUB", "NUMSUB", "slow:PUBSUB")[1] == 0, timeout=20,
+                 what="the slow consumer to be dropped")
+    finally:
+        c.close()
+
+
+@pytest.fixture
+def second_server(redis_proc):
+    server = ServerProcess(redis_proc.port).start()
+    yield server
+    server.stop()
+    assert "Traceback" not in server.log()
+
+
+def test_two_processes_broadcast_in_the_same_order(H, redis, second_server, clients):
+    a = [clients(H, "multi") for _ in range(2)]
+    b = [clients(second_server.url, "multi") for _ in range(2)]
+    wait_for(subscribed(redis, "multi", processes=2))
+    keys = []
+    for i in range(40):  # adds through both processes, interleaved
+        keys.append(add(H if i % 2 else second_server.url, "multi", f"v{i}"))
+    orders = [[m["key"] for m in c.messages(40)] for c in a + b]
+    assert all(order == orders[0] for order in orders)
+    assert sorted(orders[0], key=lambda k: int(k.split(":")[1])) == keys
+
+
+def test_two_processes_roundrobin_deliver_each_message_exactly_once(H, redis, second_server,
+                                                                    clients):
+    assert post(H, "/p/once", {"policy": "roundrobin"}).status == 200
+    consumers = [clients(H, "once"), clients(H, "once"), clients(second_server.url, "once")]
+    wait_for(subscribed(redis, "once", processes=2))
+    keys = {add(H if i % 2 else second_server.url, "once", f"v{i}") for i in range(60)}
+    wait_for(lambda: redis("LLEN", "once:queue") == 0, what="all delivered")
+    received = []
+    for c in consumers:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            c.sock.settimeout(0.2)
+            try:
+                data = c.sock.recv(65536)
+            except OSError:
+                break
+            c.raw += data
+            c._decode_chunks()
+        received += [line for line in c.body.decode().split("\r\n") if line]
+    got = [__import__("json").loads(line)["key"] for line in received]
+    assert sorted(got) == sorted(keys)
+    assert len(got) == len(set(got))
