@@ -26,6 +26,8 @@ ROUTES = [
     ("GET", "/stats/", None),
     ("GET", "/stats/faulty", None),
     ("GET", "/j/faulty", None),
+    ("GET", "/c/faulty", None),
+    ("GET", "/sse/faulty", None),
     ("POST", "/queue", 'body={"cmd": "add", "queue": "faulty", "value": "x"}'),
     ("POST", "/queue", 'body={"cmd": "get", "queue": "faulty"}'),
 ]
@@ -117,3 +119,34 @@ def test_server_starts_without_redis_and_serves_once_it_appears():
             redis.stop()
     finally:
         server.stop()
+
+
+def test_websocket_handshake_gets_503_while_redis_is_down(pair):
+    redis, server = pair
+    redis.stop()
+    time.sleep(0.5)
+    reply = request(server.url, "GET", "/ws/faulty", headers={
+        "Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="})
+    assert_unavailable(reply)
+
+
+def test_live_consumer_survives_a_redis_restart(pair):
+    from tests.comet import CometClient
+    redis, server = pair
+    port = redis.port
+    client = CometClient(server.url, "phoenix")
+    try:
+        assert call(server.url, "POST", "/q/phoenix", "value=before").status == 200
+        assert client.messages(1)[0]["value"] == "before"
+        redis.stop()
+        restarted = RedisProcess(port=port).start()
+        try:
+            wait_until_served(server.url)
+            # The pub/sub connection comes back and resubscribes: delivery resumes.
+            assert call(server.url, "POST", "/q/phoenix", "value=after").status == 200
+            assert client.messages(2, timeout=15)[1]["value"] == "after"
+        finally:
+            restarted.stop()
+    finally:
+        client.close()

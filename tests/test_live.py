@@ -196,3 +196,30 @@ def test_two_processes_roundrobin_deliver_each_message_exactly_once(H, redis, se
     got = [__import__("json").loads(line)["key"] for line in received]
     assert sorted(got) == sorted(keys)
     assert len(got) == len(set(got))
+
+
+def test_live_routes_check_their_acl_category_before_the_stream(redis_proc, tmp_path):
+    from tests.http_client import request
+    acl = tmp_path / "acl.conf"
+    acl.write_text("[comet:consumer]\nhosts_deny = all\n"
+                   "[sse:consumer]\nusername = u\npassword = p\n"
+                   "[websocket:consumer]\nhosts_allow = 10.\n")
+    server = ServerProcess(redis_proc.port, "--acl", str(acl)).start()
+    try:
+        denied = get(server.url, "/c/q")
+        assert (denied.status, denied.json) == (401, {"error": "unauthorized"})
+        assert denied.header("WWW-Authenticate") is None
+        challenged = get(server.url, "/sse/q")
+        assert challenged.status == 401
+        assert challenged.header("WWW-Authenticate") == 'Basic realm="RestMQ Restricted Access"'
+        ws = request(server.url, "GET", "/ws/q", headers={
+            "Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="})
+        assert (ws.status, ws.json) == (401, {"error": "unauthorized"})
+        # The SSE stream starts with the credentials as a cookie (browsers' EventSource).
+        import socket
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+            s.sendall(b"GET /sse/q HTTP/1.1\r\nHost: t\r\nCookie: auth=u:p\r\n\r\n")
+            assert s.recv(4096).startswith(b"HTTP/1.1 200 ")
+    finally:
+        server.stop()
