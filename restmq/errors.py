@@ -74,22 +74,10 @@ class Unauthorized(RestMQError):
         self.challenge = challenge
 
 
-class RedisUnavailable(RestMQError):
-    """No usable connection, a lost connection or a command not answered in time."""
+class RedisTrouble(RestMQError):
+    """Redis could not do the work: always a 503; `detail` is for the log only."""
 
     status = 503
-    reason = "redis unavailable"
-
-    def __init__(self, detail: str = ""):
-        super().__init__()
-        self.detail = detail
-
-
-class RedisFailure(RestMQError):
-    """Redis answered with an error reply."""
-
-    status = 503
-    reason = "redis error"
 
     def __init__(self, detail: str = ""):
         super().__init__()
@@ -97,3 +85,15 @@ class RedisFailure(RestMQError):
 
     def __str__(self) -> str:
         return self.detail
+
+
+class RedisUnavailable(RedisTrouble):
+    """No usable connection, a lost connection or a command not answered in time."""
+
+    reason = "redis unavailable"
+
+
+class RedisFailure(RedisTrouble):
+    """Redis answered with an error reply."""
+
+    reason = "redis error"
