@@ -52,7 +52,13 @@ def field_error(obj: dict[str, Any], fields: tuple[str, ...]) -> str | None:
     return None
 
 
-async def run(core: corelib.Core, command: str) -> dict[str, Any]:
+async def _anyone(queue: str) -> None:
+    return None
+
+
+async def run(core: corelib.Core, command: str, authorize=_anyone) -> dict[str, Any]:
+    """Run one command; `authorize(queue)` is awaited after the field checks, before any
+    Redis work, and may raise Unauthorized."""
     obj = parse(command)
     cmd = obj["cmd"]
     if cmd not in FIELDS:
@@ -61,6 +67,7 @@ async def run(core: corelib.Core, command: str) -> dict[str, Any]:
     if error:
         return {"error": error}
     queue = obj["queue"]
+    await authorize(queue)
     try:
         if cmd == "add":
             key = await core.add(queue, obj["value"])

@@ -18,11 +18,11 @@ from cyclone import httputil
 from twisted.internet import task
 from twisted.logger import Logger
 
-from restmq import core as corelib, dispatch
+from restmq import core as corelib, dispatch, xmlrpc
 from restmq import _cyclone_py3 as compat
 from restmq._cyclone_py3 import Application, ChunkedTransferEncoding, CoroutineHandlerMixin
 from restmq.errors import (BadRequest, BodyTooLarge, InvalidArgument, InvalidName,
-                           MethodNotAllowed, MissingArgument, NotFound, RestMQError)
+                           MethodNotAllowed, MissingArgument, NotFound, RestMQError, Unauthorized)
 
 HTML = "text/html; charset=UTF-8"
 MAX_UNSENT = 16 * 1024 * 1024  # a live consumer further behind than this is disconnected
@@ -113,9 +113,30 @@ class BaseHandler(CoroutineHandlerMixin, cyclone.web.RequestHandler):
             raise MethodNotAllowed()
         if self.request.body_too_large:
             raise BodyTooLarge()
+        self.authkey = self._presented_key()
         section = self.sections.get(method)
-        if section and self.ctx.acl is not None:
+        if section and self.authkey is None and self.ctx.acl is not None:
             self.ctx.acl.check(section, self.request)
+
+    def _presented_key(self) -> str | None:
+        """`X-Auth-Key`, else the `authkey` argument (§9.5); empty means none. Undecodable
+        arguments are reported later, at the validation step."""
+        key = self.request.headers.get("X-Auth-Key", "")
+        if key:
+            return key
+        try:
+            return self.arg("authkey")
+        except BadRequest:
+            return None
+
+    async def grant(self, queue: str | None) -> None:
+        """With an auth key presented, judge it against its record for `queue` (None: the
+        request addresses every queue); without one the ACL file already decided."""
+        if self.authkey is None:
+            return
+        record = await self.ctx.core.authkey(self.authkey)
+        if not auth_record_grants(record, queue):
+            raise Unauthorized()
 
     # -- request parsing -------------------------------------------------------------------
 
@@ -235,6 +256,23 @@ class BaseHandler(CoroutineHandlerMixin, cyclone.web.RequestHandler):
             self.finish(json_text({"error": error.reason}))
 
 
+def auth_record_grants(record: str | None, queue: str | None) -> bool:
+    """§9.5: the record grants `queue` when it lists it or has the `create` privilege, which
+    alone grants requests addressing every queue (queue None)."""
+    if record is None:
+        return False
+    try:
+        parsed = json.loads(record)
+    except ValueError:
+        return False
+    if not isinstance(parsed, dict):
+        return False
+    queues, privs = parsed.get("queues", []), parsed.get("privs", [])
+    if not isinstance(queues, list) or not isinstance(privs, list):
+        return False
+    return "create" in privs or (queue is not None and queue in queues)
+
+
 def message_json(message: corelib.Message) -> str:
     return json_text({"key": message.key, "value": message.value, "count": 0})
 
@@ -249,9 +287,11 @@ class RootHandler(BaseHandler):
     async def get(self):
         name = self.arg("queue")
         if name is None:
+            await self.grant(None)
             return self.redirect_to("/static/index.html")
         corelib.check_name(name)
         callback = self.callback()
+        await self.grant(name)
         message = await self.ctx.core.hard_get(name)
         self.reply(message_json(message), callback=callback)
 
@@ -271,6 +311,7 @@ async def add(handler: BaseHandler, name: str) -> None:
             raise InvalidArgument("ttl")
         ttl = int(ttl)
     callback = handler.callback()
+    await handler.grant(name)
     key = await handler.ctx.core.add(name, value, ttl)
     handler.reply_key(key, callback)
 
@@ -285,9 +326,11 @@ class QueueHandler(BaseHandler):
 
     async def get(self):
         if self.request.path == self.prefix:
+            await self.grant(None)
             return self.reply(queue_list_page(await self.ctx.core.queues()), crlf=False)
         name = self.queue_name()
         callback = self.callback()
+        await self.grant(name)
         try:
             message = await self.ctx.core.hard_get(name)
         except corelib.EmptyQueue:
@@ -300,6 +343,7 @@ class QueueHandler(BaseHandler):
     async def delete(self):
         name = self.queue_name()
         callback = self.callback()
+        await self.grant(name)
         existed = await self.ctx.core.purge(name)
         self.reply(json_text({"queue": name, "status": existed}), callback=callback)
 
@@ -323,6 +367,7 @@ class PolicyHandler(BaseHandler):
     async def get(self):
         name = self.queue_name()
         callback = self.callback()
+        await self.grant(name)
         policy = await self.ctx.core.get_policy(name)
         self.reply(json_text({"queue": name, "value": policy}), callback=callback)
 
@@ -330,6 +375,7 @@ class PolicyHandler(BaseHandler):
         name = self.queue_name()
         policy = self.required("policy")
         callback = self.callback()
+        await self.grant(name)
         if policy not in corelib.POLICY_NAMES:
             return self.reply("null", callback=callback)
         await self.ctx.core.set_policy(name, policy)
@@ -347,6 +393,7 @@ class ControlHandler(BaseHandler):
     async def get(self):
         redis = self.ctx.redis_description
         if self.request.path == self.prefix:
+            await self.grant(None)
             rows = await self.ctx.core.stats()
             queues = {row.name: {"queue": row.name,
                                  "status": corelib.status_flag(row.status or None)}
@@ -354,6 +401,7 @@ class ControlHandler(BaseHandler):
             body = {"redis": redis, "queues": queues, "count": len(rows)}
         else:
             name = self.queue_name()
+            await self.grant(name)
             stored = await self.ctx.core.get_status(name)
             body = {"redis": redis, "queue": name,
                     "status": {"queue": name, "status": corelib.status_flag(stored)}}
@@ -363,6 +411,7 @@ class ControlHandler(BaseHandler):
         name = self.queue_name()
         status = self.arg("status")
         callback = self.callback()
+        await self.grant(name)
         if status not in ("start", "stop"):
             body = {"stat": f"invalid status: {status}"}
         else:
@@ -383,6 +432,7 @@ class StatsHandler(BaseHandler):
         redis = self.ctx.redis_description
         if self.request.path == self.prefix:
             callback = self.callback()
+            await self.grant(None)
             rows = await self.ctx.core.stats()
             queues = {row.name: {
                 "name": row.name, "len": row.length,
@@ -393,6 +443,7 @@ class StatsHandler(BaseHandler):
         else:
             name = self.queue_name()
             callback = self.callback()
+            await self.grant(name)
             body = {"redis": redis, "queue": name, "len": await self.ctx.core.length(name)}
         self.reply(json_text(body), ctype=JSON, crlf=False, callback=callback, semicolon=False)
 
@@ -433,9 +484,28 @@ class JsonProtocolHandler(BaseHandler):
         command = self.arg("msg") or self.arg("body")
         if command is None:
             raise MissingArgument("body")
-        outcome = await dispatch.run(self.ctx.core, command)
+        outcome = await dispatch.run(self.ctx.core, command, authorize=self.grant)
         ctype = HTML if outcome.get("error") == "null resultset" else JSON
         self.reply(json_text(outcome), ctype=ctype, crlf=False)
+
+
+class XmlRpcHandler(BaseHandler):
+    """`POST /xmlrpc` (§6): the ACL check waits until the method is known."""
+
+    methods = ("POST",)
+
+    async def post(self):
+        method, params = xmlrpc.parse_call(self.request.body)
+        try:
+            described = xmlrpc.check_params(method, params)
+            if self.authkey is None and self.ctx.acl is not None:
+                self.ctx.acl.check(described.section, self.request)
+            await self.grant(None if described.all_queues else params[0])
+            body = xmlrpc.response(await xmlrpc.call(self.ctx.core, method, params))
+        except xmlrpc.Fault as fault:
+            body = xmlrpc.fault_response(fault)
+        self.set_header("Content-Type", "text/xml")
+        self.finish(body)
 
 
 class StaticHandler(BaseHandler):
@@ -476,6 +546,7 @@ class LiveHandler(BaseHandler):
         its stream and then calls `join`."""
         name = self.queue_name()
         self.jsonp = self.callback()
+        await self.grant(name)
         await self.ctx.core.ping()
         return name
 
@@ -666,6 +737,7 @@ def routes(ctx: Context) -> list:
         (r"/stats/.*", StatsHandler, kw),
         (r"/j/.*", JobsHandler, kw),
         (r"/queue", JsonProtocolHandler, kw),
+        (r"/xmlrpc", XmlRpcHandler, kw),
         (r"/static/.*", StaticHandler, kw),
         (r"/(?:favicon\.ico|robots\.txt)", StaticHandler, kw),
         (r".*", NotFoundHandler, kw),

@@ -1,0 +1,137 @@
+"""XML-RPC at `/xmlrpc` (PROTOCOL.md §6): a hardened parse, then the standard library's
+marshalling; every method maps to one core operation.
+
+cyclone's own xmlrpc module does not import on Python 3, and it would parse with whatever the
+standard library allows; here a document is refused before unmarshalling if it declares a
+DOCTYPE, any entity, or references an entity other than the predefined ones.
+"""
+from __future__ import annotations
+
+import xml.parsers.expat
+import xmlrpc.client
+from dataclasses import dataclass
+from typing import Any
+
+from restmq import core as corelib
+from restmq.errors import BadRequest, EmptyQueue, InvalidName
+
+MALFORMED = "malformed XML-RPC request"
+
+
+class Fault(Exception):
+    def __init__(self, code: int, message: str):
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+@dataclass(frozen=True)
+class Method:
+    arity: int
+    section: str  # ACL category
+    all_queues: bool = False  # the method addresses every queue (auth keys, §9.5)
+
+
+METHODS = {
+    "set": Method(2, "rest:producer"),
+    "get": Method(1, "rest:consumer"),
+    "take": Method(1, "rest:consumer"),
+    "len": Method(1, "rest:consumer"),
+    "policy_get": Method(1, "rest:consumer"),
+    "policy_set": Method(2, "rest:producer"),
+    "status_get": Method(1, "rest:consumer"),
+    "status_set": Method(2, "rest:producer"),
+    "queues": Method(0, "rest:consumer", all_queues=True),
+}
+
+
+class _Refused(Exception):
+    pass
+
+
+def _refuse(*args):
+    raise _Refused()
+
+
+def check_document(body: bytes) -> None:
+    """Parse once with expat and refuse DTDs, entity declarations and references to any entity
+    but the five predefined ones (numeric character references are fine); BadRequest."""
+    parser = xml.parsers.expat.ParserCreate()
+    parser.StartDoctypeDeclHandler = _refuse
+    parser.EntityDeclHandler = _refuse
+    parser.UnparsedEntityDeclHandler = _refuse
+    parser.NotationDeclHandler = _refuse
+    parser.ExternalEntityRefHandler = _refuse
+    # Without a DTD expat refuses undefined entities itself; this is the belt to those braces.
+    parser.SkippedEntityHandler = _refuse
+    parser.SetParamEntityParsing(xml.parsers.expat.XML_PARAM_ENTITY_PARSING_NEVER)
+    try:
+        parser.Parse(body, True)
+    except (_Refused, xml.parsers.expat.ExpatError, ValueError):
+        raise BadRequest(MALFORMED) from None
+
+
+def parse_call(body: bytes) -> tuple[str, tuple]:
+    """The method name and parameters of a methodCall; BadRequest when it is not one."""
+    check_document(body)
+    try:
+        params, method = xmlrpc.client.loads(body, use_builtin_types=True)
+    except Exception:  # the unmarshaller raises many types for a bad document
+        raise BadRequest(MALFORMED) from None
+    if not isinstance(method, str):
+        raise BadRequest(MALFORMED)  # a methodResponse, or no methodName
+    return method, params
+
+
+def fault_response(fault: Fault) -> bytes:
+    return xmlrpc.client.dumps(xmlrpc.client.Fault(fault.code, fault.message),
+                               methodresponse=True).encode("utf-8")
+
+
+def response(value: Any) -> bytes:
+    return xmlrpc.client.dumps((value,), methodresponse=True).encode("utf-8")
+
+
+def check_params(method_name: str, params: tuple) -> Method:
+    """The method's description after the checks that need no Redis: unknown method (501),
+    arity and types (400), queue name (400)."""
+    method = METHODS.get(method_name)
+    if method is None:
+        raise Fault(501, f"method not found: {method_name}")
+    if len(params) != method.arity or not all(isinstance(p, str) for p in params):
+        raise Fault(400, "invalid arguments")
+    if params and not corelib.is_valid_name(params[0]):
+        raise Fault(400, "invalid queue name")
+    if method_name == "policy_set" and params[1] not in corelib.POLICY_NAMES:
+        raise Fault(400, "invalid policy")
+    if method_name == "status_set" and params[1] not in ("start", "stop"):
+        raise Fault(400, "invalid status")
+    return method
+
+
+async def call(core: corelib.Core, method: str, params: tuple) -> Any:
+    """Run a checked method; fires with the value to return, raises Fault(404) when empty."""
+    try:
+        if method == "set":
+            return await core.add(params[0], params[1])
+        if method == "get":
+            return (await core.hard_get(params[0])).value
+        if method == "take":
+            return (await core.take(params[0])).value
+        if method == "len":
+            return await core.length(params[0])
+        if method == "policy_get":
+            return await core.get_policy(params[0])
+        if method == "policy_set":
+            await core.set_policy(params[0], params[1])
+            return "OK"
+        if method == "status_get":
+            stored = await core.get_status(params[0])
+            return "" if stored is None else ("start" if stored == "1" else "stop")
+        if method == "status_set":
+            await core.set_status(params[0], params[1] == "start")
+            return params[1]
+        return await core.queues()
+    except EmptyQueue:
+        raise Fault(404, "empty queue") from None
+    except InvalidName:
+        raise Fault(400, "invalid queue name") from None
