@@ -21,6 +21,7 @@ setup(
         "pyopenssl",
         "service_identity",
     ],
+    entry_points={"console_scripts": ["restmq-engine = restmq.engine:main"]},
     extras_require={"test": ["pytest", "pytest-twisted", "autobahn"]},
     classifiers=[
         "Framework :: Twisted",

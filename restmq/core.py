@@ -13,7 +13,8 @@ from typing import Any
 from twisted.internet import defer
 
 from restmq.errors import EmptyQueue, InvalidName, BadRequest
-from restmq.redis import load_script, text
+from restmq.lua import load_script
+from restmq.redis import text
 
 POLICY_BROADCAST = "1"
 POLICY_ROUNDROBIN = "2"

@@ -5,8 +5,6 @@ which never wait longer than the command timeout and fail with the core's domain
 """
 from __future__ import annotations
 
-import hashlib
-from importlib import resources
 from typing import Any
 
 import txredisapi
@@ -16,6 +14,7 @@ from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint
 from twisted.logger import Logger
 
 from restmq.errors import RedisFailure, RedisUnavailable
+from restmq.lua import Script, load_script  # noqa: F401 (load_script is re-exported)
 
 COMMAND_TIMEOUT = 5.0
 RECONNECT_MAX_DELAY = 5.0
@@ -53,24 +52,6 @@ class _WatchedEndpoint:
             self.factory.settled = True
             return failure
         return self.endpoint.connect(protocol_factory).addErrback(failed)
-
-
-class Script:
-    """A Lua script run by EVALSHA, loaded again when Redis answers NOSCRIPT."""
-
-    def __init__(self, name: str, source: str):
-        self.name = name
-        self.source = source
-        self.sha = hashlib.sha1(source.encode("utf-8")).hexdigest()
-
-
-def load_script(name: str) -> Script:
-    """Read `restmq/scripts/<name>.lua`; scripts that retire keys get the shared prelude."""
-    folder = resources.files("restmq") / "scripts"
-    source = (folder / f"{name}.lua").read_text("utf-8")
-    if "retire(" in source:
-        source = (folder / "_retire.lua").read_text("utf-8") + source
-    return Script(name, source)
 
 
 class RedisService(service.Service):

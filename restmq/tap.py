@@ -1,7 +1,7 @@
 """Options and makeService of the `restmq` twistd plugin: only wiring, no queue logic."""
 from __future__ import annotations
 
-from twisted.application import internet, service, strports
+from twisted.application import internet, service
 from twisted.python import usage
 
 from restmq import __version__
@@ -61,14 +61,43 @@ class ListenOptions(usage.Options):
             raise usage.UsageError("--endpoint cannot be combined with --ssl-cert/--ssl-key; "
                                    "put the certificate in the endpoint string")
 
-    def endpoint_description(self) -> str:
+    def server_endpoint(self, reactor):
+        """The listening endpoint: --endpoint as given, else TCP or TLS on --listen:--port."""
+        from twisted.internet import endpoints
         if self["endpoint"]:
-            return self["endpoint"]
-        interface = self["listen"].replace(":", "\\:")
+            return endpoints.serverFromString(reactor, self["endpoint"])
         if self["ssl-cert"]:
-            return (f"ssl:{self['port']}:interface={interface}:privateKey={self['ssl-key']}"
-                    f":certKey={self['ssl-cert']}")
-        return f"tcp:{self['port']}:interface={interface}"
+            return endpoints.SSL4ServerEndpoint(reactor, self["port"], self.tls_options(),
+                                                interface=self["listen"])
+        if ":" in self["listen"]:
+            return endpoints.TCP6ServerEndpoint(reactor, self["port"], interface=self["listen"])
+        return endpoints.TCP4ServerEndpoint(reactor, self["port"], interface=self["listen"])
+
+    def tls_options(self):
+        """TLS 1.2 or newer (Twisted's default floor), HTTP/1.1 offered by ALPN: clients such
+        as curl offer h2 first, and an unanswered ALPN offer fails the handshake."""
+        from OpenSSL import crypto
+        from twisted.internet import ssl
+        try:
+            with open(self["ssl-cert"], "rb") as f:
+                chain = f.read()
+            with open(self["ssl-key"], "rb") as f:
+                key = f.read()
+            certs = [ssl.Certificate.loadPEM(block) for block in _pem_blocks(chain)]
+            private = ssl.KeyPair.load(key, crypto.FILETYPE_PEM)
+        except Exception as e:  # OpenSSL reports bad files with many types
+            raise usage.UsageError(f"cannot load the TLS certificate or key: {e}") from None
+        if not certs:
+            raise usage.UsageError(f"no certificate in {self['ssl-cert']}")
+        return ssl.CertificateOptions(
+            privateKey=private.original, certificate=certs[0].original,
+            extraCertChain=[c.original for c in certs[1:]],
+            raiseMinimumTo=ssl.TLSVersion.TLSv1_2, acceptableProtocols=[b"http/1.1"])
+
+
+def _pem_blocks(data: bytes) -> list[bytes]:
+    marker = b"-----END CERTIFICATE-----"
+    return [part + marker for part in data.split(marker) if b"-----BEGIN CERTIFICATE" in part]
 
 
 class Options(RedisOptions, ListenOptions):
@@ -97,6 +126,8 @@ class Options(RedisOptions, ListenOptions):
     def postOptions(self) -> None:
         from restmq.acl import AclError, AclFile
         self.check_listen()
+        if self["ssl-cert"]:
+            self.tls_options()  # a bad certificate is a usage error, not a crash at start
         try:
             self.acl = AclFile(self["acl"], trusted_proxy=self["trusted-proxy"])
         except AclError:
@@ -133,5 +164,6 @@ def makeService(options: Options) -> service.IService:
                   static=load_static())
     app = make_application(ctx, max_body=options["max-body"])
     internet.TimerService(5, acl.check_for_change).setServiceParent(top)
-    strports.service(options.endpoint_description(), app, reactor=reactor).setServiceParent(top)
+    internet.StreamServerEndpointService(options.server_endpoint(reactor), app).setServiceParent(
+        top)
     return top

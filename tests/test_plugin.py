@@ -38,6 +38,8 @@ def test_twistd_lists_the_plugin():
     (["--ssl-cert", "c.pem"], "--ssl-cert and --ssl-key must be given together"),
     (["--endpoint", "tcp:1", "--ssl-cert", "c", "--ssl-key", "k"], "--endpoint cannot"),
     (["--no-such-option"], "no-such-option"),
+    (["--ssl-cert", "/nonexistent.pem", "--ssl-key", "/nonexistent.key"],
+     "cannot load the TLS certificate or key"),
     (["--acl", "/nonexistent/acl.conf"], "Cannot load ACL file: /nonexistent/acl.conf"),
 ])
 def test_bad_options_are_usage_errors(args, message, tmp_path):

@@ -1,0 +1,226 @@
+"""`restmq-engine`: administration and tests straight on Redis (PROTOCOL.md §13), with the
+server's own Lua scripts and a small blocking Redis client.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import sys
+from typing import Any
+
+from restmq.core import POLICY_NAMES, is_valid_name, policy_name, scan_pattern
+from restmq.lua import Script, load_script
+
+ACTIONS = [  # (short, long, help) in the order they run
+    ("-p", "--producer", "add --value to --queue (wakes live consumers)"),
+    ("-c", "--consumer", "hard get (retained for --consumed-ttl)"),
+    ("-s", "--stats", "every queue with its length, status and policy"),
+    ("-g", "--non-consumer", "soft get: read without consuming, counting the read"),
+    ("-q", "--get_policy", "print the policy"),
+    ("-j", "--set_policy", "set --policy"),
+    ("-k", "--get_delete", "take: get and delete"),
+    ("-t", "--tail_multiget", "the 10 oldest pending messages, oldest first"),
+    ("-u", "--count_objects", "count the keys matching <queue>*"),
+    ("-i", "--list_last_items", "the 10 newest pending keys, newest first"),
+    ("-a", "--authorize", "judge --queue against AUTHKEY:<authkey>"),
+    ("-r", "--create_auth", "write AUTHKEY:<authkey> granting --queue and --privs"),
+]
+
+
+class RedisError(Exception):
+    pass
+
+
+class Redis:
+    """One blocking connection speaking RESP2; error replies raise RedisError."""
+
+    def __init__(self, host: str, port: int, unix_socket: str | None, password: str | None,
+                 db: int, timeout: float = 10.0):
+        try:
+            if unix_socket:
+                self.sock = socket.socket(socket.AF_UNIX)
+                self.sock.settimeout(timeout)
+                self.sock.connect(unix_socket)
+            else:
+                self.sock = socket.create_connection((host, port), timeout=timeout)
+        except OSError as e:
+            raise RedisError(f"cannot connect to Redis: {e}") from None
+        self.reader = self.sock.makefile("rb")
+        if password:
+            self("AUTH", password)
+        if db:
+            self("SELECT", db)
+
+    def __call__(self, *args: Any) -> Any:
+        out = [b"*%d\r\n" % len(args)]
+        for arg in args:
+            data = arg if isinstance(arg, bytes) else str(arg).encode("utf-8")
+            out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+        try:
+            self.sock.sendall(b"".join(out))
+            return self._reply()
+        except OSError as e:
+            raise RedisError(f"Redis connection failed: {e}") from None
+
+    def _reply(self) -> Any:
+        line = self.reader.readline()
+        if not line:
+            raise RedisError("Redis closed the connection")
+        kind, rest = line[:1], line[1:-2]
+        if kind == b"+":
+            return rest.decode("utf-8", "replace")
+        if kind == b"-":
+            raise RedisError(rest.decode("utf-8", "replace"))
+        if kind == b":":
+            return int(rest)
+        if kind == b"$":
+            size = int(rest)
+            return None if size < 0 else self.reader.read(size + 2)[:-2].decode("utf-8", "replace")
+        if kind == b"*":
+            size = int(rest)
+            return None if size < 0 else [self._reply() for _ in range(size)]
+        raise RedisError(f"unexpected reply from Redis: {line!r}")
+
+    def run(self, script: Script, *args: Any) -> Any:
+        try:
+            return self("EVALSHA", script.sha, 0, *args)
+        except RedisError as e:
+            if not str(e).startswith("NOSCRIPT"):
+                raise
+            return self("EVAL", script.source, 0, *args)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="restmq-engine",
+                                description="Work on RestMQ queues directly in Redis.")
+    p.add_argument("--redis-host", default="127.0.0.1")
+    p.add_argument("--redis-port", type=int, default=6379)
+    p.add_argument("--redis-db", type=int, default=0)
+    p.add_argument("--redis-password")
+    p.add_argument("--redis-unix-socket")
+    p.add_argument("--queue", default="test")
+    p.add_argument("--value", default='{"value": "a value"}')
+    p.add_argument("--policy", default="roundrobin")
+    p.add_argument("--authkey", default="aaa123")
+    p.add_argument("--privs", default="create", help="comma-separated privileges")
+    p.add_argument("--consumed-ttl", type=int, default=3600)
+    for short, long, text in ACTIONS:
+        p.add_argument(short, long, action="store_true", help=text)
+    return p
+
+
+class Engine:
+    def __init__(self, redis: Redis, options: argparse.Namespace, out=sys.stdout):
+        self.redis, self.o, self.out = redis, options, out
+        self.q = options.queue
+
+    def say(self, line: str) -> None:
+        print(line, file=self.out)
+
+    def policy(self) -> str:
+        return policy_name(self.redis("GET", f"{self.q}:queuepolicy"))
+
+    def message(self, reply: list | None, with_count: bool = False) -> None:
+        if not reply:
+            return self.say("empty queue")
+        self.say(f"key: {reply[0]}")
+        self.say(f"value: {reply[1]}")
+        if with_count:
+            self.say(f"count: {reply[2]}")
+        self.say(f"policy: {self.policy()}")
+
+    def producer(self):
+        self.say(f"key: {self.redis.run(load_script('add'), self.q, self.o.value, '', self.o.redis_db)}")
+
+    def consumer(self):
+        self.message(self.redis.run(load_script("hard_get"), self.q, self.o.consumed_ttl))
+
+    def stats(self):
+        reply = self.redis.run(load_script("stats"))
+        rows = sorted(reply[i:i + 4] for i in range(0, len(reply), 4))
+        for name, length, status, policy in rows:
+            flag = "-" if status == "" else ("1" if status == "1" else "0")
+            self.say(f"{name} len={length} status={flag} policy={policy_name(policy)}")
+        self.say(f"count: {len(rows)}")
+
+    def non_consumer(self):
+        self.message(self.redis.run(load_script("soft_get"), self.q), with_count=True)
+
+    def get_policy(self):
+        self.say(f"policy: {self.policy()}")
+
+    def set_policy(self):
+        self.redis("SET", f"{self.q}:queuepolicy", POLICY_NAMES[self.o.policy])
+        self.say("resp: OK")
+
+    def get_delete(self):
+        self.message(self.redis.run(load_script("take"), self.q))
+
+    def tail_multiget(self):
+        keys = list(reversed(self.redis("LRANGE", f"{self.q}:queue", -10, -1) or []))
+        values = self.redis("MGET", *keys) if keys else []
+        for key, value in zip(keys, values):
+            if value is not None:
+                self.say(f"{key}: {value}")
+
+    def count_objects(self):
+        seen, cursor = set(), "0"
+        while True:
+            cursor, keys = self.redis("SCAN", cursor, "MATCH", scan_pattern(self.q),
+                                      "COUNT", 1000)
+            seen.update(keys)
+            if cursor == "0":
+                break
+        self.say(f"objects: {len(seen)}")
+
+    def list_last_items(self):
+        for key in self.redis("LRANGE", f"{self.q}:queue", 0, 9) or []:
+            self.say(key)
+
+    def authorize(self):
+        record = self.redis("GET", f"AUTHKEY:{self.o.authkey}")
+        if record is None:
+            return self.say("denied")
+        try:
+            parsed = json.loads(record)
+        except ValueError:
+            parsed = None
+        if not isinstance(parsed, dict) or not all(
+                isinstance(parsed.get(f, []), list) for f in ("queues", "privs")):
+            return self.say("invalid record")
+        granted = "create" in parsed.get("privs", []) or self.q in parsed.get("queues", [])
+        self.say("authorized" if granted else "denied")
+
+    def create_auth(self):
+        privs = [p for p in self.o.privs.split(",") if p]
+        record = json.dumps({"queues": [self.q], "privs": privs})
+        self.redis("SET", f"AUTHKEY:{self.o.authkey}", record)
+        self.say("OK")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser()
+    options = p.parse_args(argv)  # a positional argument or a bad option: exit 2
+    chosen = [long[2:].replace("-", "_") for _, long, _ in ACTIONS
+              if getattr(options, long[2:].replace("-", "_"))]
+    if not chosen:
+        p.error("choose at least one action flag")
+    if not is_valid_name(options.queue):
+        p.error(f"invalid queue name: {options.queue!r}")
+    if options.policy not in POLICY_NAMES:
+        p.error(f"invalid policy: {options.policy!r} (broadcast or roundrobin)")
+    try:
+        redis = Redis(options.redis_host, options.redis_port, options.redis_unix_socket,
+                      options.redis_password, options.redis_db)
+        engine = Engine(redis, options)
+        for action in chosen:
+            getattr(engine, action)()
+    except RedisError as e:
+        print(f"restmq-engine: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""TLS listener (--ssl-cert / --ssl-key, and --endpoint): a round trip with a certificate the
+test makes with openssl, and TLS older than 1.2 refused."""
+from __future__ import annotations
+
+import socket
+import ssl
+import subprocess
+import warnings
+
+import pytest
+
+from tests.conftest import ServerProcess, free_port
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    return cert, key
+
+
+def tls_server(redis_proc, *args):
+    server = ServerProcess(redis_proc.port, *args)
+    server.url = f"https://127.0.0.1:{server.port}"
+    return server.start()
+
+
+def test_tls_round_trip_with_curl(redis_proc, redis, certificate):
+    cert, key = certificate
+    server = tls_server(redis_proc, "--ssl-cert", str(cert), "--ssl-key", str(key))
+    try:
+        add = subprocess.run(["curl", "-s", "--cacert", str(cert), "-d", "value=secret",
+                              f"{server.url}/q/tls"], capture_output=True, timeout=30)
+        assert add.stdout == b"tls:1\r\n"
+        get = subprocess.run(["curl", "-s", "--tlsv1.2", "--cacert", str(cert),
+                              f"{server.url}/q/tls"], capture_output=True, timeout=30)
+        assert b'"value": "secret"' in get.stdout
+    finally:
+        server.stop()
+
+
+def test_tls_older_than_1_2_is_refused(redis_proc, certificate):
+    cert, key = certificate
+    server = tls_server(redis_proc, "--ssl-cert", str(cert), "--ssl-key", str(key))
+    try:
+        old = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        old.check_hostname = False
+        old.verify_mode = ssl.CERT_NONE
+        old.set_ciphers("DEFAULT:@SECLEVEL=0")
+        with warnings.catch_warnings():  # the old versions are deprecated: that is the point
+            warnings.simplefilter("ignore", DeprecationWarning)
+            old.minimum_version = ssl.TLSVersion.TLSv1
+            old.maximum_version = ssl.TLSVersion.TLSv1_1
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw:
+            with pytest.raises((ssl.SSLError, ConnectionError)):
+                with old.wrap_socket(raw, server_hostname="127.0.0.1"):
+                    pass
+        modern = ssl.create_default_context(cafile=str(cert))
+        modern.minimum_version = ssl.TLSVersion.TLSv1_2
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw:
+            with modern.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+                assert tls.version() in ("TLSv1.2", "TLSv1.3")
+    finally:
+        server.stop()
+
+
+def test_endpoint_string_replaces_port_and_listen(redis_proc, redis):
+    port = free_port()
+    server = ServerProcess(redis_proc.port, "--endpoint", f"tcp:{port}:interface=127.0.0.1")
+    server.port, server.url = port, f"http://127.0.0.1:{port}"
+    server.start()
+    try:
+        out = subprocess.run(["curl", "-s", "-d", "value=x", f"{server.url}/q/ep"],
+                             capture_output=True, timeout=30)
+        assert out.stdout == b"ep:1\r\n"
+    finally:
+        server.stop()
