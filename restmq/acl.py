@@ -90,14 +90,14 @@ def client_address(request: Any, trusted_proxy: bool) -> str:
         if forwarded:
             candidates.append(forwarded.split(",")[-1])
         for candidate in candidates:
-            address = _normal_ip(candidate.strip())
+            address = normal_ip(candidate.strip())
             if address:
                 return address
     peer = request.connection.transport.getPeer()
-    return _normal_ip(getattr(peer, "host", "")) or getattr(peer, "host", "")
+    return normal_ip(getattr(peer, "host", "")) or getattr(peer, "host", "")
 
 
-def _normal_ip(text: str) -> str | None:
+def normal_ip(text: str) -> str | None:
     try:
         ip = ipaddress.ip_address(text)
     except ValueError:

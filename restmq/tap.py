@@ -142,7 +142,7 @@ def redis_service(options: usage.Options):
                         poolsize=options["redis-pool"])
 
 
-def makeService(options: Options) -> service.IService:
+def makeService(options: Options, collectd_frontend: bool = False) -> service.IService:
     from twisted.internet import reactor
 
     from restmq.core import Core
@@ -162,8 +162,51 @@ def makeService(options: Options) -> service.IService:
     acl = options.acl
     ctx = Context(core=core, acl=acl, delivery=delivery, redis_description=redis.description,
                   static=load_static())
-    app = make_application(ctx, max_body=options["max-body"])
+    app = make_application(ctx, max_body=options["max-body"],
+                           collectd_frontend=collectd_frontend)
     internet.TimerService(5, acl.check_for_change).setServiceParent(top)
     internet.StreamServerEndpointService(options.server_endpoint(reactor), app).setServiceParent(
         top)
+    return top
+
+
+class CollectdOptions(Options):
+    """twistd collectd [options]: every restmq route plus /collectd/<kind>."""
+
+    longdesc = "RestMQ with the collectd write_http frontend at /collectd/data and /collectd/event."
+
+
+def makeCollectdService(options: CollectdOptions) -> service.IService:
+    return makeService(options, collectd_frontend=True)
+
+
+class SyslogdOptions(RedisOptions, ListenOptions):
+    """twistd syslogd [options]"""
+
+    synopsis = "[options]"
+    longdesc = "RestMQ's syslog receiver: TCP syslog messages become messages of syslogd:<ip>."
+    optParameters = [
+        ["port", None, 25000, "TCP port to listen on.", _port("port")],
+        ["max-line", None, 16384, "Largest syslog message in bytes; longer ones are discarded.",
+         _int_at_least(1, "max-line")],
+    ]
+
+    def postOptions(self) -> None:
+        self.check_listen()
+        if self["ssl-cert"]:
+            self.tls_options()
+
+
+def makeSyslogdService(options: SyslogdOptions) -> service.IService:
+    from twisted.internet import reactor
+
+    from restmq.core import Core
+    from restmq.syslogd import SyslogFactory
+
+    top = service.MultiService()
+    redis = redis_service(options)
+    redis.setServiceParent(top)
+    factory = SyslogFactory(Core(redis), options["max-line"])
+    internet.StreamServerEndpointService(options.server_endpoint(reactor),
+                                         factory).setServiceParent(top)
     return top

@@ -18,7 +18,7 @@ from cyclone import httputil
 from twisted.internet import task
 from twisted.logger import Logger
 
-from restmq import core as corelib, dispatch, xmlrpc
+from restmq import collectd, core as corelib, dispatch, xmlrpc
 from restmq import _cyclone_py3 as compat
 from restmq._cyclone_py3 import Application, ChunkedTransferEncoding, CoroutineHandlerMixin
 from restmq.errors import (BadRequest, BodyTooLarge, InvalidArgument, InvalidName,
@@ -346,6 +346,29 @@ class QueueHandler(BaseHandler):
         await self.grant(name)
         existed = await self.ctx.core.purge(name)
         self.reply(json_text({"queue": name, "status": existed}), callback=callback)
+
+
+class CollectdHandler(QueueHandler):
+    """`/collectd/<x>` of the collectd plugin: GET and DELETE as `/q/<x>`, POST ingests
+    collectd's write_http bodies (§10)."""
+
+    prefix = "/collectd/"
+
+    async def post(self):
+        kind = self.path_queue()
+        if kind == "data":
+            queue = collectd.DATA_QUEUE
+            value = collectd.data_message(self.request.body,
+                                          self.request.headers.get("Content-Type"))
+            if value is None:
+                raise RestMQError.with_status(503, "unexpected Content-Type")
+        elif kind == "event":
+            queue, value = collectd.EVENT_QUEUE, collectd.event_message(self.request.body)
+        else:
+            raise BadRequest("unknown collectd kind")
+        callback = self.callback()
+        await self.grant(queue)
+        self.reply_key(await self.ctx.core.add(queue, value), callback)
 
 
 def queue_list_page(names: list[str]) -> str:
@@ -724,9 +747,10 @@ def load_static() -> dict[str, bytes]:
     return files
 
 
-def routes(ctx: Context) -> list:
+def routes(ctx: Context, collectd_frontend: bool = False) -> list:
     kw = {"ctx": ctx}
-    return [
+    frontend = [(r"/collectd/.*", CollectdHandler, kw)] if collectd_frontend else []
+    return frontend + [
         (r"/", RootHandler, kw),
         (r"/q/.*", QueueHandler, kw),
         (r"/c/.*", CometHandler, kw),
@@ -744,11 +768,11 @@ def routes(ctx: Context) -> list:
     ]
 
 
-def make_application(ctx: Context, max_body: int = 1024 * 1024,
-                     access_log: bool = True) -> Application:
+def make_application(ctx: Context, max_body: int = 1024 * 1024, access_log: bool = True,
+                     collectd_frontend: bool = False) -> Application:
     settings: dict[str, Any] = {"max_body": max_body}
     if not access_log:
         settings["log_function"] = lambda handler: None
-    app = Application(routes(ctx), **settings)
+    app = Application(routes(ctx, collectd_frontend), **settings)
     app.transforms = [ChunkedTransferEncoding]
     return app

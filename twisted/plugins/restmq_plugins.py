@@ -4,3 +4,7 @@ from twisted.application.service import ServiceMaker
 
 restmq = ServiceMaker("restmq", "restmq.tap", "RestMQ: a message queue over HTTP and Redis",
                       "restmq")
+collectd = ServiceMaker("collectd", "restmq.tap_collectd",
+                        "RestMQ with the collectd write_http frontend", "collectd")
+syslogd = ServiceMaker("syslogd", "restmq.tap_syslogd",
+                       "RestMQ's TCP syslog receiver", "syslogd")
