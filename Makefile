@@ -41,13 +41,23 @@ apt-redis:
 	@[ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null)
 
-# Tools the suite drives as real clients.
+# Tools the suite drives as real clients, as command:Debian-package pairs. collectd's
+# write_http plugin needs libcurl4 and its JSON needs libyajl2 (Debian only "recommends" them).
+TEST_TOOLS := curl:curl chromium:chromium collectd:collectd-core rsyslogd:rsyslog \
+	logger:bsdutils openssl:openssl
+TEST_LIBS := libyajl2 libcurl4
+
 test-tools:
-	@missing=""; for t in curl chromium; do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
+	@missing=""; for pair in $(TEST_TOOLS); do \
+		command -v $${pair%%:*} >/dev/null 2>&1 || [ -x /usr/sbin/$${pair%%:*} ] || \
+			missing="$$missing $${pair#*:}"; done; \
+	for lib in $(TEST_LIBS); do dpkg -s $$lib >/dev/null 2>&1 || missing="$$missing $$lib"; done; \
 	if [ -n "$$missing" ]; then \
-		[ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 || \
-			{ echo "missing:$$missing (install them, or run as root on Debian)"; exit 1; }; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "installing the test tools:$$missing"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+				--no-install-recommends $$missing >/dev/null; \
+		else echo "missing:$$missing (install them, or run as root on Debian)"; exit 1; fi; \
 	fi
 
 run: install redis-server
