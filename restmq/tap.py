@@ -19,6 +19,14 @@ def _int_at_least(minimum: int, name: str):
     return convert
 
 
+def _on_off(name: str):
+    def convert(text: str) -> bool:
+        if text not in ("on", "off"):
+            raise usage.UsageError(f"--{name} must be on or off, not {text!r}")
+        return text == "on"
+    return convert
+
+
 def _port(name: str):
     convert = _int_at_least(1, name)
 
@@ -114,6 +122,8 @@ class Options(RedisOptions, ListenOptions):
          _int_at_least(0, "consumed-ttl")],
         ["max-body", None, 1048576, "Largest request body and WebSocket message, in bytes.",
          _int_at_least(1, "max-body")],
+        ["access-log", None, "on", "on: log every request (buffered, one write a second); "
+         "off: no access log (when a proxy in front logs).", _on_off("access-log")],
     ]
     optFlags = [
         ["trusted-proxy", None, "Take the client address from X-Real-IP / X-Forwarded-For."],
@@ -126,6 +136,7 @@ class Options(RedisOptions, ListenOptions):
     def postOptions(self) -> None:
         from restmq.acl import AclError, AclFile
         self.check_listen()
+        self["access-log"] = self["access-log"] in (True, "on")  # the default is not coerced
         if self["ssl-cert"]:
             self.tls_options()  # a bad certificate is a usage error, not a crash at start
         try:
@@ -148,7 +159,7 @@ def makeService(options: Options, collectd_frontend: bool = False) -> service.IS
     from restmq.core import Core
     from restmq.delivery import Delivery
     from restmq.redis import PubSubService
-    from restmq.web import Context, load_static, make_application
+    from restmq.web import AccessLog, Context, load_static, make_application
 
     top = service.MultiService()
     redis = redis_service(options)
@@ -162,12 +173,26 @@ def makeService(options: Options, collectd_frontend: bool = False) -> service.IS
     acl = options.acl
     ctx = Context(core=core, acl=acl, delivery=delivery, redis_description=redis.description,
                   static=load_static())
-    app = make_application(ctx, max_body=options["max-body"],
+    access_log = AccessLog() if options["access-log"] else None
+    app = make_application(ctx, max_body=options["max-body"], access_log=access_log,
                            collectd_frontend=collectd_frontend)
+    if access_log is not None:
+        top.addService(_OnStop(access_log.flush))
     internet.TimerService(5, acl.check_for_change).setServiceParent(top)
     internet.StreamServerEndpointService(options.server_endpoint(reactor), app).setServiceParent(
         top)
     return top
+
+
+class _OnStop(service.Service):
+    """Calls `function` at shutdown (flushes the buffered access log)."""
+
+    def __init__(self, function):
+        self.function = function
+
+    def stopService(self):
+        super().stopService()
+        self.function()
 
 
 class CollectdOptions(Options):

@@ -8,6 +8,8 @@ import html
 import json
 import mimetypes
 import re
+import time
+from email.utils import formatdate
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -30,6 +32,50 @@ SSE_KEEPALIVE = 15.0
 JSON = "application/json"
 CALLBACK = re.compile(r"[A-Za-z_$][A-Za-z0-9_$]*(\.[A-Za-z_$][A-Za-z0-9_$]*)*\Z")
 TTL_MAX = 2147483647
+
+
+_date_cache = [0, ""]
+
+
+def http_date() -> str:
+    """The Date header, formatted once per second instead of once per reply."""
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache[:] = [now, formatdate(now, usegmt=True)]
+    return _date_cache[1]
+
+
+class AccessLog:
+    """The access log, buffered: lines are collected and written as one log event per second
+    (or per 256 requests), which costs far less than one event per request."""
+
+    log = Logger(namespace="restmq.access")
+
+    def __init__(self, clock: Any = None, limit: int = 256):
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.clock, self.limit = clock, limit
+        self.lines: list[str] = []
+        self._flush_call = None
+
+    def __call__(self, handler: cyclone.web.RequestHandler) -> None:
+        request = handler.request
+        self.lines.append(f'{request.remote_ip} "{request.method} {request.uri} '
+                          f'{request.version}" {handler.get_status()} '
+                          f'{1000.0 * request.request_time():.2f}ms')
+        if len(self.lines) >= self.limit:
+            self.flush()
+        elif self._flush_call is None:
+            self._flush_call = self.clock.callLater(1.0, self.flush)
+
+    def flush(self) -> None:
+        if self._flush_call is not None:
+            if self._flush_call.active():
+                self._flush_call.cancel()
+            self._flush_call = None
+        lines, self.lines = self.lines, []
+        if lines:
+            self.log.info("{lines}", lines="\n".join(lines))
 
 
 class _AnyMethod:
@@ -93,11 +139,19 @@ class BaseHandler(CoroutineHandlerMixin, cyclone.web.RequestHandler):
         self.ctx = ctx
         self._args: dict[str, str] | None = None
 
-    def set_default_headers(self):
-        self.set_header("Server", "RestMQ")
+    def clear(self):
+        # cyclone's clear() formats the date with strftime on every call (twice a request).
+        self._headers = {"Server": "RestMQ", "Content-Type": HTML, "Date": http_date()}
         if self.api:
-            self.set_header("Cache-Control", "no-store")
-            self.set_header("Content-Security-Policy", "default-src 'none'; sandbox")
+            self._headers["Cache-Control"] = "no-store"
+            self._headers["Content-Security-Policy"] = "default-src 'none'; sandbox"
+        self._list_headers = []
+        if not self.request.supports_http_1_1() and \
+                self.request.headers.get("Connection") == "Keep-Alive":
+            self._headers["Connection"] = "Keep-Alive"
+        self._write_buffer = []
+        self._status_code = 200
+        self._reason = "OK"
 
     def compute_etag(self):
         return None
@@ -768,11 +822,12 @@ def routes(ctx: Context, collectd_frontend: bool = False) -> list:
     ]
 
 
-def make_application(ctx: Context, max_body: int = 1024 * 1024, access_log: bool = True,
+def make_application(ctx: Context, max_body: int = 1024 * 1024,
+                     access_log: AccessLog | None = None,
                      collectd_frontend: bool = False) -> Application:
-    settings: dict[str, Any] = {"max_body": max_body}
-    if not access_log:
-        settings["log_function"] = lambda handler: None
+    """The Application; `access_log` None means no access log at all."""
+    settings: dict[str, Any] = {"max_body": max_body,
+                                "log_function": access_log or (lambda handler: None)}
     app = Application(routes(ctx, collectd_frontend), **settings)
     app.transforms = [ChunkedTransferEncoding]
     return app

@@ -11,7 +11,8 @@ from tests.conftest import TWISTD, ServerProcess
 
 OPTIONS = ["--port", "--listen", "--ssl-cert", "--ssl-key", "--endpoint", "--redis-host",
            "--redis-port", "--redis-unix-socket", "--redis-password", "--redis-db",
-           "--redis-pool", "--acl", "--consumed-ttl", "--max-body", "--trusted-proxy"]
+           "--redis-pool", "--acl", "--consumed-ttl", "--max-body", "--trusted-proxy",
+           "--access-log"]
 
 
 def twistd(*args, cwd="/"):
@@ -38,6 +39,7 @@ def test_twistd_lists_the_plugin():
     (["--ssl-cert", "c.pem"], "--ssl-cert and --ssl-key must be given together"),
     (["--endpoint", "tcp:1", "--ssl-cert", "c", "--ssl-key", "k"], "--endpoint cannot"),
     (["--no-such-option"], "no-such-option"),
+    (["--access-log", "maybe"], "--access-log must be on or off"),
     (["--ssl-cert", "/nonexistent.pem", "--ssl-key", "/nonexistent.key"],
      "cannot load the TLS certificate or key"),
     (["--acl", "/nonexistent/acl.conf"], "Cannot load ACL file: /nonexistent/acl.conf"),
@@ -86,3 +88,14 @@ def test_sigterm_shuts_down_cleanly(redis_proc):
     assert "Server Shut Down" in log
     assert "Traceback" not in log
     assert "Scheduling retry" not in log
+
+
+def test_access_log_on_and_off(redis_proc):
+    import urllib.request
+    for setting, expected in (("on", True), ("off", False)):
+        server = ServerProcess(redis_proc.port, "--access-log", setting).start()
+        try:
+            urllib.request.urlopen(f"{server.url}/stats/x?probe={setting}").read()
+        finally:
+            server.stop()  # flushes the buffered lines
+        assert (f'"GET /stats/x?probe={setting} HTTP/1.1" 200' in server.log()) is expected

@@ -26,6 +26,15 @@ def test_invalid_names(name):
     assert not core.is_valid_name(name)
 
 
+def test_name_check_matches_isspace_and_category_cc_everywhere():
+    import sys
+    import unicodedata
+    for code in range(sys.maxunicode + 1):
+        c = chr(code)
+        forbidden = c.isspace() or unicodedata.category(c) == "Cc"
+        assert bool(core._FORBIDDEN.search(c)) == forbidden, hex(code)
+
+
 def test_scan_pattern_escapes_glob_characters():
     assert core.scan_pattern("a*b?[c]\\") == "a\\*b\\?\\[c\\]\\\\*"
 
