@@ -11,6 +11,7 @@ import configparser
 import hashlib
 import hmac
 import ipaddress
+import json
 import os
 from dataclasses import dataclass
 from importlib import resources
@@ -150,6 +151,29 @@ def decide(rule: Rule | None, address: str, request: Any, cookie_ok: bool = Fals
         ok = hmac.compare_digest(user, want[0]) & hmac.compare_digest(password, want[1]) & ok
         if not ok:
             raise Unauthorized(challenge=True)
+
+
+def judge_record(record: str | None, queue: str | None) -> str:
+    """An auth key record (§9.5) judged for `queue` (None: a request on every queue):
+    'authorized', 'denied' (no grant, or no record) or 'invalid' (not a JSON object with list
+    fields). `create` grants every queue and is the only grant for every-queue requests."""
+    if record is None:
+        return "denied"
+    try:
+        parsed = json.loads(record, parse_constant=_not_json)
+    except ValueError:
+        return "invalid"
+    if not isinstance(parsed, dict):
+        return "invalid"
+    queues, privs = parsed.get("queues", []), parsed.get("privs", [])
+    if not isinstance(queues, list) or not isinstance(privs, list):
+        return "invalid"
+    granted = "create" in privs or (queue is not None and queue in queues)
+    return "authorized" if granted else "denied"
+
+
+def _not_json(name: str):
+    raise ValueError(f"{name} is not JSON")
 
 
 class AclFile:

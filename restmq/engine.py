@@ -10,6 +10,7 @@ import sys
 from typing import Any
 
 from restmq.core import POLICY_NAMES, is_valid_name, policy_name, scan_pattern
+from restmq.acl import judge_record
 from restmq.lua import Script, load_script
 
 ACTIONS = [  # (short, long, help) in the order they run
@@ -179,18 +180,8 @@ class Engine:
             self.say(key)
 
     def authorize(self):
-        record = self.redis("GET", f"AUTHKEY:{self.o.authkey}")
-        if record is None:
-            return self.say("denied")
-        try:
-            parsed = json.loads(record)
-        except ValueError:
-            parsed = None
-        if not isinstance(parsed, dict) or not all(
-                isinstance(parsed.get(f, []), list) for f in ("queues", "privs")):
-            return self.say("invalid record")
-        granted = "create" in parsed.get("privs", []) or self.q in parsed.get("queues", [])
-        self.say("authorized" if granted else "denied")
+        verdict = judge_record(self.redis("GET", f"AUTHKEY:{self.o.authkey}"), self.q)
+        self.say("invalid record" if verdict == "invalid" else verdict)
 
     def create_auth(self):
         privs = [p for p in self.o.privs.split(",") if p]

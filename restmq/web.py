@@ -20,7 +20,7 @@ from cyclone import httputil
 from twisted.internet import task
 from twisted.logger import Logger
 
-from restmq import collectd, core as corelib, dispatch, xmlrpc
+from restmq import acl, collectd, core as corelib, dispatch, xmlrpc
 from restmq import _cyclone_py3 as compat
 from restmq._cyclone_py3 import Application, ChunkedTransferEncoding, CoroutineHandlerMixin
 from restmq.errors import (BadRequest, BodyTooLarge, InvalidArgument, InvalidName,
@@ -189,7 +189,7 @@ class BaseHandler(CoroutineHandlerMixin, cyclone.web.RequestHandler):
         if self.authkey is None:
             return
         record = await self.ctx.core.authkey(self.authkey)
-        if not auth_record_grants(record, queue):
+        if acl.judge_record(record, queue) != "authorized":
             raise Unauthorized()
 
     # -- request parsing -------------------------------------------------------------------
@@ -308,23 +308,6 @@ class BaseHandler(CoroutineHandlerMixin, cyclone.web.RequestHandler):
             self.set_header("WWW-Authenticate", 'Basic realm="RestMQ Restricted Access"')
         if not self._finished:
             self.finish(json_text({"error": error.reason}))
-
-
-def auth_record_grants(record: str | None, queue: str | None) -> bool:
-    """§9.5: the record grants `queue` when it lists it or has the `create` privilege, which
-    alone grants requests addressing every queue (queue None)."""
-    if record is None:
-        return False
-    try:
-        parsed = json.loads(record)
-    except ValueError:
-        return False
-    if not isinstance(parsed, dict):
-        return False
-    queues, privs = parsed.get("queues", []), parsed.get("privs", [])
-    if not isinstance(queues, list) or not isinstance(privs, list):
-        return False
-    return "create" in privs or (queue is not None and queue in queues)
 
 
 def message_json(message: corelib.Message) -> str:
@@ -574,9 +557,10 @@ class XmlRpcHandler(BaseHandler):
     async def post(self):
         method, params = xmlrpc.parse_call(self.request.body)
         try:
-            described = xmlrpc.check_params(method, params)
+            described = xmlrpc.find_method(method)
             if self.authkey is None and self.ctx.acl is not None:
                 self.ctx.acl.check(described.section, self.request)
+            xmlrpc.check_params(method, params)
             await self.grant(None if described.all_queues else params[0])
             body = xmlrpc.response(await xmlrpc.call(self.ctx.core, method, params))
         except xmlrpc.Fault as fault:

@@ -64,10 +64,19 @@ def check_document(body: bytes) -> None:
     # Without a DTD expat refuses undefined entities itself; this is the belt to those braces.
     parser.SkippedEntityHandler = _refuse
     parser.SetParamEntityParsing(xml.parsers.expat.XML_PARAM_ENTITY_PARSING_NEVER)
+    roots: list[str] = []
+
+    def start(name, attributes):
+        if not roots:
+            roots.append(name)
+
+    parser.StartElementHandler = start
     try:
         parser.Parse(body, True)
     except (_Refused, xml.parsers.expat.ExpatError, ValueError):
         raise BadRequest(MALFORMED) from None
+    if roots != ["methodCall"]:
+        raise BadRequest(MALFORMED)
 
 
 def parse_call(body: bytes) -> tuple[str, tuple]:
@@ -91,12 +100,18 @@ def response(value: Any) -> bytes:
     return xmlrpc.client.dumps((value,), methodresponse=True).encode("utf-8")
 
 
-def check_params(method_name: str, params: tuple) -> Method:
-    """The method's description after the checks that need no Redis: unknown method (501),
-    arity and types (400), queue name (400)."""
+def find_method(method_name: str) -> Method:
+    """The method's description; Fault 501 for an unknown one (answered without an ACL check)."""
     method = METHODS.get(method_name)
     if method is None:
         raise Fault(501, f"method not found: {method_name}")
+    return method
+
+
+def check_params(method_name: str, params: tuple) -> None:
+    """The checks that need no Redis, after the ACL check: arity and types, queue name,
+    policy and status values (faults 400)."""
+    method = METHODS[method_name]
     if len(params) != method.arity or not all(isinstance(p, str) for p in params):
         raise Fault(400, "invalid arguments")
     if params and not corelib.is_valid_name(params[0]):
@@ -105,7 +120,6 @@ def check_params(method_name: str, params: tuple) -> Method:
         raise Fault(400, "invalid policy")
     if method_name == "status_set" and params[1] not in ("start", "stop"):
         raise Fault(400, "invalid status")
-    return method
 
 
 async def call(core: corelib.Core, method: str, params: tuple) -> Any:
