@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet import defer
 
-from restmq.errors import EmptyQueue, InvalidName, BadRequest
+from restmq.errors import BadRequest, EmptyQueue, InvalidName, RedisUnavailable
 from restmq.lua import load_script
 from restmq.redis import text
 
@@ -97,15 +98,31 @@ class Core:
         self.redis = redis
         self.consumed_ttl = consumed_ttl
         self.scripts = {name: load_script(name) for name in (
-            "add", "hard_get", "soft_get", "take", "del", "purge", "pop_batch", "stats")}
+            "add", "add_once", "hard_get", "soft_get", "take", "del", "purge", "pop_batch",
+            "stats")}
 
     def _run(self, name: str, *args: Any) -> defer.Deferred:
         return self.redis.run_script(self.scripts[name], *args)
 
+    def _deadline(self) -> int:
+        """When a write may no longer run (ms since the epoch): a second before we give up
+        waiting for its reply, so a write Redis only gets to after our 503 or retry (a
+        paused Redis) is never applied. Tolerates a Redis clock up to 1 s behind ours."""
+        return int((time.time() + self.redis.timeout - 1.0) * 1000)
+
     def add(self, queue: str, value: str, ttl: int | None = None) -> defer.Deferred:
         """ADD: fires with the new key `<q>:<n>`; live consumers are woken by the script."""
         check_name(queue)
-        return self._run("add", queue, value, "" if ttl is None else ttl, self.redis.db)
+        d = self._run("add", queue, value, "" if ttl is None else ttl, self.redis.db,
+                      self._deadline())
+        return d.addCallback(_written)
+
+    def add_once(self, queue: str, value: str, window: int = 1000) -> defer.Deferred:
+        """ADD for a retry after an unknown outcome: when one of the `window` newest pending
+        messages already holds `value` (the first try did run), fires with its key instead."""
+        check_name(queue)
+        d = self._run("add_once", queue, value, self.redis.db, window, self._deadline())
+        return d.addCallback(_written)
 
     def hard_get(self, queue: str) -> defer.Deferred:
         """HARD_GET: fires with the oldest Message (retained for consumed_ttl); EmptyQueue."""
@@ -223,6 +240,12 @@ class Core:
         """Fires with the raw AUTHKEY record text, or None."""
         record = yield self.redis.execute("GET", f"AUTHKEY:{key}")
         return text(record)
+
+
+def _written(key):
+    if key is None:  # the script ran after its deadline: nothing was written
+        raise RedisUnavailable("the write reached Redis after its deadline")
+    return key
 
 
 def _message(reply) -> Message:

@@ -16,9 +16,10 @@ class Script:
 
 
 def load_script(name: str) -> Script:
-    """Read `restmq/scripts/<name>.lua`; scripts that retire keys get the shared prelude."""
+    """Read `restmq/scripts/<name>.lua` with the shared preludes it uses."""
     folder = resources.files("restmq") / "scripts"
     source = (folder / f"{name}.lua").read_text("utf-8")
-    if "retire(" in source:
-        source = (folder / "_retire.lua").read_text("utf-8") + source
+    for prelude, use in (("_retire", "retire("), ("_deadline", "expired(")):
+        if use in source:
+            source = (folder / f"{prelude}.lua").read_text("utf-8") + source
     return Script(name, source)

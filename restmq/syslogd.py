@@ -183,11 +183,19 @@ class SyslogProtocol(protocol.Protocol):
                 lambda f: self.log.failure("syslog delivery from {ip} failed", f, ip=self.host))
 
     async def _drain(self) -> None:
+        retrying = False
         try:
             while self.pending:
                 try:
-                    await self.core.add(self.queue, self.pending[0])
+                    if retrying:
+                        # The try that timed out may have run after all: add only if absent.
+                        # (Each value carries its receive time to the microsecond.)
+                        await self.core.add_once(self.queue, self.pending[0])
+                    else:
+                        await self.core.add(self.queue, self.pending[0])
+                    retrying = False
                 except RedisUnavailable as e:
+                    retrying = True
                     # Keep the message, stop reading and try again: the sender's TCP window
                     # fills up instead of our memory.
                     self._pause()

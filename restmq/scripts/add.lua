@@ -1,5 +1,9 @@
--- ADD(q, value[, ttl]): ARGV = queue, value, ttl ('' for none), db.
+-- ADD(q, value[, ttl]): ARGV = queue, value, ttl ('' for none), db, deadline (see
+-- _deadline.lua). Returns the new key, or nil when run after the deadline.
 local q, value, ttl, db = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+if expired(ARGV[5]) then
+  return nil
+end
 local n = redis.call('INCR', q .. ':UUID')
 local key = q .. ':' .. n
 if ttl then
