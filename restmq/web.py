@@ -133,6 +133,7 @@ class BaseHandler(CoroutineHandlerMixin, cyclone.web.RequestHandler):
     prefix = ""
     jsonp_methods: tuple[str, ...] = ()
     api = True
+    raw_body = False  # the POST body is the payload (XML-RPC, collectd), never arguments
     log = Logger()
 
     def initialize(self, ctx: Context):
@@ -200,7 +201,7 @@ class BaseHandler(CoroutineHandlerMixin, cyclone.web.RequestHandler):
         if self._args is None:
             args: dict[str, str] = {}
             parse_urlencoded(self.request.query.encode("latin-1"), args)
-            if self.request.method == "POST" and self.request.body:
+            if self.request.method == "POST" and self.request.body and not self.raw_body:
                 self._parse_body(args)
             self._args = args
         return self._args
@@ -390,6 +391,7 @@ class CollectdHandler(QueueHandler):
     collectd's write_http bodies (§10)."""
 
     prefix = "/collectd/"
+    raw_body = True
 
     async def post(self):
         kind = self.path_queue()
@@ -553,6 +555,7 @@ class XmlRpcHandler(BaseHandler):
     """`POST /xmlrpc` (§6): the ACL check waits until the method is known."""
 
     methods = ("POST",)
+    raw_body = True
 
     async def post(self):
         method, params = xmlrpc.parse_call(self.request.body)

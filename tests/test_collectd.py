@@ -796,3 +796,15 @@ def test_real_collectd_notification(cserver, redis):
         assert all(len(item) == 1 for item in items)
     finally:
         daemon.stop()
+
+
+def test_a_form_encoded_event_body_is_not_read_as_arguments(C, redis):
+    """§1.2: /collectd/ reads the raw body, so curl's default Content-Type does not matter,
+    even for a body that would be an undecodable form."""
+    from tests.http_client import request
+    body = "Severity: FAILURE\nHost: h%ff\n\nvalue=%ff&callback=1x\n"
+    reply = request(C, "POST", "/collectd/event", body=body,
+                    headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert (reply.status, reply.body) == (200, b"collectd_event:1\r\n")
+    stored = __import__("json").loads(redis("GET", "collectd_event:1"))
+    assert stored == [{"severity": "FAILURE"}, {"host": "h%ff"}, {"event_text": "value=%ff&callback=1x"}]
