@@ -120,13 +120,24 @@ def _credentials(request: Any, cookie_ok: bool) -> tuple[bytes, bytes] | None:
             return None
         user, sep, password = decoded.partition(b":")
         return (user, password) if sep else None
-    if cookie_ok:
+    if cookie_ok and _same_origin(request):
         for part in request.headers.get("Cookie", "").split(";"):
             name, _, value = part.strip().partition("=")
             if name == "auth":
                 user, sep, password = value.partition(":")
                 return (user.encode(), password.encode()) if sep else None
     return None
+
+
+def _same_origin(request: Any) -> bool:
+    """A browser sends the `auth` cookie with cross-site WebSocket and EventSource requests
+    too; such a request (an Origin whose host is not the Host we were asked for) may not
+    authenticate with it. Clients that send no Origin are not browsers."""
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return True
+    _, sep, rest = origin.partition("://")
+    return bool(sep) and rest.rstrip("/").lower() == request.headers.get("Host", "").lower()
 
 
 def decide(rule: Rule | None, address: str, request: Any, cookie_ok: bool = False) -> None:

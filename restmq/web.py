@@ -146,6 +146,7 @@ class BaseHandler(CoroutineHandlerMixin, cyclone.web.RequestHandler):
         if self.api:
             self._headers["Cache-Control"] = "no-store"
             self._headers["Content-Security-Policy"] = "default-src 'none'; sandbox"
+            self._headers["X-Content-Type-Options"] = "nosniff"
         self._list_headers = []
         if not self.request.supports_http_1_1() and \
                 self.request.headers.get("Connection") == "Keep-Alive":

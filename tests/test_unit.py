@@ -109,6 +109,23 @@ def test_acl_credentials_are_checked_with_a_challenge():
     acl.decide(rule, "1.2.3.4", _request(cookie="x=1; auth=u:p:w"), cookie_ok=True)
 
 
+def test_acl_cookie_only_from_the_same_origin():
+    rule = _rule("username = u\npassword = p")
+
+    def request(origin):
+        headers = {"Cookie": "auth=u:p", "Host": "mq.example:8888"}
+        if origin:
+            headers["Origin"] = origin
+        return SimpleNamespace(headers=headers)
+
+    acl.decide(rule, "1.2.3.4", request(None), cookie_ok=True)
+    acl.decide(rule, "1.2.3.4", request("http://MQ.example:8888"), cookie_ok=True)
+    for foreign in ("http://evil.example", "http://mq.example:9999", "null", "mq.example:8888"):
+        with pytest.raises(Unauthorized) as e:
+            acl.decide(rule, "1.2.3.4", request(foreign), cookie_ok=True)
+        assert e.value.challenge
+
+
 def test_acl_credentials_need_both_parts():
     acl.decide(_rule("username = u"), "1.2.3.4", _request())
 
