@@ -1,5 +1,6 @@
 # RestMQ: the only entry points a user needs.
-#   make run     [PORT=8888] [REDIS_PORT=6379]  serve on 127.0.0.1, starting a Redis if none answers
+#   make run     [PORT=8888] [REDIS_PORT=6379] [WORKERS=1]
+#                serve on 127.0.0.1, starting a Redis if none answers; WORKERS processes share the port
 #   make test    [PYTEST_ARGS=...]              the whole suite against a private redis-server
 #   make bench                                  benchmarks (bench/report.md)
 #   make install                                the virtualenv in .venv (idempotent)
@@ -9,6 +10,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PORT ?= 8888
 REDIS_PORT ?= 6379
+WORKERS ?= 1
 STAMP := $(VENV)/.restmq-installed
 
 .PHONY: install run test bench redis-server test-tools clean
@@ -61,7 +63,7 @@ test-tools:
 	fi
 
 run: install redis-server
-	start_scripts/run_with_redis $(PORT) $(REDIS_PORT)
+	start_scripts/run_with_redis $(PORT) $(REDIS_PORT) $(WORKERS)
 
 test: install redis-server test-tools
 	REDIS_SERVER="$$(start_scripts/redis-server-path)" $(PY) -m pytest $(PYTEST_ARGS)

@@ -62,7 +62,14 @@ class ListenOptions(usage.Options):
          "replaces --port and --listen."],
     ]
 
+    optFlags = [
+        ["reuse-port", None, "Listen with SO_REUSEPORT, so that several processes share the "
+         "port (the kernel spreads connections among them)."],
+    ]
+
     def check_listen(self) -> None:
+        if self["reuse-port"] and self["endpoint"]:
+            raise usage.UsageError("--reuse-port works with --port/--listen, not --endpoint")
         if bool(self["ssl-cert"]) != bool(self["ssl-key"]):
             raise usage.UsageError("--ssl-cert and --ssl-key must be given together")
         if self["endpoint"] and self["ssl-cert"]:
@@ -74,6 +81,10 @@ class ListenOptions(usage.Options):
         from twisted.internet import endpoints
         if self["endpoint"]:
             return endpoints.serverFromString(reactor, self["endpoint"])
+        if self["reuse-port"]:
+            from restmq.reuseport import ReusePortEndpoint
+            tls = self.tls_options() if self["ssl-cert"] else None
+            return ReusePortEndpoint(reactor, self["port"], self["listen"], tls)
         if self["ssl-cert"]:
             return endpoints.SSL4ServerEndpoint(reactor, self["port"], self.tls_options(),
                                                 interface=self["listen"])

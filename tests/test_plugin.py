@@ -12,7 +12,7 @@ from tests.conftest import TWISTD, ServerProcess
 OPTIONS = ["--port", "--listen", "--ssl-cert", "--ssl-key", "--endpoint", "--redis-host",
            "--redis-port", "--redis-unix-socket", "--redis-password", "--redis-db",
            "--redis-pool", "--acl", "--consumed-ttl", "--max-body", "--trusted-proxy",
-           "--access-log"]
+           "--access-log", "--reuse-port"]
 
 
 def twistd(*args, cwd="/"):
@@ -40,6 +40,7 @@ def test_twistd_lists_the_plugin():
     (["--endpoint", "tcp:1", "--ssl-cert", "c", "--ssl-key", "k"], "--endpoint cannot"),
     (["--no-such-option"], "no-such-option"),
     (["--access-log", "maybe"], "--access-log must be on or off"),
+    (["--reuse-port", "--endpoint", "tcp:1"], "--reuse-port works with --port/--listen"),
     (["--ssl-cert", "/nonexistent.pem", "--ssl-key", "/nonexistent.key"],
      "cannot load the TLS certificate or key"),
     (["--acl", "/nonexistent/acl.conf"], "Cannot load ACL file: /nonexistent/acl.conf"),

@@ -7,6 +7,8 @@ import signal
 import subprocess
 import time
 
+import pytest
+
 from tests.conftest import ROOT, free_port, redis_server_binary
 from tests.http_client import post
 
@@ -19,12 +21,13 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def test_run_with_redis_starts_and_stops_its_own_redis(tmp_path):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_run_with_redis_starts_and_stops_its_own_redis(tmp_path, workers):
     port, redis_port = free_port(), free_port()
     env = dict(os.environ, REDIS_SERVER=redis_server_binary())
     proc = subprocess.Popen([str(ROOT / "start_scripts" / "run_with_redis"), str(port),
-                             str(redis_port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True, env=env)
+                             str(redis_port), str(workers)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
@@ -36,6 +39,11 @@ def test_run_with_redis_starts_and_stops_its_own_redis(tmp_path):
                 assert proc.poll() is None and time.monotonic() < deadline
                 time.sleep(0.1)
         assert (reply.status, reply.body) == (200, b"test:1\r\n")
+        for n in range(2, 21):  # spread over the workers by the kernel
+            assert post(url, "/q/test", {"value": "hi"}).body == f"test:{n}\r\n".encode()
+        twistds = subprocess.run(["pgrep", "-f", f"restmq --port {port} "], capture_output=True,
+                                 text=True).stdout.split()
+        assert len(twistds) == workers
         pid = int((ROOT / ".run" / f"redis-{redis_port}" / "redis.pid").read_text())
         assert _alive(pid)
     finally:
@@ -46,4 +54,6 @@ def test_run_with_redis_starts_and_stops_its_own_redis(tmp_path):
     while _alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not _alive(pid), output
+    for twistd in twistds:
+        assert not _alive(int(twistd)), output
     subprocess.run(["rm", "-rf", str(ROOT / ".run" / f"redis-{redis_port}")])
