@@ -17,6 +17,7 @@ from twisted.logger import Logger
 
 from restmq.core import BATCH_BYTES, BATCH_COUNT, Core, Message
 from restmq.errors import RestMQError
+from restmq.jsontext import json_text
 
 CHANNEL_SUFFIX = ":PUBSUB"
 SWEEP_INTERVAL = 1.0
@@ -26,8 +27,9 @@ BROADCAST_WAIT = 5.0
 class Consumer(Protocol):
     """What delivery needs of a live connection."""
 
-    def send(self, message: Message) -> None:
-        """Write one message; a consumer that has gone or is too far behind closes itself."""
+    def send(self, batch: list[tuple[str, str]]) -> None:
+        """Write messages given as (key, message object as JSON text), in order; a consumer
+        that has gone or is too far behind closes itself."""
 
     def end(self) -> None:
         """Write the final `null` and end the stream (purge)."""
@@ -149,7 +151,7 @@ class Delivery(service.Service):
                 continue
             consumer = state.consumers[state.counter % len(state.consumers)]
             state.counter += 1
-            consumer.send(message)
+            consumer.send(encode([message]))
 
     async def _wait_for_broadcast(self, state: _Queue, last_key: str) -> None:
         """Pace a full broadcast batch: pop again once it came back on the subscription."""
@@ -197,9 +199,9 @@ class Delivery(service.Service):
         state = self.queues.get(queue)
         if state is None:
             return
+        encoded = encode(batch)  # once, for every consumer
         for consumer in list(state.consumers):
-            for message in batch:
-                consumer.send(message)
+            consumer.send(encoded)
         if batch:
             state.arrived.append(batch[-1].key)
             if batch[-1].key == state.awaited_key and not state.batch_arrived.called:
@@ -212,6 +214,11 @@ class Delivery(service.Service):
         for consumer in list(state.consumers):
             consumer.end()
             self.unregister(queue, consumer)
+
+
+def encode(batch: list[Message]) -> list[tuple[str, str]]:
+    """(key, the delivered message object `{"key": K, "value": V}` as JSON text)."""
+    return [(m.key, json_text({"key": m.key, "value": m.value})) for m in batch]
 
 
 def _full(batch: list[Message]) -> bool:

@@ -1,0 +1,15 @@
+"""JSON text as PROTOCOL.md §1.3 wants it on the wire."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+_dumps = json.JSONEncoder(ensure_ascii=True, separators=(", ", ": ")).encode
+
+
+def json_text(obj: Any) -> str:
+    """ASCII only (non-ASCII as \\uXXXX), with <, > and & escaped as \\u003c, \\u003e, \\u0026."""
+    text = _dumps(obj)
+    if "<" in text or ">" in text or "&" in text:
+        text = text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    return text
