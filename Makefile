@@ -2,7 +2,7 @@
 #   make run     [PORT=8888] [REDIS_PORT=6379] [WORKERS=1]
 #                serve on 127.0.0.1, starting a Redis if none answers; WORKERS processes share the port
 #   make test    [PYTEST_ARGS=...]              the whole suite against a private redis-server
-#   make bench                                  benchmarks (bench/report.md)
+#   make bench                                  benchmarks (bench/report*.md)
 #   make install                                the virtualenv in .venv (idempotent)
 
 PYTHON ?= python3
@@ -21,7 +21,7 @@ install: $(STAMP)
 $(STAMP): setup.py Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "twisted>=24.7" "txredisapi>=1.6,<1.7" pyopenssl service_identity \
+	$(PY) -m pip install -q "twisted>=24.7" "txredisapi>=1.6,<1.7" hiredis pyopenssl service_identity \
 		pytest pytest-twisted autobahn
 	$(PY) -m pip install -q --no-deps "cyclone==1.3"
 	@# cyclone's bundled twistd plugin imports the reactor and `imp`: remove it (STACK.md §4).
@@ -72,6 +72,8 @@ bench: install redis-server
 	@command -v wrk >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
 	PATH="$$(dirname "$$(start_scripts/redis-server-path)"):$$PATH" $(PY) bench/run.py
+	PATH="$$(dirname "$$(start_scripts/redis-server-path)"):$$PATH" $(PY) bench/live.py
+	PATH="$$(dirname "$$(start_scripts/redis-server-path)"):$$PATH" $(PY) bench/syslog.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

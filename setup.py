@@ -18,6 +18,7 @@ setup(
     install_requires=[
         "twisted>=24.7",
         "txredisapi>=1.6,<1.7",
+        "hiredis",
         "pyopenssl",
         "service_identity",
     ],

@@ -162,11 +162,18 @@ class PrivateRedis:
         if not _is_redis(pid):  # never signal a recycled PID
             return
         os.kill(pid, signal.SIGTERM)
+        os.kill(pid, signal.SIGCONT)  # a stopped (SIGSTOP) redis acts on SIGTERM only then
         deadline = time.monotonic() + timeout
         while _alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
         if _alive(pid):
             os.kill(pid, signal.SIGKILL)
+
+    def send_signal(self, sig: int) -> None:
+        """Signal the running redis-server (e.g. SIGSTOP / SIGCONT to pause it)."""
+        if self.pid is None or not _alive(self.pid) or not _is_redis(self.pid):
+            raise RedisError("redis-server is not running")
+        os.kill(self.pid, sig)
 
     def log_tail(self, lines: int = 20) -> str:
         try:

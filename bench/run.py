@@ -14,28 +14,22 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import importlib.metadata
 import math
-import os
-import platform
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
-from typing import IO
 
 import redis_private
 import wrk
+from common import (BENCH_DIR, ServerProcess, checkout_env, free_ports,
+                    software_info, venv_bin)
+from common import raise_exit as _raise_exit
 
-BENCH_DIR = Path(__file__).resolve().parent
-REPO = BENCH_DIR.parent
 QUEUE = "benchq"
 POST_BODY = "value=hello"
 FORM_TYPE = "application/x-www-form-urlencoded"
@@ -46,102 +40,6 @@ TARGETS = {"add": 0.45, "get": 0.40}
 # Prefill = this many times the best rate seen so far x duration: the restmq side is not
 # expected to beat the bare side, so 1.5x its rate leaves a comfortable margin.
 PREFILL_MARGIN = 1.5
-
-
-# --------------------------------------------------------------------------- processes
-
-def free_ports(n: int) -> list[int]:
-    """n distinct free TCP ports on 127.0.0.1 (all sockets held open together so the kernel
-    cannot hand out the same port twice; a race with other programs remains possible)."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-# urllib honours http_proxy & co.; a readiness probe to 127.0.0.1 must never go through one.
-_NO_PROXY_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-class ServerProcess:
-    """An HTTP server subprocess with its output in a log file; stopped with SIGTERM."""
-
-    def __init__(self, name: str, cmd: list[str], ready_url: str, logfile: Path,
-                 env: dict[str, str] | None = None) -> None:
-        self.name = name
-        self.cmd = cmd
-        self.env = env
-        self.ready_url = ready_url
-        self.logfile = logfile
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
-
-    def start(self, timeout: float = 15.0) -> None:
-        self._log = open(self.logfile, "wb")
-        # A new session keeps a terminal Ctrl-C away from the servers, so they are stopped
-        # in order by stop() rather than dying mid-run on their own.
-        self.proc = subprocess.Popen(self.cmd, cwd=REPO, stdout=self._log,
-                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     env=self.env, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode} during "
-                                   f"startup:\n{self.log_tail()}")
-            try:
-                with _NO_PROXY_OPENER.open(self.ready_url, timeout=1.0) as resp:
-                    if resp.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"{self.name}: no 200 from {self.ready_url} within {timeout:.0f} s:\n"
-                           f"{self.log_tail()}")
-
-    def stop(self, timeout: float = 10.0) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            text = self.logfile.read_text(errors="replace")
-        except OSError:
-            return "(no log)"
-        return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
-
-
-def venv_bin(name: str) -> str:
-    """The repo's venv executable if there is one, else the one next to this Python."""
-    candidate = REPO / ".venv" / "bin" / name
-    if candidate.exists():
-        return str(candidate)
-    return str(Path(sys.executable).parent / name)
-
-
-def checkout_env() -> dict[str, str]:
-    """Environment that makes twistd load restmq and its plugin from this working tree.
-
-    twistd finds plugins in every twisted/plugins directory on sys.path; putting the repo
-    first means the benchmark measures the checked-out code even before (or without)
-    `pip install -e .`, and is harmless after it.
-    """
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    return env
 
 
 # --------------------------------------------------------------------------- measuring
@@ -233,52 +131,8 @@ def summarize(runs: list[Run]) -> list[Summary]:
 
 # --------------------------------------------------------------------------- reporting
 
-def _dist_version(name: str) -> str:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith(("model name", "hardware", "cpu model")):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def _git_revision() -> str:
-    def git(*a: str) -> str:
-        return subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True).stdout.strip()
-
-    rev = git("rev-parse", "--short", "HEAD")
-    if not rev:
-        return "no commit"
-    return rev + (" (with uncommitted changes)" if git("status", "--porcelain", "-uno") else "")
-
-
-def _nproc() -> str:
-    usable, online = len(os.sched_getaffinity(0)), os.cpu_count()
-    return f"nproc {usable}" + (f" (of {online} online)" if online and online != usable else "")
-
-
 def machine_info(redis: redis_private.PrivateRedis, wrk_bin: str) -> dict[str, str]:
-    return {
-        "nproc": _nproc(),
-        "cpu": _cpu_model(),
-        "os": f"{platform.system()} {platform.release()}",
-        "python": platform.python_version(),
-        "twisted": _dist_version("twisted"),
-        # cyclone's own __version__ says 1.2 (never bumped); the dist metadata is right.
-        "cyclone": _dist_version("cyclone"),
-        "txredisapi": _dist_version("txredisapi"),
-        "redis-server": redis.version(),
-        "wrk": wrk.version(wrk_bin),
-        "restmq": _git_revision(),
-    }
+    return {**software_info(redis.version()), "wrk": wrk.version(wrk_bin)}
 
 
 def _ms(p50: float, p99: float) -> str:
@@ -452,10 +306,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         # A self-test must never overwrite the real report.
         args.out = BENCH_DIR / ("report-selftest.md" if args.self_test else "report.md")
     return args
-
-
-def _raise_exit(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)
 
 
 def main(argv: list[str] | None = None) -> int:

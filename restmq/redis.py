@@ -9,7 +9,7 @@ from typing import Any
 
 import txredisapi
 from twisted.application import service
-from twisted.internet import defer, error as ierror
+from twisted.internet import defer, error as ierror, task
 from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint
 from twisted.logger import Logger
 
@@ -29,7 +29,40 @@ def text(value: Any) -> Any:
     return value
 
 
+def encode_command(args: tuple) -> bytes:
+    """One command in RESP: what txredisapi's _build_command does, at a fifth of the cost."""
+    out = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        data = arg if isinstance(arg, bytes) else str(arg).encode("utf-8")
+        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(out)
+
+
+class _Protocol(txredisapi.RedisProtocol):
+    """txredisapi's protocol (reply parsing, AUTH/SELECT, reconnects) with a lean command
+    path: `send` writes prepared bytes and returns the reply's Deferred. Instead of one timer
+    per command, `stalled` tells the service's watchdog that replies stopped coming."""
+
+    waiting_since: float | None = None  # when the oldest unanswered command was sent, or
+                                        # the last reply came while others still wait
+
+    def send(self, payload: bytes, now: float) -> defer.Deferred:
+        d = self.replyQueue.get()
+        if self.waiting_since is None:
+            self.waiting_since = now
+        self.transport.write(payload)
+        return d
+
+    def replyReceived(self, reply):
+        super().replyReceived(reply)
+        self.waiting_since = self.factory.clock.seconds() if self.replyQueue.waiting else None
+
+    def stalled(self, now: float, timeout: float) -> bool:
+        return self.waiting_since is not None and now - self.waiting_since > timeout
+
+
 class _Factory(txredisapi.RedisFactory):
+    protocol = _Protocol
     # The spec asks for a reconnect attempt at least every 5 s.
     maxDelay = RECONNECT_MAX_DELAY
     initialDelay = 0.5
@@ -72,6 +105,8 @@ class RedisService(service.Service):
         self.password, self.db, self.poolsize = password, db, poolsize
         self.timeout = timeout
         self._factory: _Factory | None = None
+        self._next = 0
+        self._watchdog = None
         where = f"unix:{unix_socket}" if unix_socket else f"{host}:{port}"
         self.description = f"<Redis Connection: {where} - {poolsize} connection(s)>"
 
@@ -82,15 +117,34 @@ class RedisService(service.Service):
 
     def startService(self) -> None:
         super().startService()
+        # replyTimeout covers txredisapi's own commands (AUTH, SELECT, and ours while no
+        # connection is ready); the watchdog covers the lean path.
         factory = _Factory(None, self.db or None, self.poolsize, isLazy=True,
                            charset="utf-8", password=self.password,
                            replyTimeout=self.timeout, convertNumbers=False)
+        factory.clock = self.reactor
         factory.startConnecting(_WatchedEndpoint(self.endpoint(), factory))
         self._factory = factory
+        self._watchdog = task.LoopingCall(self._check_stalls)
+        self._watchdog.clock = self.reactor
+        self._watchdog.start(min(1.0, self.timeout / 4), now=False)
         self.log.info("connecting to Redis: {redis}", redis=self.description)
+
+    def _check_stalls(self) -> None:
+        """A connection that has not answered for `timeout` seconds is dropped: its waiting
+        commands fail (503) and the pool reconnects."""
+        now = self.reactor.seconds()
+        for conn in list(self._factory.pool if self._factory else ()):
+            if conn.stalled(now, self.timeout):
+                self.log.warn("Redis did not answer for {t} s: dropping a connection",
+                              t=self.timeout)
+                conn.waiting_since = None
+                conn.transport.abortConnection()
 
     def stopService(self):
         super().stopService()
+        if self._watchdog is not None and self._watchdog.running:
+            self._watchdog.stop()
         factory, self._factory = self._factory, None
         if factory is not None:
             return factory.disconnect()
@@ -112,10 +166,20 @@ class RedisService(service.Service):
         """Run one command. Fires with its reply (text as str, or bytes where it is not valid
         UTF-8: pass it through `text`); fails with
         RedisUnavailable (no connection, timeout, lost connection) or RedisFailure (error reply)."""
+        factory = self._factory
+        if factory is not None and factory.pool:
+            pool = factory.pool
+            self._next = (self._next + 1) % len(pool)
+            conn = pool[self._next]
+            if conn.connected and conn._ready:
+                d = conn.send(encode_command(args), self.reactor.seconds())
+                return d.addCallback(_reply)
         if not self._usable():
             return defer.fail(RedisUnavailable())
+        # No ready connection yet: txredisapi waits for one, bounded by our timeout.
         d = self._factory.handler.execute_command(*args)
-        return self._guard(d)
+        d.addTimeout(self.timeout, self.reactor)
+        return d.addErrback(_translate)
 
     def run_script(self, script: Script, *args: Any) -> defer.Deferred:
         """Run a Lua script by EVALSHA with `args` as ARGV; on NOSCRIPT load it by EVAL."""
@@ -129,13 +193,13 @@ class RedisService(service.Service):
 
         return d.addErrback(noscript)
 
-    def _guard(self, d: defer.Deferred) -> defer.Deferred:
-        # Once a connection exists, txredisapi's replyTimeout bounds every command (and drops
-        # the connection that did not answer); our own timer is only needed while a command
-        # waits for the first connection. One timer per command is measurable on a hot path.
-        if not self._factory.size:
-            d.addTimeout(self.timeout, self.reactor)
-        return d.addErrback(_translate)
+
+def _reply(reply):
+    if isinstance(reply, Exception):
+        if isinstance(reply, txredisapi.ResponseError):
+            raise RedisFailure(str(reply))
+        raise RedisUnavailable(str(reply))
+    return reply
 
 
 def _translate(failure):
