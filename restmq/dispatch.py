@@ -36,13 +36,22 @@ def parse(command: str) -> dict[str, Any]:
     return obj
 
 
+def _encodable(text: str) -> bool:
+    """JSON may spell lone surrogates (\\ud800), which no UTF-8 value can hold."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def field_error(obj: dict[str, Any], fields: tuple[str, ...]) -> str | None:
     """The first failing field check, in the table's field order, or None."""
     for name in fields:
         value = obj.get(name)
         if value is None:
             return f"missing argument: {name}"
-        if not isinstance(value, str):
+        if not isinstance(value, str) or not _encodable(value):
             return f"invalid argument: {name}"
         if name == "queue" and not corelib.is_valid_name(value):
             return "invalid queue name"

@@ -177,6 +177,7 @@ def test_dispatch_rejects_malformed_commands(text):
     ({"queue": "q", "key": "r:1"}, ("queue", "key"), "invalid argument: key"),
     ({"queue": "q", "key": "q:١"}, ("queue", "key"), "invalid argument: key"),
     ({"queue": "a.b", "key": "aXb:1"}, ("queue", "key"), "invalid argument: key"),
+    ({"queue": "q", "value": "x\ud800"}, ("queue", "value"), "invalid argument: value"),
 ])
 def test_dispatch_field_checks_in_order(obj, fields, error):
     assert dispatch.field_error(obj, fields) == error
