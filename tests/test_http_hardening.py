@@ -1,0 +1,151 @@
+"""HTTP framing and slow-client defences at the connection level (where cyclone has none):
+malformed lengths, transfer codings, header caps, request-line cap and timeouts."""
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+
+import pytest
+
+from restmq import _cyclone_py3 as compat
+from tests.http_client import get
+
+
+def exchange(server_port: int, raw: bytes, timeout: float = 10.0) -> bytes:
+    """Send raw bytes, read until the server closes (or the timeout)."""
+    with socket.create_connection(("127.0.0.1", server_port), timeout=timeout) as s:
+        s.sendall(raw)
+        out = b""
+        try:
+            while True:
+                data = s.recv(65536)
+                if not data:
+                    break
+                out += data
+        except socket.timeout:
+            pass
+        return out
+
+
+def status_and_error(reply: bytes) -> tuple[int, str | None]:
+    head, _, body = reply.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    try:
+        return status, json.loads(body)["error"]
+    except (ValueError, KeyError):
+        return status, None
+
+
+@pytest.fixture
+def port(server, redis):
+    return server.port
+
+
+POST = b"POST /q/hard HTTP/1.1\r\nHost: t\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+
+
+@pytest.mark.parametrize("headers, status", [
+    (b"Content-Length: -5\r\n", 400),
+    (b"Content-Length: abc\r\n", 400),
+    (b"Content-Length: 7\r\nContent-Length: 8\r\n", 400),
+    (b"Content-Length: 7, 8\r\n", 400),
+    (b"Content-Length: \xd9\xa7\r\n", 400),  # a non-ASCII digit
+    (b"Content-Length: 7\r\nTransfer-Encoding: chunked\r\n", 400),
+    (b"Transfer-Encoding: gzip\r\n", 501),
+    (b"Transfer-Encoding: gzip, chunked\r\n", 501),
+])
+def test_bad_framing_is_refused_and_stores_nothing(port, redis, headers, status):
+    reply = exchange(port, POST + headers + b"\r\nvalue=x")
+    assert status_and_error(reply)[0] == status
+    assert b"Connection: close" in reply
+    assert redis("EXISTS", "hard:queue") == 0
+
+
+def test_repeated_identical_content_length_is_accepted(port):
+    reply = exchange(port, POST + b"Content-Length: 7\r\nContent-Length: 7\r\n"
+                     b"Connection: close\r\n\r\nvalue=x")
+    assert reply.startswith(b"HTTP/1.1 200 ") and reply.endswith(b"hard:1\r\n")
+
+
+def test_chunked_body_is_read_properly(port, redis):
+    body = b"4\r\nvalu\r\n3;ext=1\r\ne=x\r\n0\r\nTrailer: t\r\n\r\n"
+    reply = exchange(port, POST + b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n" + body)
+    assert reply.startswith(b"HTTP/1.1 200 ") and reply.endswith(b"hard:1\r\n")
+    assert redis("GET", "hard:1") == "x"
+
+
+@pytest.mark.parametrize("body", [b"zz\r\nvalue=x\r\n0\r\n\r\n", b"-7\r\nvalue=x\r\n0\r\n\r\n",
+                                  b"7\r\nvalue=xYY0\r\n\r\n"])
+def test_malformed_chunks_are_refused(port, redis, body):
+    reply = exchange(port, POST + b"Transfer-Encoding: chunked\r\n\r\n" + body)
+    assert status_and_error(reply) == (400, "malformed chunked body")
+    assert redis("EXISTS", "hard:queue") == 0
+
+
+def test_request_line_cap_gives_414(port):
+    reply = exchange(port, b"GET /q/" + b"a" * 9000 + b" HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert status_and_error(reply)[0] == 414
+
+
+def test_header_caps_give_431(port):
+    long_header = b"X-Long: " + b"a" * 20000 + b"\r\n"
+    assert status_and_error(exchange(port, b"GET /stats/ HTTP/1.1\r\n" + long_header +
+                                     b"\r\n"))[0] == 431
+    many = b"".join(b"X-H%d: v\r\n" % i for i in range(150))
+    assert status_and_error(exchange(port, b"GET /stats/ HTTP/1.1\r\n" + many + b"\r\n"))[0] \
+        == 431
+    big = b"".join(b"X-H%d: %s\r\n" % (i, b"v" * 1000) for i in range(80))
+    assert status_and_error(exchange(port, b"GET /stats/ HTTP/1.1\r\n" + big + b"\r\n"))[0] \
+        == 431
+
+
+def test_unknown_http_version(port):
+    assert status_and_error(exchange(port, b"GET / HTTP/2.0\r\n\r\n"))[0] == 505
+    assert status_and_error(exchange(port, b"GET / FOO/1.1\r\n\r\n"))[0] == 400
+
+
+def test_expect_100_continue_with_an_oversize_body_gets_413_without_continue(port):
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(POST + b"Content-Length: 99999999\r\nExpect: 100-continue\r\n\r\n")
+        reply = s.recv(65536)
+    assert reply.startswith(b"HTTP/1.1 413 ")
+    assert b"100 Continue" not in reply
+
+
+def test_slowloris_head_is_cut_after_the_head_timeout(port):
+    assert compat.HEAD_TIMEOUT <= 30
+    with socket.create_connection(("127.0.0.1", port), timeout=compat.HEAD_TIMEOUT + 10) as s:
+        s.sendall(b"GET /stats/ HTTP/1.1\r\nX-Slow: ")
+        started = time.monotonic()
+        reply = b""
+        while True:
+            data = s.recv(65536)
+            if not data:
+                break
+            reply += data
+        elapsed = time.monotonic() - started
+    assert status_and_error(reply)[0] == 408
+    assert compat.HEAD_TIMEOUT - 1 < elapsed < compat.HEAD_TIMEOUT + 5
+
+
+def test_stalled_connections_do_not_slow_a_legitimate_client(server, redis):
+    stalled = []
+    try:
+        for _ in range(200):
+            s = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+            s.sendall(b"POST /q/slow HTTP/1.1\r\nContent-Length: 100\r\n\r\nval")
+            stalled.append(s)
+        durations = []
+        for _ in range(40):
+            started = time.monotonic()
+            assert get(server.url, "/stats/").status == 200
+            durations.append(time.monotonic() - started)
+        durations.sort()
+        p95 = durations[int(len(durations) * 0.95) - 1]
+        print(f"p95 with 200 stalled connections: {p95 * 1000:.1f} ms")
+        assert p95 < 0.5
+    finally:
+        for s in stalled:
+            s.close()
