@@ -67,10 +67,14 @@ class _Factory(txredisapi.RedisFactory):
     maxDelay = RECONNECT_MAX_DELAY
     initialDelay = 0.5
     settled = False  # a connection attempt has succeeded or failed at least once
+    on_first_connection = None
 
     def addConnection(self, conn):
         self.settled = True
-        return super().addConnection(conn)
+        super().addConnection(conn)
+        if self.on_first_connection is not None and conn in self.pool:
+            callback, self.on_first_connection = self.on_first_connection, None
+            callback()
 
 
 class _WatchedEndpoint:
@@ -123,12 +127,33 @@ class RedisService(service.Service):
                            charset="utf-8", password=self.password,
                            replyTimeout=self.timeout, convertNumbers=False)
         factory.clock = self.reactor
+        factory.on_first_connection = self._check_persistence
         factory.startConnecting(_WatchedEndpoint(self.endpoint(), factory))
         self._factory = factory
         self._watchdog = task.LoopingCall(self._check_stalls)
         self._watchdog.clock = self.reactor
         self._watchdog.start(min(1.0, self.timeout / 4), now=False)
         self.log.info("connecting to Redis: {redis}", redis=self.description)
+
+    def _check_persistence(self) -> None:
+        """Warn once at start-up when a Redis crash would lose acknowledged messages."""
+        def checked(reply):
+            settings = dict(zip(reply[::2], reply[1::2])) if reply else {}
+            if settings.get("appendonly") != "yes":
+                self.log.warn(
+                    "Redis runs without AOF (appendonly no): messages acknowledged since its "
+                    "last snapshot are lost if Redis crashes; see README.rst, Guarantees")
+            elif settings.get("appendfsync") not in ("always",):
+                self.log.info("Redis AOF with appendfsync {mode}: a Redis crash can lose up "
+                              "to about a second of acknowledged messages",
+                              mode=settings.get("appendfsync"))
+
+        def unknown(failure):
+            self.log.info("could not read Redis persistence settings ({error})",
+                          error=failure.getErrorMessage())
+
+        d = self.execute("CONFIG", "GET", "append*")
+        d.addCallbacks(checked, unknown)
 
     def _check_stalls(self) -> None:
         """A connection that has not answered for `timeout` seconds is dropped: its waiting

@@ -100,3 +100,23 @@ def test_access_log_on_and_off(redis_proc):
         finally:
             server.stop()  # flushes the buffered lines
         assert (f'"GET /stats/x?probe={setting} HTTP/1.1" 200' in server.log()) is expected
+
+
+def test_start_up_warns_when_redis_persistence_cannot_protect_messages():
+    import time
+    from tests.conftest import RedisProcess
+    for extra, warned in (((), True), (("--appendonly", "yes", "--appendfsync", "always"), False)):
+        redis = RedisProcess(extra=extra).start()
+        try:
+            server = ServerProcess(redis.port).start()
+            try:
+                deadline = time.monotonic() + 10
+                while "pub/sub connection ready" not in server.log():
+                    assert time.monotonic() < deadline
+                    time.sleep(0.05)
+                time.sleep(0.2)
+            finally:
+                server.stop()
+            assert ("Redis runs without AOF" in server.log()) is warned
+        finally:
+            redis.stop()
