@@ -22,7 +22,7 @@ $(STAMP): setup.py Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "twisted>=24.7" "txredisapi>=1.6,<1.7" hiredis pyopenssl service_identity \
-		pytest pytest-twisted autobahn
+		pytest pytest-twisted autobahn psutil
 	$(PY) -m pip install -q --no-deps "cyclone==1.3"
 	@# cyclone's bundled twistd plugin imports the reactor and `imp`: remove it (STACK.md §4).
 	$(PY) -c "import os, twisted.plugins as p; f = os.path.join(p.__path__[0], 'cyclone_plugin.py'); os.path.exists(f) and os.remove(f)"
@@ -46,7 +46,7 @@ apt-redis:
 # Tools the suite drives as real clients, as command:Debian-package pairs. collectd's
 # write_http plugin needs libcurl4 and its JSON needs libyajl2 (Debian only "recommends" them).
 TEST_TOOLS := curl:curl chromium:chromium collectd:collectd-core rsyslogd:rsyslog \
-	logger:bsdutils openssl:openssl
+	logger:bsdutils openssl:openssl nginx:nginx-light systemd-analyze:systemd
 TEST_LIBS := libyajl2 libcurl4
 
 test-tools:

@@ -256,6 +256,9 @@ class BaseHandler(CoroutineHandlerMixin, cyclone.web.RequestHandler):
         """Write `body` (JSON or text already rendered), JSONP-wrapped when `callback` is set."""
         if callback:
             body = f"{callback}({body}){';' if semicolon else ''}"
+            # A JSONP reply is loaded as a <script>: with nosniff a browser refuses to run it
+            # under the route's JSON or HTML type, which the spec keeps (§1.4).
+            self.clear_header("X-Content-Type-Options")
         self.set_header("Content-Type", ctype)
         self.finish(body + "\r\n" if crlf else body)
 
