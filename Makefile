@@ -2,7 +2,7 @@
 #   make run     [PORT=8888] [REDIS_PORT=6379] [WORKERS=1]
 #                serve on 127.0.0.1, starting a Redis if none answers; WORKERS processes share the port
 #   make test    [PYTEST_ARGS=...]              the whole suite against a private redis-server
-#   make bench                                  benchmarks (bench/report*.md)
+#   make bench                                  the benchmark suite (bench/report.md, plots)
 #   make install                                the virtualenv in .venv (idempotent)
 
 PYTHON ?= python3
@@ -71,9 +71,14 @@ test: install redis-server test-tools
 bench: install redis-server
 	@command -v wrk >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
+	@$(PY) -c "import matplotlib, pika" 2>/dev/null || $(PY) -m pip install -q -r bench/requirements.txt
 	PATH="$$(dirname "$$(start_scripts/redis-server-path)"):$$PATH" $(PY) bench/run.py
-	PATH="$$(dirname "$$(start_scripts/redis-server-path)"):$$PATH" $(PY) bench/live.py
-	PATH="$$(dirname "$$(start_scripts/redis-server-path)"):$$PATH" $(PY) bench/syslog.py
+
+SOAK_SECONDS ?= 180
+.PHONY: soak
+soak: install redis-server
+	RESTMQ_SOAK_SECONDS=$(SOAK_SECONDS) REDIS_SERVER="$$(start_scripts/redis-server-path)" \
+		$(PY) -m pytest -m soak -s tests/faults $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

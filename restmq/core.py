@@ -13,7 +13,7 @@ from typing import Any
 
 from twisted.internet import defer
 
-from restmq.errors import BadRequest, EmptyQueue, InvalidName, RedisUnavailable
+from restmq.errors import BadRequest, EmptyQueue, InvalidName
 from restmq.lua import load_script
 from restmq.redis import text
 
@@ -99,10 +99,14 @@ class Core:
         self.consumed_ttl = consumed_ttl
         self.scripts = {name: load_script(name) for name in (
             "add", "add_once", "hard_get", "soft_get", "take", "del", "purge", "pop_batch",
-            "stats")}
+            "set", "stats")}
 
     def _run(self, name: str, *args: Any) -> defer.Deferred:
         return self.redis.run_script(self.scripts[name], *args)
+
+    def _write(self, name: str, *args: Any) -> defer.Deferred:
+        """Run a script that writes, with its deadline as the last argument."""
+        return self.redis.run_script(self.scripts[name], *args, self._deadline())
 
     def _deadline(self) -> int:
         """When a write may no longer run (ms since the epoch): a second before we give up
@@ -113,46 +117,43 @@ class Core:
     def add(self, queue: str, value: str, ttl: int | None = None) -> defer.Deferred:
         """ADD: fires with the new key `<q>:<n>`; live consumers are woken by the script."""
         check_name(queue)
-        d = self._run("add", queue, value, "" if ttl is None else ttl, self.redis.db,
-                      self._deadline())
-        return d.addCallback(_written)
+        return self._write("add", queue, value, "" if ttl is None else ttl, self.redis.db)
 
     def add_once(self, queue: str, value: str, window: int = 1000) -> defer.Deferred:
         """ADD for a retry after an unknown outcome: when one of the `window` newest pending
         messages already holds `value` (the first try did run), fires with its key instead."""
         check_name(queue)
-        d = self._run("add_once", queue, value, self.redis.db, window, self._deadline())
-        return d.addCallback(_written)
+        return self._write("add_once", queue, value, self.redis.db, window)
 
     def hard_get(self, queue: str) -> defer.Deferred:
         """HARD_GET: fires with the oldest Message (retained for consumed_ttl); EmptyQueue."""
         check_name(queue)
-        return self._run("hard_get", queue, self.consumed_ttl).addCallback(_message)
+        return self._write("hard_get", queue, self.consumed_ttl).addCallback(_message)
 
     def soft_get(self, queue: str) -> defer.Deferred:
         """SOFT_GET: fires with the oldest Message and its read count, leaving it queued."""
         check_name(queue)
-        return self._run("soft_get", queue).addCallback(_message)
+        return self._write("soft_get", queue).addCallback(_message)
 
     def take(self, queue: str) -> defer.Deferred:
         """TAKE: fires with the oldest Message, deleted from Redis; EmptyQueue."""
         check_name(queue)
-        return self._run("take", queue).addCallback(_message)
+        return self._write("take", queue).addCallback(_message)
 
     def delete(self, queue: str, key: str) -> defer.Deferred:
         """DEL: fires with True when the value key existed."""
         check_name(queue)
-        return self._run("del", queue, key).addCallback(lambda n: int(n) >= 1)
+        return self._write("del", queue, key).addCallback(lambda n: int(n) >= 1)
 
     def purge(self, queue: str) -> defer.Deferred:
         """PURGE: fires with 1 if a pending list existed, else 0; live consumers are ended."""
         check_name(queue)
-        return self._run("purge", queue, self.consumed_ttl, self.redis.db).addCallback(int)
+        return self._write("purge", queue, self.consumed_ttl, self.redis.db).addCallback(int)
 
     def pop_batch(self, queue: str) -> defer.Deferred:
         """POP_BATCH: fires with (policy name, [Message...]); empty when stopped or empty."""
         check_name(queue)
-        d = self._run("pop_batch", queue, self.redis.db, BATCH_COUNT, BATCH_BYTES)
+        d = self._write("pop_batch", queue, self.redis.db, BATCH_COUNT, BATCH_BYTES)
 
         def parse(reply):
             if not reply:
@@ -187,7 +188,7 @@ class Core:
         check_name(queue)
         if name not in POLICY_NAMES:
             return defer.fail(BadRequest("invalid policy"))
-        return self.redis.execute("SET", f"{queue}:queuepolicy", POLICY_NAMES[name])
+        return self._set(f"{queue}:queuepolicy", POLICY_NAMES[name])
 
     def get_status(self, queue: str) -> defer.Deferred:
         """Fires with the raw stored status ('1', '0', other text) or None when absent."""
@@ -198,14 +199,14 @@ class Core:
         """Stores 1 or 0; starting also publishes `wake` so the backlog drains at once."""
         check_name(queue)
         if not started:
-            return self.redis.execute("SET", f"queuestat::{queue}", "0")
-        d = self.redis.execute("SET", f"queuestat::{queue}", "1")
-        return d.addCallback(lambda _: self.wake(queue))
+            return self._set(f"queuestat::{queue}", "0")
+        return self._set(f"queuestat::{queue}", "1", f"{queue}:PUBSUB",
+                         json.dumps({"type": "wake", "db": self.redis.db}))
 
-    def wake(self, queue: str) -> defer.Deferred:
-        """Publish the `wake` notification of §7.6 for `queue`."""
-        note = json.dumps({"type": "wake", "db": self.redis.db})
-        return self.redis.execute("PUBLISH", f"{queue}:PUBSUB", note)
+    def _set(self, key: str, value: str, *publish: str) -> defer.Deferred:
+        """SET (and optionally PUBLISH) in one script with a deadline, like every write."""
+        d = self.redis.run_script(self.scripts["set"], key, value, self._deadline(), *publish)
+        return d
 
     def stats(self) -> defer.Deferred:
         """Fires with a list of QueueStats for every QUEUESET member, sorted by name."""
@@ -240,12 +241,6 @@ class Core:
         """Fires with the raw AUTHKEY record text, or None."""
         record = yield self.redis.execute("GET", f"AUTHKEY:{key}")
         return text(record)
-
-
-def _written(key):
-    if key is None:  # the script ran after its deadline: nothing was written
-        raise RedisUnavailable("the write reached Redis after its deadline")
-    return key
 
 
 def _message(reply) -> Message:

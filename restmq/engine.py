@@ -132,10 +132,11 @@ class Engine:
         self.say(f"policy: {self.policy()}")
 
     def producer(self):
-        self.say(f"key: {self.redis.run(load_script('add'), self.q, self.o.value, '', self.o.redis_db)}")
+        key = self.redis.run(load_script("add"), self.q, self.o.value, "", self.o.redis_db, "")
+        self.say(f"key: {key}")
 
     def consumer(self):
-        self.message(self.redis.run(load_script("hard_get"), self.q, self.o.consumed_ttl))
+        self.message(self.redis.run(load_script("hard_get"), self.q, self.o.consumed_ttl, ""))
 
     def stats(self):
         reply = self.redis.run(load_script("stats"))
@@ -146,7 +147,7 @@ class Engine:
         self.say(f"count: {len(rows)}")
 
     def non_consumer(self):
-        self.message(self.redis.run(load_script("soft_get"), self.q), with_count=True)
+        self.message(self.redis.run(load_script("soft_get"), self.q, ""), with_count=True)
 
     def get_policy(self):
         self.say(f"policy: {self.policy()}")
@@ -156,7 +157,7 @@ class Engine:
         self.say("resp: OK")
 
     def get_delete(self):
-        self.message(self.redis.run(load_script("take"), self.q))
+        self.message(self.redis.run(load_script("take"), self.q, ""))
 
     def tail_multiget(self):
         keys = list(reversed(self.redis("LRANGE", f"{self.q}:queue", -10, -1) or []))

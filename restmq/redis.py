@@ -212,9 +212,12 @@ class RedisService(service.Service):
 
         def noscript(failure):
             failure.trap(RedisFailure)
+            if str(failure.value).startswith("EXPIRED"):
+                # Redis ran it after its deadline (it was paused): nothing was written.
+                raise RedisUnavailable(str(failure.value))
             if not str(failure.value).startswith("NOSCRIPT"):
                 return failure
-            return self.execute("EVAL", script.source, 0, *args)
+            return self.execute("EVAL", script.source, 0, *args).addErrback(noscript)
 
         return d.addErrback(noscript)
 

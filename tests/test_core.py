@@ -732,15 +732,6 @@ async def test_status(core, redis, subscribe):
     assert redis("EXISTS", "QUEUESET") == 0
 
 
-@pytest_twisted.ensureDeferred
-async def test_wake(core, redis, subscribe):
-    sub = subscribe("q:PUBSUB")
-    await core.wake("q")
-    payload = sub.next()
-    assert json.loads(payload) == {"type": "wake", "db": 0}
-    assert redis("DBSIZE") == 0
-
-
 # --------------------------------------------------------------------------------------------
 # stats and jobs
 

@@ -1,6 +1,7 @@
 -- Shared prelude: `expired(deadline)` is true when Redis runs the script after `deadline`
 -- (milliseconds since the epoch, '' for none). The caller has given up on a reply by then
--- (a 503, or a retry), so the write must not happen late behind its back.
+-- (a 503, or a retry), so the write must not happen late behind its back. Every script that
+-- writes takes a deadline and answers an EXPIRED error without writing when it is late.
 local function expired(deadline)
   deadline = tonumber(deadline)
   if not deadline then

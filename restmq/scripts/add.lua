@@ -1,8 +1,8 @@
 -- ADD(q, value[, ttl]): ARGV = queue, value, ttl ('' for none), db, deadline (see
--- _deadline.lua). Returns the new key, or nil when run after the deadline.
+-- _deadline.lua). Returns the new key.
 local q, value, ttl, db = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 if expired(ARGV[5]) then
-  return nil
+  return redis.error_reply('EXPIRED the deadline passed before Redis ran this')
 end
 local n = redis.call('INCR', q .. ':UUID')
 local key = q .. ':' .. n

@@ -4,7 +4,7 @@
 -- or it will never run (see _deadline.lua).
 local q, value, db, window = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 if expired(ARGV[5]) then
-  return nil
+  return redis.error_reply('EXPIRED the deadline passed before Redis ran this')
 end
 local pending = q .. ':queue'
 for _, key in ipairs(redis.call('LRANGE', pending, 0, window - 1)) do

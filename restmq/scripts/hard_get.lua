@@ -1,5 +1,8 @@
--- HARD_GET(q): ARGV = queue, retention. Returns {key, value} or nil.
+-- HARD_GET(q): ARGV = queue, retention, deadline. Returns {key, value} or nil.
 local q, retention = ARGV[1], tonumber(ARGV[2])
+if expired(ARGV[3]) then
+  return redis.error_reply('EXPIRED the deadline passed before Redis ran this')
+end
 local pending = q .. ':queue'
 while true do
   local key = redis.call('RPOP', pending)

@@ -1,9 +1,12 @@
--- POP_BATCH(q): ARGV = queue, db, max messages, max bytes.
+-- POP_BATCH(q): ARGV = queue, db, max messages, max bytes, deadline.
 -- Returns {policy, key1, value1, key2, value2, ...}; an empty batch when the
 -- queue is not started or nothing is pending. Under broadcast the batch is
 -- published for every process to write (the caller never writes it itself).
 local q, db = ARGV[1], tonumber(ARGV[2])
 local max_count, max_bytes = tonumber(ARGV[3]), tonumber(ARGV[4])
+if expired(ARGV[5]) then
+  return redis.error_reply('EXPIRED the deadline passed before Redis ran this')
+end
 if redis.call('GET', 'queuestat::' .. q) ~= '1' then
   return {}
 end

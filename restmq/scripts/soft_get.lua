@@ -1,6 +1,9 @@
--- SOFT_GET(q): ARGV = queue. Returns {key, value, count} or nil; nothing is
+-- SOFT_GET(q): ARGV = queue, deadline. Returns {key, value, count} or nil; nothing is
 -- consumed, only dead entries at the tail are removed.
 local pending = ARGV[1] .. ':queue'
+if expired(ARGV[2]) then
+  return redis.error_reply('EXPIRED the deadline passed before Redis ran this')
+end
 while true do
   local key = redis.call('LINDEX', pending, -1)
   if not key then

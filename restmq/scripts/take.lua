@@ -1,5 +1,8 @@
--- TAKE(q): ARGV = queue. Returns {key, value} or nil; the message is deleted.
+-- TAKE(q): ARGV = queue, deadline. Returns {key, value} or nil; the message is deleted.
 local pending = ARGV[1] .. ':queue'
+if expired(ARGV[2]) then
+  return redis.error_reply('EXPIRED the deadline passed before Redis ran this')
+end
 while true do
   local key = redis.call('RPOP', pending)
   if not key then
