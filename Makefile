@@ -22,7 +22,7 @@ $(STAMP): setup.py Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "twisted>=24.7" "txredisapi>=1.6,<1.7" hiredis pyopenssl service_identity \
-		pytest pytest-twisted autobahn psutil
+		pytest pytest-twisted autobahn psutil hypothesis "schemathesis>=4,<5" pyyaml
 	$(PY) -m pip install -q --no-deps "cyclone==1.3"
 	@# cyclone's bundled twistd plugin imports the reactor and `imp`: remove it (STACK.md §4).
 	$(PY) -c "import os, twisted.plugins as p; f = os.path.join(p.__path__[0], 'cyclone_plugin.py'); os.path.exists(f) and os.remove(f)"

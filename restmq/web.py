@@ -19,6 +19,7 @@ import cyclone.web
 from cyclone import httputil
 from twisted.internet import task
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from restmq import acl, collectd, core as corelib, dispatch, xmlrpc
 from restmq import _cyclone_py3 as compat
@@ -212,8 +213,14 @@ class BaseHandler(CoroutineHandlerMixin, cyclone.web.RequestHandler):
                 name, _, value = param.strip().partition("=")
                 if name.strip().lower() == "boundary" and value:
                     parts: dict[str, list[bytes]] = {}
-                    httputil.parse_multipart_form_data(value.strip('"').encode("latin-1"),
-                                                       self.request.body, parts, {})
+                    try:
+                        httputil.parse_multipart_form_data(
+                            value.strip('"').encode("latin-1"), self.request.body, parts, {})
+                    except (ValueError, LookupError, UnicodeError) as e:
+                        # cyclone's parser raises on malformed part headers: such a body
+                        # holds no arguments, as any other body we cannot read as a form.
+                        self.log.info("unreadable multipart body ignored: {error}", error=e)
+                        parts = {}
                     for key, values in parts.items():
                         name_text = key if isinstance(key, str) else _decode(key, "?")
                         args[name_text] = _decode(values[-1], name_text)
@@ -283,8 +290,10 @@ class BaseHandler(CoroutineHandlerMixin, cyclone.web.RequestHandler):
         if isinstance(value, cyclone.web.HTTPError):
             value = NotFound() if value.status_code == 404 else MethodNotAllowed()
         if not isinstance(value, RestMQError):
+            # cyclone hands over a Failure, or a bare exception from prepare(): log.failure
+            # needs a Failure (outside an except block it would raise, and the request hang).
             self.log.failure("internal error in {method} {uri}",
-                             failure=e if hasattr(e, "getTraceback") else None,
+                             failure=e if isinstance(e, Failure) else Failure(value),
                              method=self.request.method, uri=self.request.uri)
             value = RestMQError()
         if getattr(value, "detail", None):

@@ -73,7 +73,8 @@ def check_document(body: bytes) -> None:
     parser.StartElementHandler = start
     try:
         parser.Parse(body, True)
-    except (_Refused, xml.parsers.expat.ExpatError, ValueError):
+    except (_Refused, xml.parsers.expat.ExpatError, ValueError, LookupError):
+        # LookupError: a declared encoding Python has no codec for
         raise BadRequest(MALFORMED) from None
     if roots != ["methodCall"]:
         raise BadRequest(MALFORMED)
