@@ -71,13 +71,17 @@ class ServerProcess:
         except (urllib.error.URLError, OSError):
             return False
 
-    def start(self, timeout: float = 15.0) -> None:
+    def launch(self) -> None:
+        """Start the process without waiting for it (see wait_ready and start_all)."""
         self._log = open(self.logfile, "wb")
         # A new session keeps a terminal Ctrl-C away from the servers, so they are stopped
         # in order by stop() rather than dying mid-run on their own.
         self.proc = subprocess.Popen(self.cmd, cwd=REPO, stdout=self._log,
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      env=self.env, start_new_session=True)
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        assert self.proc is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -88,6 +92,10 @@ class ServerProcess:
             time.sleep(0.1)
         raise RuntimeError(f"{self.name}: no 200 from {self.ready_url} within {timeout:.0f} s:\n"
                            f"{self.log_tail()}")
+
+    def start(self, timeout: float = 30.0) -> None:
+        self.launch()
+        self.wait_ready(timeout)
 
     def stop(self, timeout: float = 10.0) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -107,6 +115,27 @@ class ServerProcess:
         except OSError:
             return "(no log)"
         return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
+
+
+def start_all(servers: list[ServerProcess], timeout: float = 60.0) -> None:
+    """Launch every server at once, then wait for each: on 2 cores, Python start-ups
+    overlap well enough to save several seconds over starting them one by one."""
+    for server in servers:
+        server.launch()
+    for server in servers:
+        server.wait_ready(timeout)
+
+
+def stop_all(servers: list[ServerProcess]) -> None:
+    """Stop every server that was launched, even if stopping one of them fails."""
+    errors = []
+    for server in reversed(servers):
+        try:
+            server.stop()
+        except Exception as exc:  # noqa: BLE001 - report it, keep stopping the rest
+            errors.append(f"{server.name}: {exc}")
+    if errors:
+        raise RuntimeError("could not stop: " + "; ".join(errors))
 
 
 def venv_bin(name: str) -> str:
@@ -165,6 +194,55 @@ def cpu_seconds(pid: int) -> float:
     return total / 1e9
 
 
+def machine_cpu_seconds() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since boot, all CPUs, from /proc/stat:
+    busy includes every process, ours and any other work on the machine."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    ticks = os.sysconf("SC_CLK_TCK")
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    total = sum(fields[:8])  # guest time is already counted in user
+    return (total - idle) / ticks, total / ticks
+
+
+class CpuMeter:
+    """CPU used by named processes and by the whole machine over an interval, in cores
+    (CPU seconds per second): shows which process was busy and how much was left idle."""
+
+    def __init__(self, pids: dict[str, list[int]]) -> None:
+        self.pids = {name: [p for p in group if p] for name, group in pids.items()}
+
+    def _sample(self) -> tuple[float, dict[str, float], tuple[float, float]]:
+        per = {}
+        for name, group in self.pids.items():
+            total = 0.0
+            for pid in group:
+                try:
+                    total += cpu_seconds(pid)
+                except (FileNotFoundError, ProcessLookupError):
+                    pass
+            per[name] = total
+        return time.perf_counter(), per, machine_cpu_seconds()
+
+    def start(self) -> None:
+        self._t0 = self._sample()
+
+    def stop(self, extra: dict[str, float] | None = None) -> dict[str, float]:
+        """Cores used per name since start(), plus `machine` (all processes) and `idle`;
+        `extra` adds CPU seconds measured elsewhere (wrk's own rusage)."""
+        t1, per1, (busy1, total1) = self._sample()
+        t0, per0, (busy0, total0) = self._t0
+        wall = t1 - t0
+        out = {name: (per1[name] - per0[name]) / wall for name in per1}
+        for name, seconds in (extra or {}).items():
+            out[name] = seconds / wall
+        span = total1 - total0  # CPU-seconds available over the interval, all CPUs
+        cpus = span / wall if wall else 0.0
+        out["machine"] = (busy1 - busy0) / wall
+        out["idle"] = max(0.0, cpus - out["machine"])
+        return out
+
+
 def open_fds(pid: int) -> int:
     """Number of open file descriptors of `pid`."""
     return len(os.listdir(f"/proc/{pid}/fd"))
@@ -205,7 +283,7 @@ def nproc() -> str:
 
 
 def software_info(redis_version: str) -> dict[str, str]:
-    """Machine and software facts shared by every report (run.py adds wrk's version)."""
+    """Machine and software facts for the report (run.py adds wrk's and a few more)."""
     return {
         "nproc": nproc(),
         "cpu": cpu_model(),
@@ -218,21 +296,6 @@ def software_info(redis_version: str) -> dict[str, str]:
         "redis-server": redis_version,
         "restmq": git_revision(),
     }
-
-
-def header_lines(info: dict[str, str], started, load: tuple[float, float, float]) -> list[str]:
-    """The date / machine / software / revision lines that open a report; `load` is
-    os.getloadavg() taken before the benchmark started."""
-    return [
-        f"- date: {started:%Y-%m-%d %H:%M:%S %Z}",
-        f"- machine: {info['nproc']}, {info['cpu']}, {info['os']}",
-        f"- software: Python {info['python']}, Twisted {info['twisted']}, cyclone "
-        f"{info['cyclone']}, txredisapi {info['txredisapi']}, redis-server "
-        f"{info['redis-server']}",
-        f"- restmq revision: {info['restmq']}",
-        f"- load average before the run: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} (1/5/15 min; "
-        "other work on this machine shows in the figures)",
-    ]
 
 
 _LOG_PROBLEM_WORDS = ("traceback", "unhandled", "error", "warn", "fail", "dropped",

@@ -1,58 +1,49 @@
-"""Live-delivery benchmark (PROTOCOL.md §7): comet latency, fan-out and backlog drain.
+"""Live delivery (PROTOCOL.md §7): add→delivery latency, fan-out, memory per consumer, drain.
 
-Run from the repository root:  .venv/bin/python bench/live.py [--quick] [--out FILE]
-(--quick: fewer messages and consumers, for smoke tests; the full run takes ~1.5 minutes)
+Used by run.py; every measurement runs against `twistd restmq --access-log off` and, in the
+same run and interleaved with it, against a baseline from bare_server.py:
 
-Three measurements against `twistd restmq --access-log off` on a private Redis:
+a. latency: one keep-alive producer POSTs messages one after the other; one consumer per
+   transport (comet `/c/`, WebSocket `/ws/`, SSE `/sse/`, each on its own queue) waits for
+   it. Latency = from just before the POST is sent to the arrival of the message. Baseline:
+   the round trip of `POST /bare` from the same client. The four alternate message by message.
+b. fan-out: N idle comet consumers, then one POST; time until every consumer has its line,
+   and the server's RSS per idle consumer. Baseline: the bare server's held-open chunked
+   streams, written straight from its POST handler. Each side's consumers live in a client
+   process of their own (a process may hold only 20,000 descriptors); the two sides alternate
+   round by round while both sets are open.
+c. backlog drain: messages put straight into Redis, then one comet consumer; time until it
+   has them all (broadcast and roundrobin). Baseline: the bare server streaming the same
+   lines, 10 per reactor turn: what this client can read.
 
-a. latency: one keep-alive producer connection POSTs 1,000 messages one after the other
-   to /q/lat; one comet consumer on /c/lat. Latency = from just before the POST is sent
-   to the arrival of the matching comet line.
-b. fan-out: N idle comet consumers of /c/fan (asyncio, one process); one POST; time until
-   every consumer has its line, and the server's RSS per idle consumer.
-c. backlog drain: 100,000 messages put straight into Redis, then one comet consumer; time
-   until it has them all, under the broadcast and the roundrobin policy (3 rounds each,
-   alternating, median reported: one drain takes ~10 s and is sensitive to other load).
-
-The clients are deliberately small raw-socket/asyncio code rather than an HTTP library, so
-that what is timed is the server and the network stack, not client-side abstractions.
-Client, server and Redis share the machine, which the figures include.
+The clients are small raw-socket/asyncio code rather than an HTTP library, so that what is
+timed is the server and the network stack, not client-side abstractions. Client, servers
+and Redis share the machine, which the figures include.
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
+import base64
 import dataclasses
-import datetime
 import json
+import multiprocessing
 import os
-import shutil
-import signal
 import socket
 import statistics
-import sys
-import tempfile
+import struct
 import time
-from pathlib import Path
 
 import redis_private
-from common import (BENCH_DIR, ServerProcess, checkout_env, cpu_seconds, free_ports,
-                    header_lines, log_problems, open_fds, raise_exit, raise_nofile_limit,
-                    software_info, venv_bin, vm_rss_kb)
+from common import cpu_seconds, open_fds, vm_rss_kb
 
 FORM_TYPE = "application/x-www-form-urlencoded"
 IO_TIMEOUT = 10.0  # no single read in this benchmark should wait longer than this
-
-TARGET_LATENCY_P50_MS = 5.0
-TARGET_FANOUT_MS = {1_000: 50.0, 10_000: 300.0}  # judged on the median of the repeats
-TARGET_KB_PER_CONSUMER = 10.0
-TARGET_RSS_10K_MB = 150.0
-TARGET_DRAIN_PER_S = 10_000.0
 # Concurrent connection attempts while opening the fan-out consumers: Twisted listens with
 # a backlog of 50, and a burst far beyond it makes the kernel drop SYNs, which then wait
 # for the 1 s retransmit and only slow the opening down.
 CONNECT_CONCURRENCY = 40
 FD_MARGIN = 200  # descriptors needed beyond one per consumer (Redis pool, logs, listener)
+TRANSPORTS = ("comet", "ws", "sse")
 
 
 class BenchError(RuntimeError):
@@ -61,27 +52,23 @@ class BenchError(RuntimeError):
 
 # --------------------------------------------------------------------------- HTTP pieces
 
-class ChunkedLines:
-    """Incremental decoder of a chunked HTTP/1.1 body into CRLF-terminated lines.
-
-    The comet stream is never-ending, so this keeps state across reads; a line may span
-    chunks and reads, and one read may hold several lines.
-    """
+class ChunkedBody:
+    """Incremental decoder of a chunked HTTP/1.1 body; `feed` returns the decoded bytes."""
 
     def __init__(self) -> None:
         self._raw = bytearray()   # undecoded transfer bytes
-        self._body = bytearray()  # decoded body bytes not yet ending a line
         self._data_left = 0       # payload bytes still due in the current chunk
         self._crlf_left = 0       # bytes of the CRLF that closes the current chunk
         self.ended = False        # the last (zero-size) chunk was seen
 
-    def feed(self, data: bytes) -> list[bytes]:
+    def feed(self, data: bytes) -> bytes:
         raw = self._raw
         raw += data
+        out = bytearray()
         while raw and not self.ended:
             if self._data_left:
                 n = min(self._data_left, len(raw))
-                self._body += raw[:n]
+                out += raw[:n]
                 del raw[:n]
                 self._data_left -= n
             elif self._crlf_left:
@@ -97,21 +84,44 @@ class ChunkedLines:
                 if size == 0:
                     self.ended = True
                 self._data_left, self._crlf_left = size, 2
-        if b"\r\n" not in self._body:
+        return bytes(out)
+
+
+class Records:
+    """Splits a byte stream into records ended by `sep` (CRLF for comet lines, a blank line
+    for SSE events); a record may span reads, and one read may hold several."""
+
+    def __init__(self, sep: bytes) -> None:
+        self.sep = sep
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> list[bytes]:
+        self._buf += data
+        if self.sep not in self._buf:
             return []
-        *lines, rest = self._body.split(b"\r\n")
-        self._body = bytearray(rest)
-        return [bytes(line) for line in lines]
+        *records, rest = self._buf.split(self.sep)
+        self._buf = bytearray(rest)
+        return [bytes(r) for r in records]
+
+
+class ChunkedLines:
+    """A comet body: chunked transfer, then CRLF-terminated lines."""
+
+    def __init__(self) -> None:
+        self.body, self.lines = ChunkedBody(), Records(b"\r\n")
+
+    def feed(self, data: bytes) -> list[bytes]:
+        return self.lines.feed(self.body.feed(data))
 
 
 def parse_head(head: bytes) -> tuple[int, dict[str, str]]:
     """Status code and lower-cased headers of a response head (without the blank line)."""
-    status_line, *header_lines_ = head.decode("latin-1").split("\r\n")
+    status_line, *fields = head.decode("latin-1").split("\r\n")
     parts = status_line.split(" ", 2)
     if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
         raise BenchError(f"not an HTTP response: {status_line!r}")
     headers = {}
-    for line in header_lines_:
+    for line in fields:
         name, _, value = line.partition(":")
         headers[name.strip().lower()] = value.strip()
     return int(parts[1]), headers
@@ -123,8 +133,8 @@ def post_request(path: str, body: str) -> bytes:
             f"Content-Length: {len(data)}\r\n\r\n").encode() + data
 
 
-def get_request(path: str) -> bytes:
-    return f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
+def get_request(path: str, extra: str = "") -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{extra}\r\n".encode()
 
 
 class BlockingConn:
@@ -168,29 +178,107 @@ class BlockingConn:
         return self.read_response()
 
 
-class CometStream(BlockingConn):
-    """A comet consumer of /c/<queue> on a blocking socket; `next_messages()` returns the
-    decoded message objects of the next read(s)."""
+class LiveStream(BlockingConn):
+    """A live consumer on a blocking socket; `next_messages()` blocks until at least one
+    message has arrived and returns every complete one, decoded."""
 
-    def __init__(self, port: int, queue: str) -> None:
+    def __init__(self, port: int) -> None:
         super().__init__(port)
-        self.sock.sendall(get_request(f"/c/{queue}"))
-        status, headers = self.read_head()
-        if status != 200 or headers.get("transfer-encoding", "").lower() != "chunked":
-            raise BenchError(f"GET /c/{queue}: expected a chunked 200, got {status} {headers}")
-        self.decoder = ChunkedLines()
-        self.pending = [json.loads(line) for line in self.decoder.feed(bytes(self.buf))]
-        self.buf.clear()
+        self.pending: list[dict] = []
+
+    def _decode(self, data: bytes) -> list[dict]:
+        raise NotImplementedError
 
     def next_messages(self) -> list[dict]:
-        """Block until at least one line has arrived; return every complete one."""
         while not self.pending:
             data = self.sock.recv(262144)
             if not data:
-                raise BenchError("the server ended the comet stream")
-            for line in self.decoder.feed(data):
-                self.pending.append(json.loads(line))
+                raise BenchError("the server ended the stream")
+            self.pending.extend(self._decode(data))
         out, self.pending = self.pending, []
+        return out
+
+
+class CometStream(LiveStream):
+    """`GET /c/<q>`: chunked, one JSON line per message."""
+
+    def __init__(self, port: int, queue: str, path: str = "/c/") -> None:
+        super().__init__(port)
+        self.sock.sendall(get_request(f"{path}{queue}"))
+        status, headers = self.read_head()
+        if status != 200 or headers.get("transfer-encoding", "").lower() != "chunked":
+            raise BenchError(f"GET {path}{queue}: expected a chunked 200, got {status} {headers}")
+        self.decoder = ChunkedLines()
+        self.pending = self._decode(bytes(self.buf))
+        self.buf.clear()
+
+    def _decode(self, data: bytes) -> list[dict]:
+        return [json.loads(line) for line in self.decoder.feed(data)]
+
+
+class SSEStream(LiveStream):
+    """`GET /sse/<q>`: chunked text/event-stream; each event `id:` + `data:` + blank line."""
+
+    def __init__(self, port: int, queue: str) -> None:
+        super().__init__(port)
+        self.sock.sendall(get_request(f"/sse/{queue}"))
+        status, headers = self.read_head()
+        if status != 200 or not headers.get("content-type", "").startswith("text/event-stream"):
+            raise BenchError(f"GET /sse/{queue}: expected an event stream, got {status} "
+                             f"{headers}")
+        self.body, self.events = ChunkedBody(), Records(b"\n\n")
+        self.pending = self._decode(bytes(self.buf))
+        self.buf.clear()
+
+    def _decode(self, data: bytes) -> list[dict]:
+        out = []
+        for event in self.events.feed(self.body.feed(data)):
+            for line in event.split(b"\n"):
+                if line.startswith(b"data: "):  # `id:` repeats the key; comments are skipped
+                    out.append(json.loads(line[6:]))
+        return out
+
+
+class WebSocketStream(LiveStream):
+    """`GET /ws/<q>`: RFC 6455; each message one unmasked text frame from the server."""
+
+    def __init__(self, port: int, queue: str) -> None:
+        super().__init__(port)
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.sock.sendall(get_request(
+            f"/ws/{queue}", f"Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"))
+        status, headers = self.read_head()
+        if status != 101:
+            raise BenchError(f"GET /ws/{queue}: expected 101, got {status} {headers}")
+        self.frames = bytearray(self.buf)
+        self.buf.clear()
+        self.pending = self._decode(b"")
+
+    def _decode(self, data: bytes) -> list[dict]:
+        buf = self.frames
+        buf += data
+        out = []
+        while len(buf) >= 2:
+            opcode, length, at = buf[0] & 0x0F, buf[1] & 0x7F, 2
+            if buf[1] & 0x80:
+                raise BenchError("the server sent a masked frame")
+            if length == 126:
+                if len(buf) < 4:
+                    break
+                length, at = struct.unpack("!H", buf[2:4])[0], 4
+            elif length == 127:
+                if len(buf) < 10:
+                    break
+                length, at = struct.unpack("!Q", buf[2:10])[0], 10
+            if len(buf) < at + length:
+                break
+            payload = bytes(buf[at:at + length])
+            del buf[:at + length]
+            if opcode == 0x1:
+                out.append(json.loads(payload))
+            elif opcode == 0x8:
+                raise BenchError(f"the server closed the WebSocket: {payload!r}")
         return out
 
 
@@ -198,41 +286,69 @@ class CometStream(BlockingConn):
 
 @dataclasses.dataclass
 class LatencyResult:
-    count: int
-    samples_ms: list[float]
+    # samples[channel][round] = latencies in ms; channels: "bare" and TRANSPORTS
+    samples: dict[str, list[list[float]]]
     problems: list[str]
 
-    def pct(self, p: float) -> float:
-        s = sorted(self.samples_ms)
-        return s[min(len(s) - 1, max(0, round(p / 100 * len(s)) - 1))]
+    def pct(self, channel: str, p: float) -> float:
+        """Median over the rounds of each round's p-th percentile."""
+        return statistics.median(percentile(r, p) for r in self.samples[channel])
 
 
-def measure_latency(port: int, count: int, warmup: int = 50) -> LatencyResult:
-    queue = "lat"
-    producer = BlockingConn(port)
-    comet = CometStream(port, queue)
-    samples, problems = [], []
-    try:
-        # Warm-up messages (not timed): the first ones pay for the subscription and for
-        # code paths the interpreter has not run yet.
-        for n in range(-warmup, count):
-            value = str(n)
+def percentile(samples: list[float], p: float) -> float:
+    s = sorted(samples)
+    return s[min(len(s) - 1, max(0, round(p / 100 * len(s)) - 1))]
+
+
+def measure_latency(port: int, bare_port: int, count: int, rounds: int,
+                    warmup: int = 50) -> LatencyResult:
+    """`count` messages per channel and round; the channels take turns message by message,
+    in an order that rotates, so none is always measured first."""
+    producer, bare = BlockingConn(port), BlockingConn(bare_port)
+    streams = {"comet": CometStream(port, "latcomet"), "ws": WebSocketStream(port, "latws"),
+               "sse": SSEStream(port, "latsse")}
+    queues = {"comet": "latcomet", "ws": "latws", "sse": "latsse"}
+    channels = ["bare", *TRANSPORTS]
+    samples: dict[str, list[list[float]]] = {c: [] for c in channels}
+    problems: list[str] = []
+
+    def one(channel: str, value: str) -> float:
+        if channel == "bare":
             t0 = time.perf_counter()
-            producer.sock.sendall(post_request(f"/q/{queue}", f"value={value}"))
-            messages = comet.next_messages()
+            status, body = bare.post("/bare", f"value={value}")
             t1 = time.perf_counter()
-            status, body = producer.read_response()
             if status != 200:
-                raise BenchError(f"POST /q/{queue}: {status} {body!r}")
-            if len(messages) != 1 or messages[0].get("value") != value:
-                problems.append(f"message {n}: expected one line with value {value!r}, got "
-                                f"{messages!r}")
-            elif n >= 0:
-                samples.append((t1 - t0) * 1000.0)
+                raise BenchError(f"POST /bare: {status} {body!r}")
+            return (t1 - t0) * 1000.0
+        path = f"/q/{queues[channel]}"
+        t0 = time.perf_counter()
+        producer.sock.sendall(post_request(path, f"value={value}"))
+        messages = streams[channel].next_messages()
+        t1 = time.perf_counter()
+        status, body = producer.read_response()
+        if status != 200:
+            raise BenchError(f"POST {path}: {status} {body!r}")
+        if len(messages) != 1 or messages[0].get("value") != value:
+            problems.append(f"{channel} message {value}: expected one message with that value, "
+                            f"got {messages!r}")
+        return (t1 - t0) * 1000.0
+
+    try:
+        # Warm-up (not timed): the first messages pay for code paths not yet run.
+        for n in range(warmup):
+            for channel in channels:
+                one(channel, f"w{n}")
+        for rnd in range(rounds):
+            for c in channels:
+                samples[c].append([])
+            for n in range(count):
+                k = n % len(channels)
+                for channel in channels[k:] + channels[:k]:
+                    samples[channel][-1].append(one(channel, f"{rnd}-{n}"))
     finally:
-        producer.close()
-        comet.close()
-    return LatencyResult(count, samples, problems)
+        for conn in (producer, bare, *streams.values()):
+            conn.close()
+    return LatencyResult(samples, problems)
 
 
 # --------------------------------------------------------------------------- b. fan-out
@@ -241,8 +357,8 @@ class FanConsumer(asyncio.Protocol):
     """One idle comet consumer. The hot path (data_received while a message fans out) only
     appends and timestamps; the content is checked afterwards with ChunkedLines."""
 
-    def __init__(self, fan: FanOut) -> None:
-        self.fan = fan
+    def __init__(self, client: FanClient) -> None:
+        self.client = client
         self.transport: asyncio.Transport | None = None
         self.head = bytearray()
         self.headers_done = asyncio.get_running_loop().create_future()
@@ -251,7 +367,7 @@ class FanConsumer(asyncio.Protocol):
 
     def connection_made(self, transport) -> None:
         self.transport = transport
-        transport.write(self.fan.request)
+        transport.write(self.client.request)
 
     def data_received(self, data: bytes) -> None:
         if not self.headers_done.done():
@@ -269,81 +385,34 @@ class FanConsumer(asyncio.Protocol):
         # chunk's CRLF. JSON never holds a raw CR or LF, so nothing else ends that way.
         if self.got_at is None and self.body.endswith(b"\r\n\r\n"):
             self.got_at = time.perf_counter()
-            self.fan.delivered()
+            self.client.delivered()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.fan.lost(self)
+        self.client.lost()
         if not self.headers_done.done():
             self.headers_done.set_exception(BenchError(f"connection lost before the headers: "
                                                        f"{exc}"))
 
 
-@dataclasses.dataclass
-class FanRound:
-    ms: float        # POST sent -> the last consumer had its line
-    first_ms: float  # POST sent -> the first consumer had its line
-    server_cpu_ms: float  # CPU the server used meanwhile (POST sent -> last line)
-    client_cpu_ms: float  # CPU this client process used meanwhile
-    bad: int  # consumers whose stream was not exactly the one expected line
+class FanClient:
+    """The consumers of one server, in a process of their own (see fan_worker)."""
 
-
-@dataclasses.dataclass
-class FanResult:
-    n: int
-    open_s: float
-    rss_before_kb: int
-    rss_after_kb: int
-    fds_before: int
-    fds_after: int
-    rounds: list[FanRound]
-    release_s: float | None
-    problems: list[str]
-
-    @property
-    def kb_per_consumer(self) -> float:  # KiB, as /proc reports it
-        return (self.rss_after_kb - self.rss_before_kb) / self.n
-
-    @property
-    def median_ms(self) -> float:
-        return statistics.median(r.ms for r in self.rounds)
-
-    @property
-    def max_ms(self) -> float:
-        return max(r.ms for r in self.rounds)
-
-    @property
-    def first_ms(self) -> float:
-        return statistics.median(r.first_ms for r in self.rounds)
-
-    @property
-    def server_cpu_ms(self) -> float:
-        return statistics.median(r.server_cpu_ms for r in self.rounds)
-
-    @property
-    def client_cpu_ms(self) -> float:
-        return statistics.median(r.client_cpu_ms for r in self.rounds)
-
-
-class FanOut:
-    queue = "fan"
-
-    def __init__(self, port: int, server_pid: int) -> None:
-        self.port = port
-        self.server_pid = server_pid
-        self.request = get_request(f"/c/{self.queue}")
+    def __init__(self, port: int, get_path: str, post_path: str, server_pid: int) -> None:
+        self.port, self.post_path, self.server_pid = port, post_path, server_pid
+        self.request = get_request(get_path)
         self.consumers: list[FanConsumer] = []
-        self.expected = 0
-        self.count = 0
+        self.expected = self.count = 0
         self.all_delivered: asyncio.Future | None = None
         self.lost_unexpectedly = 0
         self.closing = False
+        self.reader = self.writer = None
 
     def delivered(self) -> None:
         self.count += 1
         if self.count == self.expected and not self.all_delivered.done():
             self.all_delivered.set_result(None)
 
-    def lost(self, consumer: FanConsumer) -> None:
+    def lost(self) -> None:
         if not self.closing:
             self.lost_unexpectedly += 1
 
@@ -356,79 +425,65 @@ class FanOut:
             await asyncio.wait_for(consumer.headers_done, IO_TIMEOUT)
         status, headers = parse_head(bytes(consumer.head))
         if status != 200:
-            raise BenchError(f"GET /c/{self.queue}: {status} {headers}")
+            raise BenchError(f"GET {self.request!r}: {status} {headers}")
 
-    async def run(self, n: int, repeats: int) -> FanResult:
-        problems: list[str] = []
+    async def open(self, n: int) -> dict:
         self.closing, self.lost_unexpectedly = False, 0
-        rss_before, fds_before = vm_rss_kb(self.server_pid), open_fds(self.server_pid)
-
         t0 = time.perf_counter()
         gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
         await asyncio.gather(*(self._open_one(gate) for _ in range(n)))
         open_s = time.perf_counter() - t0
-        await asyncio.sleep(1.0)  # let the server settle (GC, buffers) before reading RSS
-        rss_after, fds_after = vm_rss_kb(self.server_pid), open_fds(self.server_pid)
-
-        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
-        writer.transport.get_extra_info("socket").setsockopt(
+        self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+        self.writer.transport.get_extra_info("socket").setsockopt(
             socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        rounds = []
-        try:
-            for r in range(repeats):
-                value = f"fan-{n}-{r}"
-                for c in self.consumers:
-                    c.body.clear()
-                    c.got_at = None
-                self.count, self.expected = 0, n
-                self.all_delivered = asyncio.get_running_loop().create_future()
-                server_cpu0, client_cpu0 = cpu_seconds(self.server_pid), time.process_time()
-                t_post = time.perf_counter()
-                writer.write(post_request(f"/q/{self.queue}", f"value={value}"))
-                status, body = await read_async_response(reader)
-                if status != 200:
-                    raise BenchError(f"POST /q/{self.queue}: {status} {body!r}")
-                try:
-                    await asyncio.wait_for(self.all_delivered, IO_TIMEOUT)
-                except asyncio.TimeoutError:
-                    raise BenchError(f"fan-out to {n}: only {self.count} of {n} consumers had "
-                                     f"the message after {IO_TIMEOUT:.0f} s") from None
-                server_cpu = cpu_seconds(self.server_pid) - server_cpu0
-                client_cpu = time.process_time() - client_cpu0
-                first = min(c.got_at for c in self.consumers)
-                last = max(c.got_at for c in self.consumers)
-                await asyncio.sleep(0.3)  # catch duplicates or stray lines before checking
-                bad = sum(1 for c in self.consumers if not _exactly(c.body, value))
-                if bad:
-                    problems.append(f"round {r + 1}: {bad} of {n} consumers did not receive "
-                                    f"exactly the one line with value {value!r}")
-                rounds.append(FanRound((last - t_post) * 1000.0, (first - t_post) * 1000.0,
-                                       server_cpu * 1000.0, client_cpu * 1000.0, bad))
-        finally:
-            writer.close()
-            release_s = await self.close_all(fds_before)
-        if self.lost_unexpectedly:
-            problems.append(f"{self.lost_unexpectedly} consumers were disconnected by the server")
-        if release_s is None:
-            problems.append(f"the server still held {open_fds(self.server_pid) - fds_before} "
-                            f"more descriptors than before, 60 s after the consumers closed")
-        return FanResult(n, open_s, rss_before, rss_after, fds_before, fds_after, rounds,
-                         release_s, problems)
+        return {"open_s": open_s}
 
-    async def close_all(self, fds_before: int, timeout: float = 60.0) -> float | None:
+    async def round(self, value: str) -> dict:
+        n = len(self.consumers)
+        for c in self.consumers:
+            c.body.clear()
+            c.got_at = None
+        self.count, self.expected = 0, n
+        self.all_delivered = asyncio.get_running_loop().create_future()
+        server_cpu0, client_cpu0 = cpu_seconds(self.server_pid), time.process_time()
+        t_post = time.perf_counter()
+        self.writer.write(post_request(self.post_path, f"value={value}"))
+        status, body = await read_async_response(self.reader)
+        if status != 200:
+            raise BenchError(f"POST {self.post_path}: {status} {body!r}")
+        try:
+            await asyncio.wait_for(self.all_delivered, IO_TIMEOUT)
+        except asyncio.TimeoutError:
+            raise BenchError(f"fan-out to {n}: only {self.count} of {n} consumers had "
+                             f"the message after {IO_TIMEOUT:.0f} s") from None
+        server_cpu = cpu_seconds(self.server_pid) - server_cpu0
+        client_cpu = time.process_time() - client_cpu0
+        first = min(c.got_at for c in self.consumers)
+        last = max(c.got_at for c in self.consumers)
+        await asyncio.sleep(0.2)  # catch duplicates or stray lines before checking
+        bad = sum(1 for c in self.consumers if not _exactly(c.body, value))
+        return {"ms": (last - t_post) * 1000.0, "first_ms": (first - t_post) * 1000.0,
+                "server_cpu_ms": server_cpu * 1000.0, "client_cpu_ms": client_cpu * 1000.0,
+                "bad": bad}
+
+    async def close(self, fds_before: int, timeout: float = 60.0) -> dict:
         """Close every consumer; seconds until the server's descriptor count is back to
         what it was before they opened (None: not within `timeout`)."""
         self.closing = True
+        if self.writer is not None:
+            self.writer.close()
         t0 = time.perf_counter()
         for c in self.consumers:
             if c.transport is not None:
                 c.transport.close()
         self.consumers = []
+        release = None
         while time.perf_counter() - t0 < timeout:
             if open_fds(self.server_pid) <= fds_before:
-                return time.perf_counter() - t0
+                release = time.perf_counter() - t0
+                break
             await asyncio.sleep(0.1)
-        return None
+        return {"release_s": release, "lost": self.lost_unexpectedly}
 
 
 def _exactly(body: bytearray, value: str) -> bool:
@@ -449,40 +504,164 @@ async def read_async_response(reader: asyncio.StreamReader) -> tuple[int, bytes]
     return status, body
 
 
-def measure_fanout(port: int, server_pid: int, sizes: list[int],
-                   repeats: int) -> list[FanResult]:
-    async def main() -> list[FanResult]:
-        fan = FanOut(port, server_pid)
-        results = []
-        for n in sizes:
-            res = await fan.run(n, repeats)
-            release = "never" if res.release_s is None else f"in {res.release_s:.1f} s"
-            print(f"  fan-out {n:>6,}: opened in {res.open_s:.1f} s, RSS "
-                  f"{res.rss_before_kb / 1024:.1f} -> {res.rss_after_kb / 1024:.1f} MiB "
-                  f"({res.kb_per_consumer:.1f} KB/consumer); all lines median "
-                  f"{res.median_ms:.1f} ms, max {res.max_ms:.1f} ms (CPU server "
-                  f"{res.server_cpu_ms:.0f} ms, client {res.client_cpu_ms:.0f} ms); "
-                  f"released {release}", flush=True)
-            results.append(res)
-        return results
+def fan_worker(conn, port: int, get_path: str, post_path: str, server_pid: int) -> None:
+    """A client process: runs each command from the parent on its own event loop and
+    answers with a dict (or {"error": ...}). Between commands the loop does not run: the
+    consumers are idle then, and the kernel buffers anything that arrives."""
+    loop = asyncio.new_event_loop()
+    client = FanClient(port, get_path, post_path, server_pid)
+    while True:
+        command, arg = conn.recv()
+        if command == "exit":
+            break
+        try:
+            result = loop.run_until_complete(getattr(client, command)(arg))
+        except Exception as exc:  # noqa: BLE001 - reported to the parent, which fails
+            result = {"error": f"{type(exc).__name__}: {exc}"}
+        conn.send(result)
+    loop.close()
 
-    return asyncio.run(main())
+
+class FanProcess:
+    """The parent's handle on a fan_worker process."""
+
+    def __init__(self, name: str, port: int, get_path: str, post_path: str,
+                 server_pid: int) -> None:
+        self.name, self.server_pid = name, server_pid
+        ctx = multiprocessing.get_context("fork")
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=fan_worker, name=f"fan-{name}", daemon=True,
+                                args=(child, port, get_path, post_path, server_pid))
+        self.proc.start()
+
+    def call(self, command: str, arg, timeout: float = 120.0) -> dict:
+        self.conn.send((command, arg))
+        if not self.conn.poll(timeout):
+            raise BenchError(f"fan-out client {self.name}: no answer to {command} in "
+                             f"{timeout:.0f} s")
+        result = self.conn.recv()
+        if "error" in result:
+            raise BenchError(f"fan-out client {self.name}, {command}: {result['error']}")
+        return result
+
+    def stop(self) -> None:
+        try:
+            self.conn.send(("exit", None))
+        except OSError:
+            pass
+        self.proc.join(10)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join()
+
+
+@dataclasses.dataclass
+class FanSide:
+    name: str          # "restmq" or "bare"
+    n: int
+    open_s: float
+    rss_before_kb: int
+    rss_after_kb: int
+    fds_before: int
+    fds_after: int
+    rounds: list[dict]
+    release_s: float | None = None
+
+    @property
+    def kb_per_consumer(self) -> float:  # KiB, as /proc reports it
+        return (self.rss_after_kb - self.rss_before_kb) / self.n
+
+    def median(self, field: str) -> float:
+        return statistics.median(r[field] for r in self.rounds)
+
+    @property
+    def max_ms(self) -> float:
+        return max(r["ms"] for r in self.rounds)
+
+
+@dataclasses.dataclass
+class FanResult:
+    n: int
+    restmq: FanSide
+    bare: FanSide
+    problems: list[str]
+
+    @property
+    def ratio(self) -> float:
+        """Median over the rounds of restmq's time / the bare server's time."""
+        return statistics.median(a["ms"] / b["ms"]
+                                 for a, b in zip(self.restmq.rounds, self.bare.rounds))
+
+
+def measure_fanout(port: int, server_pid: int, bare_port: int, bare_pid: int, n: int,
+                   repeats: int) -> FanResult:
+    problems: list[str] = []
+    sides = {"restmq": (port, "/c/fan", "/q/fan", server_pid),
+             "bare": (bare_port, "/c/fan", "/fan/fan", bare_pid)}
+    clients = {name: FanProcess(name, *spec) for name, spec in sides.items()}
+    results: dict[str, FanSide] = {}
+    try:
+        for name, client in clients.items():
+            pid = client.server_pid
+            rss0, fds0 = vm_rss_kb(pid), open_fds(pid)
+            opened = client.call("open", n)
+            time.sleep(1.0)  # let the server settle (GC, buffers) before reading RSS
+            results[name] = FanSide(name, n, opened["open_s"], rss0, vm_rss_kb(pid), fds0,
+                                    open_fds(pid), [])
+        for r in range(repeats):
+            order = ["restmq", "bare"] if r % 2 == 0 else ["bare", "restmq"]
+            for name in order:
+                value = f"fan-{n}-{r}"
+                res = clients[name].call("round", value)
+                if res["bad"]:
+                    problems.append(f"{name} round {r + 1}: {res['bad']} of {n} consumers did "
+                                    f"not receive exactly the one line with value {value!r}")
+                results[name].rounds.append(res)
+        for name, client in clients.items():
+            closed = client.call("close", results[name].fds_before)
+            results[name].release_s = closed["release_s"]
+            if closed["lost"]:
+                problems.append(f"{name}: {closed['lost']} consumers were disconnected by the "
+                                "server")
+            if closed["release_s"] is None:
+                problems.append(f"{name}: the server still held more descriptors than before, "
+                                "60 s after the consumers closed")
+    finally:
+        for client in clients.values():
+            client.stop()
+    return FanResult(n, results["restmq"], results["bare"], problems)
 
 
 # --------------------------------------------------------------------------- c. drain
 
 @dataclasses.dataclass
 class DrainResult:
-    policy: str
+    side: str  # "broadcast", "roundrobin" (RestMQ policies) or "bare"
     round: int
     count: int
-    prefill_s: float
     seconds: float
     problems: list[str]
 
     @property
     def rate(self) -> float:
         return self.count / self.seconds
+
+
+def read_drain(stream: CometStream, count: int, t0: float) -> tuple[list[str], float]:
+    """Keys of the first `count` lines, the seconds since t0 when the last arrived, and any
+    line that follows within 0.3 s (a duplicate)."""
+    keys: list[str] = []
+    while len(keys) < count:
+        keys.extend(m["key"] for m in stream.next_messages())
+    seconds = time.perf_counter() - t0
+    time.sleep(0.3)
+    stream.sock.settimeout(0.2)
+    try:
+        while True:
+            keys.extend(m["key"] for m in stream.next_messages())
+    except (TimeoutError, socket.timeout, BenchError):
+        pass  # BenchError: the bare stream ends after its last line
+    return keys, seconds
 
 
 def measure_drain(port: int, redis_port: int, policy: str, count: int,
@@ -498,29 +677,15 @@ def measure_drain(port: int, redis_port: int, policy: str, count: int,
         if status != 200 or body.strip() != b"OK":
             raise BenchError(f"POST /p/{queue} policy={policy}: {status} {body!r}")
     with redis_private.RespClient(redis_port) as rc:
-        t0 = time.perf_counter()
         redis_private.top_up(rc, queue, count, value="drain")
-        prefill_s = time.perf_counter() - t0
-
         # The clock starts before the GET: connecting and registering are part of draining.
         t0 = time.perf_counter()
         comet = CometStream(port, queue)
-        keys: list[str] = []
         try:
-            while len(keys) < count:
-                keys.extend(m["key"] for m in comet.next_messages())
-            seconds = time.perf_counter() - t0
-            time.sleep(0.3)  # anything after the last expected line is a duplicate
-            comet.sock.settimeout(0.2)
-            try:
-                while True:
-                    keys.extend(m["key"] for m in comet.next_messages())
-            except (TimeoutError, socket.timeout):
-                pass
+            keys, seconds = read_drain(comet, count, t0)
         finally:
             comet.close()
         left = redis_private.queue_length(rc, queue)
-
     expected = [f"{queue}:{i}" for i in range(1, count + 1)]
     tag = f"drain {policy} round {rnd}"
     if len(keys) != count or set(keys) != set(expected):
@@ -530,248 +695,32 @@ def measure_drain(port: int, redis_port: int, policy: str, count: int,
         problems.append(f"{tag}: every message arrived but not in FIFO order")
     if left:
         problems.append(f"{tag}: {left:,} messages still pending in Redis afterwards")
-    return DrainResult(policy, rnd, count, prefill_s, seconds, problems)
+    return DrainResult(policy, rnd, count, seconds, problems)
 
 
-# --------------------------------------------------------------------------- report
+def measure_bare_drain(bare_port: int, count: int, rnd: int) -> DrainResult:
+    t0 = time.perf_counter()
+    stream = CometStream(bare_port, f"?n={count}", path="/drain")
+    try:
+        keys, seconds = read_drain(stream, count, t0)
+    finally:
+        stream.close()
+    problems = []
+    if keys != [f"drain:{i}" for i in range(1, count + 1)]:
+        problems.append(f"bare drain round {rnd}: {len(keys):,} lines, not the {count:,} sent")
+    return DrainResult("bare", rnd, count, seconds, problems)
+
 
 def drain_medians(drains: list[DrainResult]) -> dict[str, float]:
-    policies = dict.fromkeys(d.policy for d in drains)  # in run order
-    return {p: statistics.median(d.rate for d in drains if d.policy == p) for p in policies}
+    sides = dict.fromkeys(d.side for d in drains)  # in run order
+    return {s: statistics.median(d.rate for d in drains if d.side == s) for s in sides}
 
 
-def verdict(ok: bool) -> str:
-    return "**met**" if ok else "**NOT MET**"
-
-
-def render(args: argparse.Namespace, info: dict[str, str], started: datetime.datetime,
-           load: tuple[float, float, float], nofile: int, lat: LatencyResult,
-           fans: list[FanResult], skipped: list[int], drains: list[DrainResult],
-           server_log: list[str]) -> str:
-    out = ["# RestMQ live-delivery benchmark" + (" (--quick)" if args.quick else ""), ""]
-    out += header_lines(info, started, load)
-    out += [
-        "- server: `twistd -n restmq --access-log off` (one process, broadcast policy unless "
-        f"stated), private Redis; clients in one Python process; RLIMIT_NOFILE {nofile:,} for "
-        "the server and the clients; everything shares this machine",
-        "",
-        "## a. add → comet delivery latency",
-        "",
-        f"{lat.count:,} sequential messages: `POST /q/lat` on a keep-alive connection, one comet "
-        "consumer of `/c/lat`; from just before the POST is sent to the arrival of its line.",
-        "",
-        "| p50 ms | p95 ms | p99 ms | max ms |",
-        "|---:|---:|---:|---:|",
-        f"| {lat.pct(50):.2f} | {lat.pct(95):.2f} | {lat.pct(99):.2f} | "
-        f"{max(lat.samples_ms):.2f} |" if lat.samples_ms else "| - | - | - | - |",
-        "",
-        "## b. fan-out to idle comet consumers",
-        "",
-        f"N comet consumers of `/c/fan` held open (asyncio, at most {CONNECT_CONCURRENCY} "
-        "opening at once); server RSS (VmRSS) before opening and 1 s after the last headers "
-        f"arrived; then {args.repeats} times one `POST /q/fan` and the time until every "
-        "consumer had the complete line.",
-        "",
-        "| N | open s | RSS before MiB | RSS with N MiB | KB per consumer | server fds | "
-        "release s |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for f in fans:
-        release = "not released" if f.release_s is None else f"{f.release_s:.1f}"
-        out.append(f"| {f.n:,} | {f.open_s:.1f} | {f.rss_before_kb / 1024:.1f} | "
-                   f"{f.rss_after_kb / 1024:.1f} | {f.kb_per_consumer:.1f} | "
-                   f"{f.fds_before:,} → {f.fds_after:,} | {release} |")
-    out += [
-        "",
-        "| N | first line ms (median) | all lines ms (median) | all lines ms (max) | "
-        "all lines ms, each round | server CPU ms | client CPU ms |",
-        "|---:|---:|---:|---:|---|---:|---:|",
-    ]
-    for f in fans:
-        out.append(f"| {f.n:,} | {f.first_ms:.1f} | {f.median_ms:.1f} | {f.max_ms:.1f} | "
-                   f"{', '.join(f'{r.ms:.0f}' for r in f.rounds)} | {f.server_cpu_ms:.0f} | "
-                   f"{f.client_cpu_ms:.0f} |")
-    out += [
-        "",
-        "RSS before is measured after the previous N closed, so memory the server kept from "
-        "it can be reused. release s: from closing every consumer until the server's "
-        "descriptor count was back to its value before they opened.",
-        "",
-        "first line: until the first consumer had the line; all lines: until the last one "
-        "had it (the target). CPU: median per round of the CPU time the server process and "
-        "this client process used from the POST until the last line arrived. The client is "
-        "one single-threaded asyncio process on the same CPUs as the server and Redis, so "
-        "its own handling of N reads is part of these times.",
-        "",
-        "## c. backlog drain",
-        "",
-        f"{args.drain:,} messages are put directly in Redis (RestMQ key layout), then one "
-        "comet consumer connects; from sending its GET until its last line arrived. "
-        f"{args.drain_rounds} round(s), broadcast and roundrobin (set by `POST /p/<q>` before "
-        "the prefill) alternating, each on a fresh queue.",
-        "",
-        "| policy | messages/s (median) | each round messages/s |",
-        "|---|---:|---|",
-    ]
-    for policy, rate in drain_medians(drains).items():
-        each = ", ".join(f"{d.rate:,.0f}" for d in drains if d.policy == policy)
-        out.append(f"| {policy} | {rate:,.0f} | {each} |")
-    out += [
-        "",
-        "| round | policy | messages | prefill s | drain s | messages/s |",
-        "|---:|---|---:|---:|---:|---:|",
-    ]
-    for d in drains:
-        out.append(f"| {d.round} | {d.policy} | {d.count:,} | {d.prefill_s:.1f} | "
-                   f"{d.seconds:.2f} | {d.rate:,.0f} |")
-    out += ["", "## Targets", ""]
-    out += target_lines(lat, fans, skipped, drains)
-    out += ["", "## Notes", ""]
-    problems = lat.problems + [p for f in fans for p in f.problems] + \
-        [p for d in drains for p in d.problems]
-    out += [f"- {p}" for p in problems] or ["- every consumer received exactly the expected "
-                                            "messages (content, count and order checked)"]
-    for n in skipped:
-        out.append(f"- fan-out with {n:,} consumers skipped: RLIMIT_NOFILE {nofile:,} is below "
-                   f"{n + FD_MARGIN:,}")
-    if server_log:
-        out.append(f"- the server logged {len(server_log)} warning/error line(s); the first:")
-        out += [f"  - `{line[:300]}`" for line in server_log[:10]]
-    else:
-        out.append("- the server log holds no warning, error or traceback")
-    return "\n".join(out) + "\n"
-
-
-def target_lines(lat: LatencyResult, fans: list[FanResult], skipped: list[int],
-                 drains: list[DrainResult]) -> list[str]:
-    lines = []
-    if lat.samples_ms:
-        p50 = lat.pct(50)
-        lines.append(f"- latency p50 {p50:.2f} ms, target < {TARGET_LATENCY_P50_MS:g} ms: "
-                     f"{verdict(p50 < TARGET_LATENCY_P50_MS)}")
-    for f in fans:
-        if f.n in TARGET_FANOUT_MS:
-            target = TARGET_FANOUT_MS[f.n]
-            lines.append(f"- fan-out to {f.n:,}: median {f.median_ms:.1f} ms (max "
-                         f"{f.max_ms:.1f} ms), target within {target:g} ms: "
-                         f"{verdict(f.median_ms <= target)}")
-    for f in fans:
-        lines.append(f"- RSS per idle consumer at {f.n:,}: {f.kb_per_consumer:.1f} KB, target "
-                     f"<= {TARGET_KB_PER_CONSUMER:g} KB: "
-                     f"{verdict(f.kb_per_consumer <= TARGET_KB_PER_CONSUMER)}")
-        if f.n == 10_000:
-            mb = f.rss_after_kb * 1024 / 1e6
-            lines.append(f"- server RSS with 10,000 consumers: {mb:.1f} MB "
-                         f"({f.rss_after_kb / 1024:.1f} MiB), target < {TARGET_RSS_10K_MB:g} MB: "
-                         f"{verdict(mb < TARGET_RSS_10K_MB)}")
-    for n in skipped:
-        lines.append(f"- fan-out to {n:,}: not measured (descriptor limit)")
-    for policy, rate in drain_medians(drains).items():
-        lines.append(f"- drain ({policy}): median {rate:,.0f} messages/s, target >= "
-                     f"{TARGET_DRAIN_PER_S:,.0f}/s: {verdict(rate >= TARGET_DRAIN_PER_S)}")
-    return lines
-
-
-# --------------------------------------------------------------------------- main
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="RestMQ live-delivery benchmark (comet).")
-    p.add_argument("--quick", action="store_true",
-                   help="smoke test: 200 latency messages, 100 and 1,000 consumers, "
-                        "3 repeats, 20,000 drained messages, 1 drain round")
-    p.add_argument("--out", type=Path, default=BENCH_DIR / "report-live.md",
-                   help="report file (default bench/report-live.md)")
-    args = p.parse_args(argv)
-    if args.quick:
-        args.messages, args.sizes, args.repeats, args.drain = 200, [100, 1_000], 3, 20_000
-        args.drain_rounds = 1
-    else:
-        args.messages, args.sizes, args.repeats, args.drain = 1_000, [1_000, 10_000], 5, 100_000
-        args.drain_rounds = 3
-    return args
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    redis_bin = shutil.which("redis-server")
-    if redis_bin is None:
-        print("error: redis-server not found on PATH. Install it (Debian: apt-get install "
-              "redis-server) and retry.", file=sys.stderr)
-        return 2
-    # Before any child starts: the server inherits the raised limit.
-    nofile = raise_nofile_limit()
-    sizes = [n for n in args.sizes if n + FD_MARGIN <= nofile]
-    skipped = [n for n in args.sizes if n not in sizes]
-    signal.signal(signal.SIGTERM, raise_exit)
-    started = datetime.datetime.now(datetime.timezone.utc)
-    load = os.getloadavg()
-
-    with tempfile.TemporaryDirectory(prefix="restmq-live-") as tmp_name:
-        tmp = Path(tmp_name)
-        redis_port, port = free_ports(2)
-        redis = redis_private.PrivateRedis(redis_bin, redis_port, tmp)
-        server = ServerProcess("restmq server",
-                               [venv_bin("twistd"), "-n", "--pidfile=", "restmq",
-                                "--port", str(port), "--redis-port", str(redis_port),
-                                "--access-log", "off"],
-                               f"http://127.0.0.1:{port}/stats/", tmp / "restmq.log",
-                               env=checkout_env())
-        try:
-            redis.start()
-            info = software_info(redis.version())
-            server.start()
-            print(f"redis :{redis_port}  restmq :{port} (pid {server.pid})  "
-                  f"RLIMIT_NOFILE {nofile:,}", flush=True)
-
-            print(f"a. latency: {args.messages:,} messages", flush=True)
-            lat = measure_latency(port, args.messages)
-            if not lat.samples_ms:
-                raise BenchError("no latency sample: " + "; ".join(lat.problems[:5]))
-            print(f"  p50 {lat.pct(50):.2f} ms  p95 {lat.pct(95):.2f} ms  p99 "
-                  f"{lat.pct(99):.2f} ms  max {max(lat.samples_ms):.2f} ms", flush=True)
-
-            print(f"b. fan-out: {', '.join(f'{n:,}' for n in sizes)} consumers", flush=True)
-            fans = measure_fanout(port, server.pid, sizes, args.repeats)
-
-            drains = []
-            for rnd in range(1, args.drain_rounds + 1):
-                for policy in ("broadcast", "roundrobin"):  # alternated: drift hits both
-                    print(f"c. drain round {rnd}/{args.drain_rounds} ({policy}): "
-                          f"{args.drain:,} messages", flush=True)
-                    d = measure_drain(port, redis_port, policy, args.drain, rnd)
-                    print(f"  {d.seconds:.2f} s, {d.rate:,.0f} messages/s", flush=True)
-                    drains.append(d)
-
-            if not server.alive():
-                raise BenchError(f"the server died during the benchmark:\n{server.log_tail()}")
-            server_log = log_problems(server.logfile)
-        except KeyboardInterrupt:
-            print("interrupted; stopping servers", file=sys.stderr)
-            return 130
-        except (BenchError, RuntimeError, OSError, ValueError) as exc:
-            print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
-            print(f"server log (last lines):\n{server.log_tail()}", file=sys.stderr)
-            return 1
-        finally:
-            # Cleanup must not be cut short by a second Ctrl-C / SIGTERM; each step has a
-            # timeout, so this cannot hang for long.
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            try:
-                server.stop()
-            finally:
-                redis.stop()
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            signal.signal(signal.SIGTERM, raise_exit)
-
-    report = render(args, info, started, load, nofile, lat, fans, skipped, drains, server_log)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(report)
-    print()
-    print(report.replace("**", ""))
-    print(f"report written to {args.out}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def drain_ratios(drains: list[DrainResult]) -> dict[str, float]:
+    """Per policy: median over the rounds of its rate / the bare rate of the same round."""
+    bare = {d.round: d.rate for d in drains if d.side == "bare"}
+    out = {}
+    for side in dict.fromkeys(d.side for d in drains if d.side != "bare"):
+        out[side] = statistics.median(d.rate / bare[d.round] for d in drains
+                                      if d.side == side and d.round in bare)
+    return out

@@ -20,11 +20,14 @@ class RedisError(RuntimeError):
 class RespClient:
     """Blocking RESP2 client: one command at a time, enough for EVAL/LLEN/PING."""
 
-    def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 120.0) -> None:
+    def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 120.0,
+                 db: int = 0) -> None:
         # A generous timeout: one prefill EVAL of a few hundred thousand messages takes a
         # while, and Redis answers nothing else until it is done.
         self._sock = socket.create_connection((host, port), timeout=timeout)
         self._file = self._sock.makefile("rb")
+        if db:
+            self.command("SELECT", db)
 
     def close(self) -> None:
         self._file.close()

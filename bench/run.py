@@ -1,406 +1,507 @@
-"""Throughput benchmark: RestMQ add / hard get against a bare cyclone handler, with wrk.
+"""The whole benchmark suite, one run, one report: `make bench` runs this.
 
-Run from the repository root:  .venv/bin/python bench/run.py [--duration 10] [--rounds 3]
-[--connections 50] [--out bench/report.md]   (--quick: 2 s, 1 round, for smoke tests)
+Run from the repository root:  .venv/bin/python bench/run.py [--quick] [--only SECTIONS]
+(--quick: 1 round of 1 s runs and small live/syslog sizes, a smoke test of the harness;
+its report goes to bench/out/ and never replaces bench/report.md)
 
-The bare server (bench/bare_server.py) is the ceiling for any cyclone handler on this
-machine, so RestMQ is reported as a ratio to it; ratios travel between machines far better
-than absolute req/s. Each round runs bare then RestMQ back to back for each test, so slow
-drift of the machine (thermal, noisy neighbours) hits both sides alike; medians over the
-rounds damp the rest.
+Sections, each figure beside a baseline measured in the same run and interleaved with it:
+
+  http      add, hard get, JSON add, JSON take, XML-RPC set at 1 and 50 connections, with
+            the access log off and (add, get) on, vs bare_server.py's handler (wrk)
+  reuse     add and hard get with two processes sharing the port vs one
+  collectd  POST /collectd/data (10 PUTVAL lines) vs the bare handler with the same body
+  syslog    syslogd lines/s vs a bare line sink; no line lost while Redis is paused
+  live      add→delivery latency (comet, WebSocket, SSE) vs a bare POST round trip;
+            fan-out to 1,000 / 10,000, memory per idle consumer, backlog drain vs bare
+  rabbitmq  RabbitMQ's management HTTP API publish / get vs RestMQ add / hard get
+
+Everything (wrk, Redis, the servers, the clients) shares this machine; the report records
+the machine, the versions, the load average, and each process's CPU during each wrk run.
+The raw results go to bench/out/results.json; `--render-only` rebuilds the report and the
+plots from that file.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import datetime
+import json
 import math
+import os
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
+import httpbench
+import live
+import rabbit
 import redis_private
+import syslog as syslogd
 import wrk
-from common import (BENCH_DIR, ServerProcess, checkout_env, free_ports,
-                    software_info, venv_bin)
-from common import raise_exit as _raise_exit
+from common import (BENCH_DIR, ServerProcess, checkout_env, cpu_seconds, dist_version,
+                    free_ports, log_problems, raise_exit, raise_nofile_limit, software_info,
+                    start_all, stop_all, venv_bin)
 
-QUEUE = "benchq"
-POST_BODY = "value=hello"
-FORM_TYPE = "application/x-www-form-urlencoded"
-TESTS = ("add", "get")
-TEST_LABELS = {"add": "add (POST)", "get": "hard get (GET)"}
-# Minimum acceptable restmq/bare throughput ratio per test.
-TARGETS = {"add": 0.45, "get": 0.40}
-# Prefill = this many times the best rate seen so far x duration: the restmq side is not
-# expected to beat the bare side, so 1.5x its rate leaves a comfortable margin.
-PREFILL_MARGIN = 1.5
+SECTIONS = ("http", "reuse", "collectd", "syslog", "live", "rabbitmq")
+OUT_DIR = BENCH_DIR / "out"
+FORM = "application/x-www-form-urlencoded"
+PREFILL_MARGIN = 1.5  # queues are filled for 1.5x the requests the run is expected to make
+PREFILL_MIN = 30_000
+XMLRPC_SET = ("<?xml version=\"1.0\"?><methodCall><methodName>set</methodName><params>"
+              "<param><value><string>benchxml</string></value></param>"
+              "<param><value><string>hello</string></value></param></params></methodCall>")
 
 
-# --------------------------------------------------------------------------- measuring
-
-@dataclasses.dataclass
-class Side:
-    name: str   # "bare" or "restmq"
-    url_base: str
-    path: str   # same path for POST and GET
-
-    @property
-    def url(self) -> str:
-        return self.url_base + self.path
-
-
-@dataclasses.dataclass
-class Run:
-    round: int
-    test: str
-    side: str
-    result: wrk.WrkResult
-    queue_before: int | None = None  # restmq GET only: pending messages before / after
-    queue_after: int | None = None
+def collectd_body(lines: int = 10) -> str:
+    """A write_http plugin body in its default Command format: one PUTVAL per value, as
+    collectd sends for a host's cpu, memory, load and interface values."""
+    values = [("cpu-0/cpu-user", "1288548767.000:1234567"),
+              ("cpu-0/cpu-system", "1288548767.000:234567"),
+              ("cpu-0/cpu-idle", "1288548767.000:98765432"),
+              ("cpu-1/cpu-user", "1288548767.000:1334567"),
+              ("memory/memory-used", "1288548767.000:4198567936"),
+              ("memory/memory-free", "1288548767.000:1029384756"),
+              ("load/load", "1288548767.000:0.120000:0.090000:0.080000"),
+              ("interface-eth0/if_octets", "1288548767.000:123456789:987654321"),
+              ("interface-eth0/if_packets", "1288548767.000:123456:654321"),
+              ("df-root/df_complex-free", "1288548767.000:116497408.000000")]
+    return "".join(f"PUTVAL \"srv1.example.com/{ident}\" interval=10.000 {value}\n"
+                   for ident, value in values[:lines])
 
 
-def measure(args: argparse.Namespace, wrk_bin: str, sides: list[Side], redis_port: int,
-            post_script: Path) -> list[Run]:
-    runs: list[Run] = []
-    best_rate = 0.0
-    with redis_private.RespClient(redis_port) as rc:
-        for rnd in range(1, args.rounds + 1):
-            for test in TESTS:
-                for side in sides:  # bare first, then restmq: A/B within the round
-                    before = None
-                    if test == "get" and side.name == "restmq":
-                        # Hard gets on an empty queue are cheap 204s; keep it non-empty.
-                        target = max(args.prefill_min,
-                                     math.ceil(PREFILL_MARGIN * best_rate * args.duration))
-                        t0 = time.monotonic()
-                        before = redis_private.top_up(rc, QUEUE, target)
-                        print(f"  prefill: {QUEUE} has {before:,} pending "
-                              f"({time.monotonic() - t0:.1f} s)", flush=True)
-                    res = wrk.run(wrk_bin, side.url, threads=args.threads,
-                                  connections=args.connections, duration=args.duration,
-                                  script=post_script if test == "add" else None)
-                    after = (redis_private.queue_length(rc, QUEUE)
-                             if before is not None else None)
-                    runs.append(Run(rnd, test, side.name, res, before, after))
-                    best_rate = max(best_rate, res.requests_per_sec)
-                    print(f"round {rnd}/{args.rounds}  {test:<4} {side.name:<7}"
-                          f"{res.requests_per_sec:>10,.0f} req/s  p50 {res.p50_ms:7.2f} ms  "
-                          f"p99 {res.p99_ms:7.2f} ms  non-2xx {res.non_2xx}"
-                          + (f"  queue {before:,} -> {after:,}" if before is not None else ""),
-                          flush=True)
-                    time.sleep(args.pause)  # let TIME_WAIT sockets and GC settle
-    return runs
-
+# --------------------------------------------------------------------------- the servers
 
 @dataclasses.dataclass
-class Summary:
-    test: str
-    bare_rps: float
-    restmq_rps: float
-    bare_p50: float
-    bare_p99: float
-    restmq_p50: float
-    restmq_p99: float
+class Servers:
+    redis: redis_private.PrivateRedis
+    ports: dict[str, int]
+    procs: dict[str, ServerProcess]
 
-    @property
-    def ratio(self) -> float:
-        return self.restmq_rps / self.bare_rps if self.bare_rps else 0.0
+    def pids(self, *names: str) -> list[int]:
+        return [self.procs[n].pid for n in names]
 
-    @property
-    def met(self) -> bool:
-        return self.ratio >= TARGETS[self.test]
+    def url(self, name: str, path: str) -> str:
+        return f"http://127.0.0.1:{self.ports[name]}{path}"
 
 
-def summarize(runs: list[Run]) -> list[Summary]:
-    def med(test: str, side: str, field: str) -> float:
-        return statistics.median(getattr(r.result, field) for r in runs
-                                 if r.test == test and r.side == side)
+def make_servers(tmp: Path, redis_bin: str, sections: set[str]) -> Servers:
+    names = ["redis", "bare", "sink", "off", "on", "rp1", "rp2", "collectd", "syslogd"]
+    ports = dict(zip(names, free_ports(len(names))))
+    redis = redis_private.PrivateRedis(redis_bin, ports["redis"], tmp)
+    twistd, env = venv_bin("twistd"), checkout_env()
 
-    return [Summary(test,
-                    med(test, "bare", "requests_per_sec"), med(test, "restmq", "requests_per_sec"),
-                    med(test, "bare", "p50_ms"), med(test, "bare", "p99_ms"),
-                    med(test, "restmq", "p50_ms"), med(test, "restmq", "p99_ms"))
-            for test in TESTS]
+    def restmq(name: str, port: int, *flags: str, plugin: str = "restmq") -> ServerProcess:
+        return ServerProcess(name, [twistd, "-n", "--pidfile=", plugin, "--port", str(port),
+                                    "--redis-port", str(ports["redis"]), *flags],
+                             f"http://127.0.0.1:{port}/stats/", tmp / f"{name}.log", env=env)
 
-
-# --------------------------------------------------------------------------- reporting
-
-def machine_info(redis: redis_private.PrivateRedis, wrk_bin: str) -> dict[str, str]:
-    return {**software_info(redis.version()), "wrk": wrk.version(wrk_bin)}
-
-
-def _ms(p50: float, p99: float) -> str:
-    return f"{p50:.2f} / {p99:.2f}"
-
-
-def summary_table(summaries: list[Summary]) -> str:
-    lines = ["| test | bare req/s | restmq req/s | ratio | bare p50/p99 ms | restmq p50/p99 ms |",
-             "|---|---:|---:|---:|---:|---:|"]
-    for s in summaries:
-        lines.append(f"| {TEST_LABELS[s.test]} | {s.bare_rps:,.0f} | {s.restmq_rps:,.0f} | "
-                     f"{s.ratio:.2f} | {_ms(s.bare_p50, s.bare_p99)} | "
-                     f"{_ms(s.restmq_p50, s.restmq_p99)} |")
-    return "\n".join(lines)
-
-
-def target_lines(summaries: list[Summary]) -> list[str]:
-    return [f"- {TEST_LABELS[s.test]}: ratio {s.ratio:.2f}, target >= {TARGETS[s.test]:.2f}: "
-            f"**{'met' if s.met else 'NOT MET'}**" for s in summaries]
+    procs = {
+        "bare": ServerProcess("bare", [venv_bin("python"), str(BENCH_DIR / "bare_server.py"),
+                                       "--port", str(ports["bare"]),
+                                       "--sink-port", str(ports["sink"])],
+                              f"http://127.0.0.1:{ports['bare']}/bare", tmp / "bare.log"),
+        "off": restmq("restmq-off", ports["off"], "--access-log", "off"),
+    }
+    if "http" in sections:
+        procs["on"] = restmq("restmq-on", ports["on"])  # the default: access log on
+    if "reuse" in sections:
+        procs["rp1"] = restmq("restmq-rp1", ports["rp1"], "--reuse-port", "--access-log", "off")
+        procs["rp2a"] = restmq("restmq-rp2a", ports["rp2"], "--reuse-port", "--access-log", "off")
+        procs["rp2b"] = restmq("restmq-rp2b", ports["rp2"], "--reuse-port", "--access-log", "off")
+    if "collectd" in sections:
+        procs["collectd"] = restmq("collectd", ports["collectd"], "--access-log", "off",
+                                   plugin="collectd")
+    if "syslog" in sections:
+        procs["syslogd"] = syslogd.SyslogServer(ports["syslogd"], ports["redis"], SYSLOG_DB,
+                                                tmp / "syslogd.log")
+    return Servers(redis, ports, procs)
 
 
-def notes(runs: list[Run], self_test: bool) -> list[str]:
-    out = []
-    bad = [r for r in runs if r.result.non_2xx]
-    if bad:
-        for r in bad:
-            out.append(f"- round {r.round} {r.test} {r.side}: {r.result.non_2xx:,} responses with "
-                       f"status >= 400 (of {r.result.requests:,}); its req/s includes them")
-    else:
-        out.append("- every response was 2xx/3xx (wrk reported no non-2xx responses)")
-    for r in runs:
-        if r.result.socket_errors:
-            out.append(f"- round {r.round} {r.test} {r.side}: {r.result.socket_errors} socket "
-                       f"errors (connect/read/write/timeout)")
-    gets = [r for r in runs if r.queue_before is not None]
-    dry = [r for r in gets if r.queue_after == 0]
-    for r in dry:
-        out.append(f"- round {r.round}: **the queue ran dry** during the restmq GET run (0 left "
-                   f"afterwards); some GETs may have been cheap empty-queue 204s, so its numbers "
-                   f"may be too optimistic (raise --prefill-min)")
-    if gets and not dry:
-        low = min(r.queue_after for r in gets)
-        out.append(f"- the queue never ran dry during restmq GET runs (lowest remaining: {low:,})")
-    if not self_test:
-        # Every 2xx hard get pops one message; fewer pops than successes means some GETs
-        # were answered without a message (204s are not counted by wrk as errors).
-        for r in gets:
-            popped = r.queue_before - r.queue_after
-            ok = r.result.requests - r.result.non_2xx
-            if popped < ok:
-                out.append(f"- round {r.round}: {ok:,} successful GETs but only {popped:,} "
-                           f"messages popped: some GETs returned no message")
+SYSLOG_DB = 1  # syslogd writes to a database of its own, emptied before each round
+SINK_SCALE = 20  # the bare line sink gets this many times the lines syslogd gets
+
+
+# --------------------------------------------------------------------------- wrk sections
+
+class Queues:
+    """Prefill and remaining-count hooks for cases that consume a RestMQ queue."""
+
+    def __init__(self, rc: redis_private.RespClient) -> None:
+        self.rc = rc
+
+    def prepare(self, queue: str):
+        def fill(expected: float) -> None:
+            target = max(PREFILL_MIN, math.ceil(PREFILL_MARGIN * expected))
+            redis_private.top_up(self.rc, queue, target)
+        return fill
+
+    def remaining(self, queue: str):
+        return lambda: redis_private.queue_length(self.rc, queue)
+
+
+def http_cases(s: Servers, tmp: Path, q: Queues) -> list[httpbench.Case]:
+    post = wrk.write_post_script(tmp / "post.lua", "value=hello", FORM)
+    jadd = wrk.write_post_script(tmp / "jadd.lua", "body=" + _urlquote(json.dumps(
+        {"cmd": "add", "queue": "benchjson", "value": "hello"})), FORM)
+    jtake = wrk.write_post_script(tmp / "jtake.lua", "body=" + _urlquote(json.dumps(
+        {"cmd": "take", "queue": "benchtake"})), FORM)
+    xml = wrk.write_post_script(tmp / "xmlrpc.lua", XMLRPC_SET, "text/xml")
+    redis = [s.redis.pid]
+
+    def cpu(*names):
+        return {"server": s.pids(*names), "redis": redis}
+
+    C = httpbench.Case
+    return [
+        C("bare.post", "bare POST", s.url("bare", "/bare"), post, None, cpu("bare")),
+        C("add.off", "add", s.url("off", "/q/benchadd"), post, "bare.post", cpu("off")),
+        C("add.on", "add, access log on", s.url("on", "/q/benchadd"), post, "bare.post",
+          cpu("on")),
+        C("jadd.off", "JSON add", s.url("off", "/queue"), jadd, "bare.post", cpu("off")),
+        C("xmlrpc.off", "XML-RPC set", s.url("off", "/xmlrpc"), xml, "bare.post", cpu("off")),
+        C("jtake.off", "JSON take", s.url("off", "/queue"), jtake, "bare.post", cpu("off"),
+          q.prepare("benchtake"), q.remaining("benchtake")),
+        C("bare.get", "bare GET", s.url("bare", "/bare"), None, None, cpu("bare")),
+        C("get.off", "hard get", s.url("off", "/q/benchget"), None, "bare.get", cpu("off"),
+          q.prepare("benchget"), q.remaining("benchget")),
+        C("get.on", "hard get, access log on", s.url("on", "/q/benchget"), None, "bare.get",
+          cpu("on"), q.prepare("benchget"), q.remaining("benchget")),
+    ]
+
+
+def reuse_cases(s: Servers, tmp: Path, q: Queues) -> list[httpbench.Case]:
+    post = tmp / "post.lua"
+    if not post.exists():
+        wrk.write_post_script(post, "value=hello", FORM)
+    redis = [s.redis.pid]
+    C = httpbench.Case
+    return [
+        C("add.1p", "add, 1 process", s.url("rp1", "/q/benchadd"), post, None,
+          {"server": s.pids("rp1"), "redis": redis}),
+        C("add.2p", "add, 2 processes", s.url("rp2", "/q/benchadd"), post, "add.1p",
+          {"server": s.pids("rp2a", "rp2b"), "redis": redis}),
+        C("get.1p", "hard get, 1 process", s.url("rp1", "/q/benchget"), None, None,
+          {"server": s.pids("rp1"), "redis": redis},
+          q.prepare("benchget"), q.remaining("benchget")),
+        C("get.2p", "hard get, 2 processes", s.url("rp2", "/q/benchget"), None, "get.1p",
+          {"server": s.pids("rp2a", "rp2b"), "redis": redis},
+          q.prepare("benchget"), q.remaining("benchget")),
+    ]
+
+
+def collectd_cases(s: Servers, tmp: Path) -> list[httpbench.Case]:
+    body = collectd_body()
+    script = wrk.write_post_script(tmp / "collectd.lua", body, "text/plain")
+    redis = [s.redis.pid]
+    return [
+        httpbench.Case("bare.post", "bare POST, same body", s.url("bare", "/bare"), script,
+                       None, {"server": s.pids("bare"), "redis": redis}),
+        httpbench.Case("data", "collectd POST /collectd/data", s.url("collectd",
+                                                                     "/collectd/data"),
+                       script, "bare.post", {"server": s.pids("collectd"), "redis": redis}),
+    ]
+
+
+def _urlquote(text: str) -> str:
+    from urllib.parse import quote
+    return quote(text, safe="")
+
+
+def wrk_section(name: str, cases: list[httpbench.Case], settings: httpbench.Settings,
+                best: dict[str, float]) -> dict:
+    runs = httpbench.run_section(name, cases, settings, best)
+    return {"cases": [{"key": c.key, "label": c.label, "baseline": c.baseline,
+                       "url_path": "/" + c.url.split("/", 3)[3]} for c in cases],
+            "runs": [dataclasses.asdict(r) for r in runs],
+            "connections": settings.connections,
+            "durations": {str(k): v for k, v in settings.durations.items()}}
+
+
+# --------------------------------------------------------------------------- RabbitMQ
+
+def rabbit_section(s: Servers, tmp: Path, q: Queues, settings: httpbench.Settings,
+                   best: dict[str, float]) -> dict:
+    skip = rabbit.ensure_installed(lambda m: print(f"  {m}", flush=True))
+    if skip:
+        print(f"  rabbitmq skipped: {skip}", flush=True)
+        return {"skipped": skip}
+    amqp, http, dist, epmd = free_ports(4)
+    node = rabbit.RabbitMQ(tmp / "rabbitmq", amqp, http, dist, epmd)
+    queue = "benchq"
+    try:
+        t0 = time.monotonic()
+        node.start()
+        print(f"  rabbitmq up in {time.monotonic() - t0:.1f} s (beam pid {node.beam_pid}, "
+              f"management :{http})", flush=True)
+        version, erlang = node.versions()
+        node.declare(queue)
+        auth = {"Content-Type": "application/json", "Authorization": rabbit.AUTH}
+        pub = wrk.write_script(tmp / "rabbit-publish.lua", "POST", json.dumps(
+            {**rabbit.PUBLISH_BODY, "routing_key": queue}), auth)
+        get = wrk.write_script(tmp / "rabbit-get.lua", "POST", json.dumps(rabbit.GET_BODY),
+                               auth)
+        post = tmp / "post.lua"
+        if not post.exists():
+            wrk.write_post_script(post, "value=hello", FORM)
+
+        def fill_rabbit(expected: float) -> None:
+            # RabbitMQ's get is far slower than any other case: plan from its own rate, or
+            # from its publish rate before it has one (not from the fastest case overall).
+            conns = settings.connections[-1]
+            rate = (best.get(f"rabbit.get@{conns}") or best.get(f"rabbit.publish@{conns}")
+                    or 2000.0)
+            node.top_up(queue, max(5000, math.ceil(
+                PREFILL_MARGIN * rate * settings.durations[conns])))
+
+        cpu_r = {"server": [node.beam_pid], "redis": [s.redis.pid]}
+        cpu_q = {"server": s.pids("off"), "redis": [s.redis.pid]}
+        C = httpbench.Case
+        cases = [
+            C("rabbit.publish", "RabbitMQ publish",
+              f"{node.base}/api/exchanges/%2F/amq.default/publish", pub, None, cpu_r),
+            C("add", "RestMQ add", s.url("off", "/q/benchadd"), post, "rabbit.publish", cpu_q),
+            C("rabbit.get", "RabbitMQ get", f"{node.base}/api/queues/%2F/{queue}/get", get,
+              None, cpu_r, fill_rabbit, lambda: node.depth(queue)),
+            C("get", "RestMQ hard get", s.url("off", "/q/benchget"), None, "rabbit.get", cpu_q,
+              q.prepare("benchget"), q.remaining("benchget")),
+        ]
+        out = wrk_section("rabbitmq", cases, settings, best)
+        out["versions"] = {"rabbitmq": version, "erlang": erlang}
+        return out
+    finally:
+        t0 = time.monotonic()
+        node.stop()
+        print(f"  rabbitmq stopped in {time.monotonic() - t0:.1f} s", flush=True)
+
+
+# --------------------------------------------------------------------------- live, syslog
+
+def live_section(s: Servers, args: argparse.Namespace, nofile: int) -> dict:
+    port, bare_port = s.ports["off"], s.ports["bare"]
+    server_pid, bare_pid = s.procs["off"].pid, s.procs["bare"].pid
+    out: dict = {"settings": {"latency_messages": args.latency_messages,
+                              "latency_rounds": args.rounds, "fan_sizes": args.fan_sizes,
+                              "fan_repeats": args.fan_repeats, "drain": args.drain,
+                              "drain_rounds": args.rounds}}
+    print(f"  a. latency: {args.rounds} rounds x {args.latency_messages} messages per "
+          "channel", flush=True)
+    lat = live.measure_latency(port, bare_port, args.latency_messages, args.rounds)
+    out["latency"] = {"samples": lat.samples, "problems": lat.problems}
+    for c in ("bare", *live.TRANSPORTS):
+        print(f"     {c:<6} p50 {lat.pct(c, 50):.2f} ms  p99 {lat.pct(c, 99):.2f} ms",
+              flush=True)
+    fans, skipped = [], []
+    for n in args.fan_sizes:
+        if n + live.FD_MARGIN > nofile:
+            skipped.append(n)
+            continue
+        f = live.measure_fanout(port, server_pid, bare_port, bare_pid, n, args.fan_repeats)
+        print(f"  b. fan-out {n:,}: restmq median {f.restmq.median('ms'):.1f} ms, bare "
+              f"{f.bare.median('ms'):.1f} ms; {f.restmq.kb_per_consumer:.1f} KB/consumer "
+              f"(bare {f.bare.kb_per_consumer:.1f})", flush=True)
+        fans.append(dataclasses.asdict(f))
+    out["fanout"], out["fan_skipped"] = fans, skipped
+    drains = []
+    for rnd in range(1, args.rounds + 1):
+        sides = ["broadcast", "roundrobin", "bare"]
+        for side in sides if rnd % 2 else reversed(sides):
+            if side == "bare":
+                d = live.measure_bare_drain(bare_port, args.drain, rnd)
+            else:
+                d = live.measure_drain(port, s.redis.port, side, args.drain, rnd)
+            print(f"  c. drain round {rnd} {side:<10} {d.rate:>9,.0f} messages/s", flush=True)
+            drains.append(dataclasses.asdict(d))
+    out["drain"] = drains
+    out["nofile"] = nofile
     return out
 
 
-def raw_table(runs: list[Run]) -> str:
-    lines = ["| round | test | side | req/s | p50 ms | p99 ms | requests | non-2xx | "
-             "socket errors | queue before -> after |",
-             "|---:|---|---|---:|---:|---:|---:|---:|---:|---|"]
-    for r in runs:
-        res = r.result
-        queue = (f"{r.queue_before:,} -> {r.queue_after:,}"
-                 if r.queue_before is not None else "")
-        lines.append(f"| {r.round} | {r.test} | {r.side} | {res.requests_per_sec:,.0f} | "
-                     f"{res.p50_ms:.2f} | {res.p99_ms:.2f} | {res.requests:,} | {res.non_2xx:,} | "
-                     f"{res.socket_errors} | {queue} |")
-    return "\n".join(lines)
-
-
-def render_report(args: argparse.Namespace, info: dict[str, str], runs: list[Run],
-                  summaries: list[Summary], started: datetime.datetime) -> str:
-    restmq_desc = ("a second bare server (--self-test: harness check, not a RestMQ result)"
-                   if args.self_test else
-                   f"`twistd -n restmq`, `POST /q/{QUEUE}` (`{POST_BODY}`) and `GET /q/{QUEUE}`")
-    parts = [
-        "# RestMQ benchmark" + (" (SELF-TEST)" if args.self_test else ""),
-        "",
-        f"- date: {started:%Y-%m-%d %H:%M:%S %Z}",
-        f"- machine: {info['nproc']}, {info['cpu']}, {info['os']}",
-        f"- software: Python {info['python']}, Twisted {info['twisted']}, cyclone "
-        f"{info['cyclone']}, txredisapi {info['txredisapi']}, redis-server "
-        f"{info['redis-server']}, {info['wrk']}",
-        f"- restmq revision: {info['restmq']}",
-        f"- load: `wrk -t{args.threads} -c{args.connections} -d{args.duration}s --latency`, "
-        f"keep-alive; {args.rounds} round(s); in each round bare then restmq for each test; "
-        f"wrk, both servers and Redis share this machine",
-        f"- bare: `bench/bare_server.py`, one cyclone handler writing `ok\\r\\n`, no log observer",
-        f"- restmq: {restmq_desc}",
-        f"- before each restmq GET run the queue is filled directly in Redis (RestMQ key "
-        f"layout) to {PREFILL_MARGIN}x the best rate seen so far times the duration "
-        f"(at least {args.prefill_min:,})",
-        "",
-        f"## Medians over {args.rounds} round(s)",
-        "",
-        summary_table(summaries),
-        "",
-        "ratio = restmq req/s / bare req/s (medians).",
-        "",
-        "## Targets",
-        "",
-        *target_lines(summaries),
-        "",
-        "## Notes",
-        "",
-        *notes(runs, args.self_test),
-        "",
-        "## Per-round raw numbers",
-        "",
-        raw_table(runs),
-        "",
-    ]
-    return "\n".join(parts)
-
-
-# --------------------------------------------------------------------------- self-test
-
-def check_parser() -> list[str]:
-    """Compare the parser's reading of a canned wrk report with the known values."""
-    got = wrk.parse(wrk.SAMPLE_OUTPUT)
-    problems = []
-    for field in dataclasses.fields(wrk.WrkResult):
-        a, b = getattr(got, field.name), getattr(wrk.SAMPLE_EXPECTED, field.name)
-        if not math.isclose(a, b, rel_tol=1e-9):
-            problems.append(f"parser: {field.name} = {a}, expected {b}")
-    return problems
-
-
-def check_runs(runs: list[Run]) -> list[str]:
-    """Sanity checks that hold when both sides are bare servers answering 200."""
-    problems = []
-    for r in runs:
-        res, tag = r.result, f"round {r.round} {r.test} {r.side}"
-        if res.requests <= 0 or res.requests_per_sec <= 0:
-            problems.append(f"{tag}: no requests measured")
-        if not 0 < res.p50_ms <= res.p99_ms:
-            problems.append(f"{tag}: implausible latencies p50 {res.p50_ms} p99 {res.p99_ms}")
-        if res.non_2xx or res.socket_errors:
-            problems.append(f"{tag}: {res.non_2xx} non-2xx, {res.socket_errors} socket errors")
-        # wrk's req/s is requests / elapsed; the two must agree with what we parsed.
-        if not math.isclose(res.requests / res.seconds, res.requests_per_sec, rel_tol=0.05):
-            problems.append(f"{tag}: req/s {res.requests_per_sec} does not match "
-                            f"{res.requests} requests in {res.seconds} s")
-    return problems
+def syslog_section(s: Servers, args: argparse.Namespace) -> dict:
+    port, per = s.ports["syslogd"], args.syslog_lines
+    server_pid = s.procs["syslogd"].pid
+    rounds = []
+    for rnd in range(1, args.rounds + 1):
+        for side in (["restmq", "sink"] if rnd % 2 else ["sink", "restmq"]):
+            cpu0 = cpu_seconds(server_pid)
+            if side == "restmq":
+                tp = syslogd.measure_throughput(port, s.redis.port, SYSLOG_DB, per)
+            else:
+                # The sink is ~100x faster: SINK_SCALE times the lines gives it a duration
+                # that 1 ms polling can time.
+                tp = syslogd.measure_sink(s.ports["sink"], s.ports["bare"], per * SINK_SCALE)
+            print(f"  syslog round {rnd} {side:<6} {tp.rate:>11,.0f} lines/s "
+                  f"({tp.stored:,} in {tp.seconds:.2f} s)", flush=True)
+            # syslogd's own CPU for the round (it is idle while the check reads Redis)
+            cpu = cpu_seconds(server_pid) - cpu0 if side == "restmq" else None
+            rounds.append({"round": rnd, "side": side, "server_cpu_s": cpu,
+                           **dataclasses.asdict(tp)})
+    print(f"  back-pressure: {args.bp_duration:g} s, Redis paused {args.bp_pause:g} s",
+          flush=True)
+    bp = syslogd.measure_backpressure(port, s.redis, SYSLOG_DB, s.procs["syslogd"].pid,
+                                      args.bp_duration, args.bp_pause)
+    print(f"     sent {bp.sent:,}, stored {bp.stored:,}, lost {bp.lost:,}", flush=True)
+    return {"throughput": rounds, "backpressure": {**dataclasses.asdict(bp), "lost": bp.lost},
+            "settings": {"senders": syslogd.SENDERS, "lines_per_sender": per,
+                         "lines_per_send": syslogd.LINES_PER_SEND,
+                         "send_buffer": syslogd.SEND_BUFFER, "sink_scale": SINK_SCALE}}
 
 
 # --------------------------------------------------------------------------- main
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="RestMQ vs bare cyclone throughput benchmark (wrk).")
-    p.add_argument("--duration", type=int, default=10, help="seconds per wrk run (default 10)")
-    p.add_argument("--rounds", type=int, default=3, help="rounds; medians are reported (default 3)")
-    p.add_argument("--connections", type=int, default=50, help="wrk -c (default 50)")
-    p.add_argument("--threads", type=int, default=2, help="wrk -t (default 2)")
-    p.add_argument("--out", type=Path, default=None,
-                   help="report file (default bench/report.md)")
-    p.add_argument("--quick", action="store_true", help="smoke test: 2 s, 1 round")
-    p.add_argument("--pause", type=float, default=1.0,
-                   help="seconds of idle between wrk runs (default 1)")
-    p.add_argument("--prefill-min", type=int, default=20_000,
-                   help="minimum pending messages before a restmq GET run (default 20000)")
-    # Hidden: measure a second bare server as "restmq", to check the harness itself.
-    p.add_argument("--self-test", action="store_true", help=argparse.SUPPRESS)
+    p = argparse.ArgumentParser(description="RestMQ benchmark suite (one report).")
+    p.add_argument("--rounds", type=int, default=3, help="rounds; medians are reported (3)")
+    p.add_argument("--duration", type=float, default=3.0,
+                   help="seconds per wrk run at 50 connections (3)")
+    p.add_argument("--duration-c1", type=float, default=2.0,
+                   help="seconds per wrk run at 1 connection (2)")
+    p.add_argument("--pause", type=float, default=0.3, help="idle seconds between runs")
+    p.add_argument("--pin-wrk", metavar="CPUS", default=None,
+                   help="run wrk under `taskset -c CPUS` (default: not pinned)")
+    p.add_argument("--only", default=",".join(SECTIONS),
+                   help=f"comma-separated sections to run ({','.join(SECTIONS)})")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke test: 1 round of 1 s runs, small sizes; report in bench/out/")
+    p.add_argument("--out", type=Path, default=None, help="report (default bench/report.md)")
+    p.add_argument("--render-only", type=Path, metavar="RESULTS_JSON", default=None,
+                   help="rebuild the report and plots from a results.json, measure nothing")
+    p.add_argument("--no-plots", action="store_true", help="write the report without plots")
     args = p.parse_args(argv)
+    args.sections = [x.strip() for x in args.only.split(",") if x.strip()]
+    unknown = set(args.sections) - set(SECTIONS)
+    if unknown:
+        p.error(f"unknown section(s): {', '.join(sorted(unknown))}")
     if args.quick:
-        args.duration, args.rounds = 2, 1
-    if args.duration < 1 or args.rounds < 1 or args.connections < 1 or args.threads < 1:
-        p.error("--duration, --rounds, --connections and --threads must be >= 1")
-    if args.connections < args.threads:
-        p.error("--connections must be >= --threads (a wrk requirement)")
+        args.rounds, args.duration, args.duration_c1, args.pause = 1, 1.0, 1.0, 0.2
+        args.latency_messages, args.fan_sizes, args.fan_repeats = 100, [100, 1_000], 3
+        args.drain, args.syslog_lines, args.bp_duration, args.bp_pause = 5_000, 1_000, 4.0, 1.5
+    else:
+        args.latency_messages, args.fan_sizes, args.fan_repeats = 300, [1_000, 10_000], 5
+        args.drain, args.syslog_lines, args.bp_duration, args.bp_pause = 40_000, 5_000, 10.0, 4.0
+        if args.rounds < 3:
+            p.error("--rounds must be at least 3 (medians of 3 rounds or more); --quick for less")
     if args.out is None:
-        # A self-test must never overwrite the real report.
-        args.out = BENCH_DIR / ("report-selftest.md" if args.self_test else "report.md")
+        args.out = (OUT_DIR / "report-quick.md") if args.quick else BENCH_DIR / "report.md"
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    wrk_bin = wrk.find_wrk()
-    if wrk_bin is None:
-        print("error: wrk not found on PATH. Install it (Debian: apt-get install wrk) and retry.",
-              file=sys.stderr)
-        return 2
-    redis_bin = shutil.which("redis-server")
-    if redis_bin is None:
-        print("error: redis-server not found on PATH. Install it (Debian: apt-get install "
-              "redis-server) and retry.", file=sys.stderr)
-        return 2
-
-    problems = check_parser() if args.self_test else []
-    # SIGTERM takes the same try/finally path as Ctrl-C, so nothing is left running.
-    signal.signal(signal.SIGTERM, _raise_exit)
+def run_all(args: argparse.Namespace) -> dict:
+    wrk_bin, redis_bin = wrk.find_wrk(), shutil.which("redis-server")
+    if wrk_bin is None or redis_bin is None:
+        raise SystemExit("error: wrk and redis-server must be on PATH (Debian: apt-get install "
+                         "wrk redis-server; `make bench` does it)")
+    if wrk.parse(wrk.SAMPLE_OUTPUT) != wrk.SAMPLE_EXPECTED:  # the harness's own check
+        raise SystemExit("error: bench/wrk.py misreads its sample wrk report")
+    nofile = raise_nofile_limit()  # before any child starts: they inherit it
+    sections = set(args.sections)
     started = datetime.datetime.now(datetime.timezone.utc)
+    t_start = time.monotonic()
+    results: dict = {"meta": {"date": started.strftime("%Y-%m-%d %H:%M:%S UTC"),
+                              "load_before": [round(x, 2) for x in os.getloadavg()],
+                              "quick": args.quick,
+                              "sections": args.sections, "rounds": args.rounds,
+                              "durations": {"1": args.duration_c1, "50": args.duration},
+                              "pause": args.pause, "pin_wrk": args.pin_wrk,
+                              "nofile": nofile, "cpus": len(os.sched_getaffinity(0))},
+                     "sections": {}, "errors": []}
+    settings = httpbench.Settings(wrk_bin, args.rounds, [1, 50],
+                                  {1: args.duration_c1, 50: args.duration}, args.pause,
+                                  args.pin_wrk)
+    settings50 = dataclasses.replace(settings, connections=[50])
+    best: dict[str, float] = {}
 
     with tempfile.TemporaryDirectory(prefix="restmq-bench-") as tmp_name:
         tmp = Path(tmp_name)
-        redis_port, bare_port, restmq_port = free_ports(3)
-        redis = redis_private.PrivateRedis(redis_bin, redis_port, tmp)
-        python = venv_bin("python")
-        bare = ServerProcess("bare server",
-                             [python, str(BENCH_DIR / "bare_server.py"), "--port", str(bare_port)],
-                             f"http://127.0.0.1:{bare_port}/bare", tmp / "bare.log")
-        if args.self_test:
-            restmq = ServerProcess("second bare server (self-test)",
-                                   [python, str(BENCH_DIR / "bare_server.py"),
-                                    "--port", str(restmq_port)],
-                                   f"http://127.0.0.1:{restmq_port}/bare", tmp / "restmq.log")
-            restmq_path = "/bare"
-        else:
-            restmq = ServerProcess("restmq server",
-                                   [venv_bin("twistd"), "-n", "--pidfile=", "restmq",
-                                    "--port", str(restmq_port), "--redis-port", str(redis_port)],
-                                   f"http://127.0.0.1:{restmq_port}/stats/", tmp / "restmq.log",
-                                   env=checkout_env())
-            restmq_path = f"/q/{QUEUE}"
-        sides = [Side("bare", f"http://127.0.0.1:{bare_port}", "/bare"),
-                 Side("restmq", f"http://127.0.0.1:{restmq_port}", restmq_path)]
-        post_script = wrk.write_post_script(tmp / "post.lua", POST_BODY, FORM_TYPE)
-
+        s = make_servers(tmp, redis_bin, sections)
+        procs = list(s.procs.values())
         try:
-            redis.start()
-            info = machine_info(redis, wrk_bin)
-            bare.start()
-            restmq.start()
-            print(f"redis :{redis_port}  bare :{bare_port}  restmq :{restmq_port}  "
-                  f"({args.rounds} round(s) x 4 runs of {args.duration} s)", flush=True)
-            runs = measure(args, wrk_bin, sides, redis_port, post_script)
-            for server in (bare, restmq):
-                if server.proc is not None and server.proc.poll() is not None:
-                    raise RuntimeError(f"{server.name} died during the benchmark:\n"
-                                       f"{server.log_tail()}")
-        except KeyboardInterrupt:
-            print("interrupted; stopping servers", file=sys.stderr)
-            return 130
-        except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
+            s.redis.start()
+            t0 = time.monotonic()
+            start_all(procs)
+            print(f"redis :{s.redis.port}; {len(procs)} servers up in "
+                  f"{time.monotonic() - t0:.1f} s: "
+                  + ", ".join(f"{p.name} (pid {p.pid})" for p in procs), flush=True)
+            results["meta"]["software"] = {**software_info(s.redis.version()),
+                                           "wrk": wrk.version(wrk_bin),
+                                           "hiredis": dist_version("hiredis"),
+                                           "matplotlib": dist_version("matplotlib")}
+            with redis_private.RespClient(s.redis.port) as rc:
+                q = Queues(rc)
+                plan = [
+                    ("http", lambda: wrk_section("http", http_cases(s, tmp, q), settings,
+                                                 best)),
+                    ("reuse", lambda: wrk_section("reuse", reuse_cases(s, tmp, q), settings50,
+                                                  best)),
+                    ("collectd", lambda: {**wrk_section("collectd", collectd_cases(s, tmp),
+                                                        settings50, best),
+                                          "body_lines": len(collectd_body().splitlines())}),
+                    ("syslog", lambda: syslog_section(s, args)),
+                    ("live", lambda: live_section(s, args, nofile)),
+                    ("rabbitmq", lambda: rabbit_section(s, tmp, q, settings50, best)),
+                ]
+                for name, run in plan:
+                    if name not in sections:
+                        continue
+                    t0 = time.monotonic()
+                    print(f"[{name}]", flush=True)
+                    try:
+                        results["sections"][name] = run()
+                    except Exception as exc:  # noqa: BLE001 - one broken section is reported
+                        traceback.print_exc()
+                        results["errors"].append(f"{name}: {type(exc).__name__}: {exc}")
+                    results["sections"].setdefault(name, {})["seconds"] = \
+                        time.monotonic() - t0
+                    for p in procs:
+                        if not p.alive():
+                            raise RuntimeError(f"{p.name} died during [{name}]:\n"
+                                               f"{p.log_tail()}")
+            # (restmq-on's log also holds the access log: its URLs hold no problem word.)
+            results["server_log"] = {p.name: log_problems(p.logfile)[:10] for p in procs}
         finally:
             # Cleanup must not be cut short by a second Ctrl-C / SIGTERM; each step has a
             # timeout, so this cannot hang for long.
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
             try:
-                for server in (restmq, bare):
-                    server.stop()
+                stop_all(procs)
             finally:
-                redis.stop()
+                s.redis.stop()
             signal.signal(signal.SIGINT, signal.default_int_handler)
-            signal.signal(signal.SIGTERM, _raise_exit)
+            signal.signal(signal.SIGTERM, raise_exit)
+    results["meta"]["load_after"] = [round(x, 2) for x in os.getloadavg()]
+    results["meta"]["elapsed_s"] = time.monotonic() - t_start
+    return results
 
-    summaries = summarize(runs)
-    report = render_report(args, info, runs, summaries, started)
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, raise_exit)
+    OUT_DIR.mkdir(exist_ok=True)
+    if args.render_only:
+        results = json.loads(args.render_only.read_text())
+    else:
+        try:
+            results = run_all(args)
+        except KeyboardInterrupt:
+            print("interrupted; servers stopped", file=sys.stderr)
+            return 130
+        except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        name = "results-quick.json" if args.quick else "results.json"
+        (OUT_DIR / name).write_text(json.dumps(results))
+    import report  # after the run: nothing it imports slows the measurements
+    text = report.render(results, args.out, with_plots=not args.no_plots)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(report)
-    print()
-    print(summary_table(summaries))
-    print()
-    print("\n".join(target_lines(summaries)).replace("**", ""))
-    for line in notes(runs, args.self_test):
-        print(line.replace("**", ""))
+    args.out.write_text(text)
     print(f"\nreport written to {args.out}")
-
-    if args.self_test:
-        problems += check_runs(runs)
-        for problem in problems:
-            print(f"SELF-TEST FAILED: {problem}", file=sys.stderr)
-        print("self-test: " + ("FAILED" if problems else "ok (parser and harness checks passed)"))
-        return 1 if problems else 0
-    return 0
+    print(report.headline_text(results))
+    return 1 if results.get("errors") else 0
 
 
 if __name__ == "__main__":

@@ -1,40 +1,35 @@
-"""syslogd benchmark (PROTOCOL.md §11): TCP ingest throughput, and back-pressure while Redis
-is paused.
+"""syslogd (PROTOCOL.md §11): TCP ingest throughput, and back-pressure while Redis is paused.
 
-Run from the repository root:  .venv/bin/python bench/syslog.py [--quick] [--out FILE]
-(--quick: 2,000 lines per sender and a 6 s back-pressure run, for smoke tests; the full
-run takes under a minute)
+Used by run.py, against `twistd syslogd` on its own Redis database (so each round can start
+from an empty one):
 
-a. throughput: 10 concurrent senders, each a blocking TCP connection sending 20,000
-   LF-terminated RFC 3164 lines; lines/s from the first byte sent until
-   LLEN syslogd:127.0.0.1:queue reaches 200,000, then every stored message is checked.
-b. back-pressure: the same 10 senders send as fast as they can for 15 s while Redis is
-   stopped (SIGSTOP) for 5 s in the middle. The senders' sockets are blocking, so once the
-   server stops reading they stall in sendall instead of failing. The server's RSS is sampled
-   every 0.25 s; afterwards every line a sender fully handed to the kernel must be stored.
+a. throughput: 10 concurrent senders, each a blocking TCP connection sending LF-terminated
+   RFC 3164 lines; lines/s from the first byte sent until LLEN syslogd:127.0.0.1:queue
+   reaches the total, then every stored message is checked. Baseline, alternated round by
+   round: the same senders to bare_server.py's line sink, a Twisted receiver that only counts
+   lines, until its count reaches the total.
+b. back-pressure: the same 10 senders send as fast as they can while Redis is stopped
+   (SIGSTOP) for a while in the middle. The senders' sockets are blocking, so once the server
+   stops reading they stall in sendall instead of failing. The server's RSS is sampled every
+   0.25 s; afterwards every line a sender fully handed to the kernel must be stored.
 
 Senders are threads: sendall releases the GIL, and a blocking socket is the point of (b).
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import datetime
 import json
-import os
 import re
-import shutil
 import signal
 import socket
-import sys
-import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
+from typing import Callable
 
 import redis_private
-from common import (BENCH_DIR, ServerProcess, checkout_env, free_ports, header_lines,
-                    log_problems, raise_exit, software_info, venv_bin, vm_rss_kb)
+from common import ServerProcess, checkout_env, venv_bin, vm_rss_kb
 
 QUEUE = "syslogd:127.0.0.1"
 SENDERS = 10
@@ -68,10 +63,11 @@ def batch(sender: int, first: int, count: int) -> bytes:
 class SyslogServer(ServerProcess):
     """`twistd syslogd`: it never answers, so it is ready once it accepts a connection."""
 
-    def __init__(self, port: int, redis_port: int, logfile: Path) -> None:
+    def __init__(self, port: int, redis_port: int, redis_db: int, logfile: Path) -> None:
         super().__init__("syslogd server",
                          [venv_bin("twistd"), "-n", "--pidfile=", "syslogd",
-                          "--port", str(port), "--redis-port", str(redis_port)],
+                          "--port", str(port), "--redis-port", str(redis_port),
+                          "--redis-db", str(redis_db)],
                          f"tcp://127.0.0.1:{port}", logfile, env=checkout_env())
         self.port = port
 
@@ -94,20 +90,21 @@ def connect(port: int) -> socket.socket:
     return sock
 
 
-def wait_for_count(rc: redis_private.RespClient, target: int) -> tuple[int, float]:
-    """Poll LLEN until it reaches `target`; (final length, perf_counter when reached or when
-    the count stopped moving)."""
+def wait_for_count(count: Callable[[], int], target: int,
+                   poll: float = POLL_INTERVAL) -> tuple[int, float]:
+    """Poll count() every `poll` s until it reaches `target`; (final count, perf_counter
+    when reached or when the count stopped moving)."""
     length, last_change = -1, time.perf_counter()
     while True:
         now = time.perf_counter()
-        n = redis_private.queue_length(rc, QUEUE)
+        n = count()
         if n != length:
             length, last_change = n, now
         if n >= target:
             return n, now
         if now - last_change > STALL_TIMEOUT:
             return n, last_change
-        time.sleep(POLL_INTERVAL)
+        time.sleep(poll)
 
 
 @dataclasses.dataclass
@@ -173,8 +170,9 @@ class Throughput:
         return self.stored / self.seconds
 
 
-def measure_throughput(port: int, redis_port: int, per_sender: int) -> Throughput:
-    total = SENDERS * per_sender
+def send_all(port: int, per_sender: int) -> float:
+    """SENDERS threads each send `per_sender` lines at once; returns the perf_counter at
+    which they were released (just before the first byte)."""
     # Built before the clock starts: the senders only send.
     payloads = [[batch(s, first, min(LINES_PER_SEND, per_sender - first))
                  for first in range(0, per_sender, LINES_PER_SEND)] for s in range(SENDERS)]
@@ -197,20 +195,51 @@ def measure_throughput(port: int, redis_port: int, per_sender: int) -> Throughpu
             sock.close()
 
     threads = [threading.Thread(target=send, args=(s,), daemon=True) for s in range(SENDERS)]
-    with redis_private.RespClient(redis_port) as rc:
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        if errors:
-            raise BenchError("sending failed: " + "; ".join(errors))
-        stored, done = wait_for_count(rc, total)
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise BenchError("sending failed: " + "; ".join(errors))
+    return started[0]
+
+
+def measure_throughput(port: int, redis_port: int, redis_db: int,
+                       per_sender: int) -> Throughput:
+    """RestMQ's syslogd: until every line is stored, then every stored message is checked;
+    the database is emptied afterwards for the next round."""
+    total = SENDERS * per_sender
+    with redis_private.RespClient(redis_port, db=redis_db) as rc:
+        rc.command("FLUSHDB")
+        t0 = send_all(port, per_sender)
+        stored, done = wait_for_count(lambda: redis_private.queue_length(rc, QUEUE), total)
         check = check_stored(rc, [per_sender] * SENDERS)
+        rc.command("FLUSHDB")
     problems = check.problems
     if stored < total:
         problems.insert(0, f"only {stored:,} of {total:,} lines stored; no progress for "
                            f"{STALL_TIMEOUT:.0f} s")
-    return Throughput(total, done - started[0], stored, problems)
+    return Throughput(total, done - t0, stored, problems)
+
+
+_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def sink_count(http_port: int) -> int:
+    """Lines bare_server.py's sink has received so far (never through a proxy)."""
+    with _NO_PROXY.open(f"http://127.0.0.1:{http_port}/lines", timeout=5) as resp:
+        return int(resp.read())
+
+
+def measure_sink(sink_port: int, http_port: int, per_sender: int) -> Throughput:
+    """The baseline: the same senders to a receiver that only counts lines."""
+    total = SENDERS * per_sender
+    before = sink_count(http_port)
+    t0 = send_all(sink_port, per_sender)
+    # The sink takes a few tens of ms for what syslogd takes seconds for: poll it finely.
+    got, done = wait_for_count(lambda: sink_count(http_port) - before, total, poll=0.001)
+    problems = [] if got == total else [f"the sink counted {got:,} lines of {total:,}"]
+    return Throughput(total, done - t0, got, problems)
 
 
 # --------------------------------------------------------------------------- b. back-pressure
@@ -253,8 +282,8 @@ class RssSampler(threading.Thread):
             self.stop_event.wait(RSS_INTERVAL)
 
 
-def measure_backpressure(port: int, redis: redis_private.PrivateRedis, server_pid: int,
-                         duration: float, pause: float) -> BackPressure:
+def measure_backpressure(port: int, redis: redis_private.PrivateRedis, redis_db: int,
+                         server_pid: int, duration: float, pause: float) -> BackPressure:
     counts = [0] * SENDERS  # lines each sender has fully handed to the kernel
     errors: list[str] = []
     stop = threading.Event()
@@ -272,7 +301,8 @@ def measure_backpressure(port: int, redis: redis_private.PrivateRedis, server_pi
         finally:
             sock.close()
 
-    with redis_private.RespClient(redis.port) as rc:
+    with redis_private.RespClient(redis.port, db=redis_db) as rc:
+        rc.command("FLUSHDB")
         stored_at_start = redis_private.queue_length(rc, QUEUE)
     if stored_at_start:
         raise BenchError(f"{QUEUE} is not empty before the back-pressure run")
@@ -289,7 +319,7 @@ def measure_backpressure(port: int, redis: redis_private.PrivateRedis, server_pi
         # Redis runs for the first (duration - pause) / 2 s, is stopped for `pause` s, then
         # runs again until `duration`.
         time.sleep((duration - pause) / 2)
-        with redis_private.RespClient(redis.port) as rc:
+        with redis_private.RespClient(redis.port, db=redis_db) as rc:
             stored_before_pause = redis_private.queue_length(rc, QUEUE)
         sent_before_pause = sum(counts)
         redis.send_signal(signal.SIGSTOP)
@@ -307,8 +337,8 @@ def measure_backpressure(port: int, redis: redis_private.PrivateRedis, server_pi
         if any(t.is_alive() for t in threads):
             raise BenchError("a sender is still blocked in sendall long after Redis resumed")
         sent = sum(counts)
-        with redis_private.RespClient(redis.port) as rc:
-            stored, done = wait_for_count(rc, sent)
+        with redis_private.RespClient(redis.port, db=redis_db) as rc:
+            stored, done = wait_for_count(lambda: redis_private.queue_length(rc, QUEUE), sent)
             caught_up = stored >= sent
             check = check_stored(rc, counts)
     finally:
@@ -331,12 +361,6 @@ def measure_backpressure(port: int, redis: redis_private.PrivateRedis, server_pi
         problems=problems)
 
 
-# --------------------------------------------------------------------------- report
-
-def verdict(ok: bool) -> str:
-    return "**met**" if ok else "**NOT MET**"
-
-
 def rss_profile(samples: list[tuple[float, int]], every: float = 1.0) -> str:
     """One RSS value (MiB) per `every` seconds: the largest sample in each interval."""
     buckets: dict[int, int] = {}
@@ -344,157 +368,3 @@ def rss_profile(samples: list[tuple[float, int]], every: float = 1.0) -> str:
         i = int(t // every)
         buckets[i] = max(buckets.get(i, 0), kb)
     return ", ".join(f"{buckets[i] / 1024:.1f}" for i in sorted(buckets))
-
-
-def render(args: argparse.Namespace, info: dict[str, str], started: datetime.datetime,
-           load: tuple[float, float, float], tp: Throughput, bp: BackPressure,
-           server_log: list[str]) -> str:
-    after = "-" if bp.catch_up_after_cont is None else f"{bp.catch_up_after_cont:.2f}"
-    after_senders = ("-" if bp.catch_up_after_senders is None
-                     else f"{bp.catch_up_after_senders:.2f}")
-    out = ["# RestMQ syslogd benchmark" + (" (--quick)" if args.quick else ""), ""]
-    out += header_lines(info, started, load)
-    out += [
-        "- server: `twistd -n syslogd` (one process), private Redis; senders are threads of one "
-        f"Python process, blocking TCP sockets (SO_SNDBUF {SEND_BUFFER // 1024} KiB), "
-        f"{LINES_PER_SEND} lines per `sendall`; "
-        "everything shares this machine",
-        "- line: `<13>Nov 22 10:00:00 host app: message <sender> <n>` + LF",
-        "",
-        "## a. throughput",
-        "",
-        f"{SENDERS} senders × {args.lines:,} lines at once; from the first byte sent until "
-        f"`LLEN {QUEUE}:queue` reached {tp.lines:,} (polled every "
-        f"{POLL_INTERVAL * 1000:.0f} ms).",
-        "",
-        "| lines | stored | seconds | lines/s |",
-        "|---:|---:|---:|---:|",
-        f"| {tp.lines:,} | {tp.stored:,} | {tp.seconds:.2f} | {tp.rate:,.0f} |",
-        "",
-        "## b. back-pressure (Redis paused)",
-        "",
-        f"{SENDERS} senders as fast as they can for {bp.duration:g} s; Redis stopped "
-        f"(SIGSTOP) from {(bp.duration - bp.pause) / 2:g} s to "
-        f"{(bp.duration + bp.pause) / 2:g} s. sent = lines fully handed to the kernel by "
-        "`sendall`.",
-        "",
-        "| sent | sent before pause | sent during pause | stored before pause | stored | lost "
-        "| catch-up after SIGCONT s | catch-up after senders stopped s |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
-        f"| {bp.sent:,} | {bp.sent_before_pause:,} | {bp.sent_during_pause:,} | "
-        f"{bp.stored_before_pause:,} | {bp.stored:,} | {bp.lost:,} | {after} | "
-        f"{after_senders} |",
-        "",
-        f"Server RSS: {bp.rss_before_kb / 1024:.1f} MiB before, peak "
-        f"{bp.rss_peak_kb / 1024:.1f} MiB ({len(bp.rss_samples)} samples every "
-        f"{RSS_INTERVAL:g} s). Highest sample per second (MiB): "
-        f"{rss_profile(bp.rss_samples)}.",
-        "",
-        "## Targets",
-        "",
-        f"- lost lines under back-pressure: {bp.lost:,}, target {TARGET_LOST}: "
-        f"{verdict(bp.lost == TARGET_LOST and not bp.problems)}",
-        "",
-        "## Notes",
-        "",
-    ]
-    problems = [f"throughput run: {p}" for p in tp.problems] + \
-        [f"back-pressure run: {p}" for p in bp.problems]
-    out += [f"- {p}" for p in problems] or [
-        "- every stored message was checked: JSON fields (host, facility user, severity "
-        "notice, float tstamp), and per sender exactly the lines sent, in order"]
-    if server_log:
-        out.append(f"- the server logged {len(server_log)} warning/error line(s); the first:")
-        out += [f"  - `{line[:300]}`" for line in server_log[:10]]
-    else:
-        out.append("- the server log holds no warning, error or traceback")
-    return "\n".join(out) + "\n"
-
-
-# --------------------------------------------------------------------------- main
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="RestMQ syslogd benchmark.")
-    p.add_argument("--quick", action="store_true",
-                   help="smoke test: 2,000 lines per sender, 6 s back-pressure run with a 2 s "
-                        "pause")
-    p.add_argument("--out", type=Path, default=BENCH_DIR / "report-syslog.md",
-                   help="report file (default bench/report-syslog.md)")
-    args = p.parse_args(argv)
-    if args.quick:
-        args.lines, args.duration, args.pause = 2_000, 6.0, 2.0
-    else:
-        args.lines, args.duration, args.pause = 20_000, 15.0, 5.0
-    return args
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    redis_bin = shutil.which("redis-server")
-    if redis_bin is None:
-        print("error: redis-server not found on PATH. Install it (Debian: apt-get install "
-              "redis-server) and retry.", file=sys.stderr)
-        return 2
-    signal.signal(signal.SIGTERM, raise_exit)
-    started = datetime.datetime.now(datetime.timezone.utc)
-    load = os.getloadavg()
-
-    with tempfile.TemporaryDirectory(prefix="restmq-syslog-") as tmp_name:
-        tmp = Path(tmp_name)
-        redis_port, port = free_ports(2)
-        redis = redis_private.PrivateRedis(redis_bin, redis_port, tmp)
-        server = SyslogServer(port, redis_port, tmp / "syslogd.log")
-        try:
-            redis.start()
-            info = software_info(redis.version())
-            server.start()
-            print(f"redis :{redis_port} (pid {redis.pid})  syslogd :{port} (pid {server.pid})",
-                  flush=True)
-
-            print(f"a. throughput: {SENDERS} senders x {args.lines:,} lines", flush=True)
-            tp = measure_throughput(port, redis_port, args.lines)
-            print(f"  {tp.stored:,} stored in {tp.seconds:.2f} s: {tp.rate:,.0f} lines/s",
-                  flush=True)
-            with redis_private.RespClient(redis_port) as rc:
-                rc.command("FLUSHDB")
-
-            print(f"b. back-pressure: {args.duration:g} s, Redis paused {args.pause:g} s",
-                  flush=True)
-            bp = measure_backpressure(port, redis, server.pid, args.duration, args.pause)
-            print(f"  sent {bp.sent:,}, stored {bp.stored:,}, lost {bp.lost:,}; RSS "
-                  f"{bp.rss_before_kb / 1024:.1f} -> peak {bp.rss_peak_kb / 1024:.1f} MiB",
-                  flush=True)
-
-            if not server.alive():
-                raise BenchError(f"the server died during the benchmark:\n{server.log_tail()}")
-            server_log = log_problems(server.logfile)
-        except KeyboardInterrupt:
-            print("interrupted; stopping servers", file=sys.stderr)
-            return 130
-        except (BenchError, RuntimeError, OSError) as exc:
-            print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
-            print(f"server log (last lines):\n{server.log_tail()}", file=sys.stderr)
-            return 1
-        finally:
-            # Cleanup must not be cut short by a second Ctrl-C / SIGTERM; each step has a
-            # timeout, so this cannot hang for long.
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            try:
-                server.stop()
-            finally:
-                redis.stop()
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            signal.signal(signal.SIGTERM, raise_exit)
-
-    report = render(args, info, started, load, tp, bp, server_log)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(report)
-    print()
-    print(report.replace("**", ""))
-    print(f"report written to {args.out}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -6,9 +6,12 @@ non-2xx count, socket errors) are parsed from the `--latency` report.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import shutil
 import subprocess
+import tempfile
+import time
 from pathlib import Path
 
 # wrk prints latencies with the unit that keeps the number short (src/units.c).
@@ -86,34 +89,75 @@ def version(wrk: str) -> str:
     return first[0].split(" Copyright")[0].strip() if first else "unknown"
 
 
-def write_post_script(path: Path, body: str, content_type: str) -> Path:
-    """Write a wrk Lua script that turns every request into a POST with a form body."""
-    def lua_str(s: str) -> str:
-        return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+def _lua_str(s: str) -> str:
+    """A Lua string literal: long bracket strings would do too, but escapes are simpler."""
+    out = s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
+    return '"' + out + '"'
 
-    path.write_text(
-        f"wrk.method = \"POST\"\n"
-        f"wrk.body = {lua_str(body)}\n"
-        f"wrk.headers[\"Content-Type\"] = {lua_str(content_type)}\n")
+
+def write_script(path: Path, method: str, body: str | None = None,
+                 headers: dict[str, str] | None = None) -> Path:
+    """Write a wrk Lua script that sends every request with this method, body and headers
+    (wrk computes Content-Length itself)."""
+    lines = [f"wrk.method = {_lua_str(method)}"]
+    if body is not None:
+        lines.append(f"wrk.body = {_lua_str(body)}")
+    for name, value in (headers or {}).items():
+        lines.append(f"wrk.headers[{_lua_str(name)}] = {_lua_str(value)}")
+    path.write_text("\n".join(lines) + "\n")
     return path
 
 
-def run(wrk: str, url: str, *, threads: int, connections: int, duration: int,
-        script: Path | None = None) -> WrkResult:
-    """Run one wrk measurement (keep-alive, the wrk default) and return the parsed result."""
-    cmd = [wrk, f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency"]
+def write_post_script(path: Path, body: str, content_type: str) -> Path:
+    """A POST with a body of the given media type."""
+    return write_script(path, "POST", body, {"Content-Type": content_type})
+
+
+@dataclasses.dataclass(frozen=True)
+class Measured:
+    result: WrkResult
+    cpu_seconds: float  # user + system CPU wrk itself used (all its threads)
+
+
+def run(wrk: str, url: str, *, threads: int, connections: int, duration: float,
+        script: Path | None = None, cpus: str | None = None) -> Measured:
+    """Run one wrk measurement (keep-alive, the wrk default) and return the parsed result.
+
+    `cpus` pins wrk with `taskset -c` (e.g. "1"): the client then competes with the servers
+    on that CPU only.
+    """
+    cmd = [wrk, f"-t{threads}", f"-c{connections}", f"-d{duration:g}s", "--latency"]
     if script is not None:
         cmd += ["-s", str(script)]
     cmd.append(url)
-    # The timeout only guards against a wedged wrk; a normal run ends at `duration`.
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
+    if cpus:
+        cmd = ["taskset", "-c", cpus, *cmd]
+    # os.wait4 gives the child's own rusage: wrk's CPU time, which shows how much of the
+    # machine the load generator took from the servers.
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+        # The deadline only guards against a wedged wrk; a normal run ends at `duration`.
+        deadline = time.monotonic() + duration + 60
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.monotonic() > deadline:
+                proc.kill()
+                os.wait4(proc.pid, 0)
+                raise WrkError(f"{' '.join(cmd)}: no exit within {duration + 60:g} s")
+            time.sleep(0.05)
+        proc.returncode = os.waitstatus_to_exitcode(status)  # keeps Popen from waiting again
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
     if proc.returncode != 0:
-        raise WrkError(f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stdout}{proc.stderr}")
-    return parse(proc.stdout)
+        raise WrkError(f"{' '.join(cmd)} exited {proc.returncode}:\n{stdout}{stderr}")
+    return Measured(parse(stdout), usage.ru_utime + usage.ru_stime)
 
 
-# A real report (trimmed from a run against a 404 route) used by run.py --self-test to check
-# the parser, including the two optional lines and mixed time units.
+# A real report (trimmed from a run against a 404 route) that run.py checks the parser with
+# before measuring: the two optional lines and mixed time units included.
 SAMPLE_OUTPUT = """\
 Running 2s test @ http://127.0.0.1:18123/nope
   2 threads and 50 connections
