@@ -51,3 +51,29 @@ def post(url, path, form=None, **kw):
 
 def delete(url, path, **kw):
     return request(url, "DELETE", path, **kw)
+
+
+def read_head(sock) -> tuple[int, dict[str, str], bytes]:
+    """Status, headers (lower-case names) and body of a reply read from a raw socket; the body
+    by Content-Length, none for a 101 (what follows belongs to the upgraded protocol)."""
+    raw = b""
+    while b"\r\n\r\n" not in raw:
+        data = sock.recv(65536)
+        if not data:
+            break
+        raw += data
+    head, _, rest = raw.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in header_lines:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    status = int(status_line.split()[1])
+    if status != 101:
+        length = int(headers.get("content-length", "0"))
+        while len(rest) < length:
+            data = sock.recv(65536)
+            if not data:
+                break
+            rest += data
+    return status, headers, rest

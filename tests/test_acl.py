@@ -18,7 +18,7 @@ from typing import Callable
 import pytest
 
 from tests.conftest import ServerProcess
-from tests.http_client import Reply
+from tests.http_client import Reply, read_head
 
 HTML = "text/html; charset=UTF-8"
 JSON = "application/json"
@@ -74,27 +74,7 @@ def ws_handshake(port: int, source: str, path: str, headers: dict[str, str] | No
     sock = socket.create_connection(("127.0.0.1", port), timeout=15, source_address=(source, 0))
     try:
         sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
-        raw = b""
-        while b"\r\n\r\n" not in raw:
-            data = sock.recv(65536)
-            if not data:
-                break
-            raw += data
-        head, _, rest = raw.partition(b"\r\n\r\n")
-        status_line, *header_lines = head.decode("latin-1").split("\r\n")
-        parsed = {}
-        for line in header_lines:
-            name, _, value = line.partition(":")
-            parsed[name.strip().lower()] = value.strip()
-        status = int(status_line.split()[1])
-        if status != 101:
-            length = int(parsed.get("content-length", "0"))
-            while len(rest) < length:
-                data = sock.recv(65536)
-                if not data:
-                    break
-                rest += data
-        return Handshake(status, parsed, rest)
+        return Handshake(*read_head(sock))
     finally:
         sock.close()
 

@@ -17,7 +17,7 @@ from urllib.parse import quote, urlsplit
 import pytest
 
 from tests.conftest import RedisProcess, ServerProcess
-from tests.http_client import Reply, request
+from tests.http_client import Reply, read_head, request
 
 JSON = "application/json"
 HTML = "text/html; charset=UTF-8"
@@ -114,27 +114,7 @@ def ws_handshake(base: str, path: str, headers: dict[str, str] | None = None) ->
     lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
     with socket.create_connection((parts.hostname, parts.port), timeout=15) as sock:
         sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("utf-8"))
-        raw = b""
-        while b"\r\n\r\n" not in raw:
-            data = sock.recv(65536)
-            if not data:
-                break
-            raw += data
-        head, _, rest = raw.partition(b"\r\n\r\n")
-        status_line, *header_lines = head.decode("latin-1").split("\r\n")
-        parsed = {}
-        for line in header_lines:
-            name, _, value = line.partition(":")
-            parsed[name.strip().lower()] = value.strip()
-        status = int(status_line.split()[1])
-        if status != 101:
-            length = int(parsed.get("content-length", "0"))
-            while len(rest) < length:
-                data = sock.recv(65536)
-                if not data:
-                    break
-                rest += data
-        return Handshake(status, parsed, rest)
+        return Handshake(*read_head(sock))
 
 
 def stream_head(base: str, path: str, headers: dict[str, str] | None = None) -> Reply:
