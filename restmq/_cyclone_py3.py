@@ -289,10 +289,6 @@ class HTTPConnection(cyclone.httpserver.HTTPConnection):
                 % (error.status, phrase.encode(), len(body), body))
         self.transport.loseConnection()
 
-    def _drop(self, why):
-        cyclone.httpserver.log.msg(f"Malformed HTTP request from {self._remote_ip}: {why}")
-        self.transport.loseConnection()
-
     def _finish_request(self):
         if not self._discarding:
             super()._finish_request()

@@ -5,7 +5,6 @@ Domain exceptions become `{"error": reason}` replies in one place, BaseHandler.
 from __future__ import annotations
 
 import html
-import json
 import mimetypes
 import re
 import time
