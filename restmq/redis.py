@@ -14,7 +14,7 @@ from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint
 from twisted.logger import Logger
 
 from restmq.errors import RedisFailure, RedisUnavailable
-from restmq.lua import Script, load_script  # noqa: F401 (load_script is re-exported)
+from restmq.lua import Script
 
 COMMAND_TIMEOUT = 5.0
 RECONNECT_MAX_DELAY = 5.0
