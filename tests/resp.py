@@ -46,3 +46,30 @@ class RedisClient:
             size = int(rest)
             return None if size < 0 else [self._reply() for _ in range(size)]
         raise RuntimeError(f"bad reply {line!r}")
+
+
+def snapshot(redis: RedisClient) -> dict:
+    """Every key with its type, content and whether it has an expiry: compare two of them to
+    show that a request changed nothing."""
+    state = {}
+    for key in redis("KEYS", "*"):
+        kind = redis("TYPE", key)
+        if kind == "string":
+            value = redis("GET", key)
+        elif kind == "list":
+            value = redis("LRANGE", key, 0, -1)
+        elif kind == "set":
+            value = sorted(redis("SMEMBERS", key))
+        else:
+            value = kind
+        state[key] = (kind, value, redis("TTL", key) >= 0)
+    return state
+
+
+def seed_queue(redis: RedisClient, queue: str, value: str = "hello") -> None:
+    """A started queue with one pending message `<queue>:1`, written in RestMQ's layout."""
+    redis("SET", f"{queue}:1", value)
+    redis("SET", f"{queue}:UUID", "1")
+    redis("LPUSH", f"{queue}:queue", f"{queue}:1")
+    redis("SADD", "QUEUESET", queue)
+    redis("SET", f"queuestat::{queue}", "1")

@@ -19,6 +19,7 @@ import pytest
 
 from tests.conftest import ServerProcess
 from tests.http_client import Reply, read_head
+from tests.resp import seed_queue, snapshot
 
 HTML = "text/html; charset=UTF-8"
 JSON = "application/json"
@@ -97,29 +98,10 @@ def xml_result(reply) -> object:
 # -- Redis state -------------------------------------------------------------------------------
 
 
-def snapshot(redis) -> dict:
-    state = {}
-    for key in redis("KEYS", "*"):
-        kind = redis("TYPE", key)
-        if kind == "string":
-            value = redis("GET", key)
-        elif kind == "list":
-            value = redis("LRANGE", key, 0, -1)
-        elif kind == "set":
-            value = sorted(redis("SMEMBERS", key))
-        else:
-            value = kind
-        state[key] = (kind, value, redis("TTL", key) >= 0)
-    return state
-
 
 def seed(redis) -> None:
     """Queue `aclq` with one pending message `aclq:1` = hello, started."""
-    redis("SET", "aclq:1", "hello")
-    redis("SET", "aclq:UUID", "1")
-    redis("LPUSH", "aclq:queue", "aclq:1")
-    redis("SADD", "QUEUESET", "aclq")
-    redis("SET", "queuestat::aclq", "1")
+    seed_queue(redis, "aclq")
 
 
 def assert_denied(reply, challenge: bool) -> None:

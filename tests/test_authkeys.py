@@ -18,6 +18,7 @@ import pytest
 
 from tests.conftest import RedisProcess, ServerProcess
 from tests.http_client import Reply, read_head, request
+from tests.resp import seed_queue, snapshot
 
 JSON = "application/json"
 HTML = "text/html; charset=UTF-8"
@@ -55,29 +56,10 @@ def set_record(redis, key: str, queues=None, privs=None, raw: str | None = None)
     redis("SET", f"AUTHKEY:{key}", raw)
 
 
-def snapshot(redis) -> dict:
-    state = {}
-    for key in redis("KEYS", "*"):
-        kind = redis("TYPE", key)
-        if kind == "string":
-            value = redis("GET", key)
-        elif kind == "list":
-            value = redis("LRANGE", key, 0, -1)
-        elif kind == "set":
-            value = sorted(redis("SMEMBERS", key))
-        else:
-            value = kind
-        state[key] = (kind, value, redis("TTL", key) >= 0)
-    return state
-
 
 def seed(redis, queue: str) -> None:
     """One pending message `<queue>:1` = hello, started."""
-    redis("SET", f"{queue}:1", "hello")
-    redis("SET", f"{queue}:UUID", "1")
-    redis("LPUSH", f"{queue}:queue", f"{queue}:1")
-    redis("SADD", "QUEUESET", queue)
-    redis("SET", f"queuestat::{queue}", "1")
+    seed_queue(redis, queue)
 
 
 def assert_unauthorized(reply) -> None:

@@ -14,7 +14,7 @@ import pytest
 from tests.comet import CometClient
 from tests.conftest import ServerProcess
 from tests.http_client import Reply, request
-from tests.resp import RedisClient
+from tests.resp import RedisClient, seed_queue, snapshot
 
 MALFORMED = {"error": "malformed XML-RPC request"}
 
@@ -44,30 +44,10 @@ def call_body(method: str, *params: str, raw_params: tuple[str, ...] = ()) -> st
             f"<params>{inner}</params></methodCall>")
 
 
-def snapshot(redis) -> dict:
-    """Every key with its type, content and whether it has an expiry."""
-    state = {}
-    for key in redis("KEYS", "*"):
-        kind = redis("TYPE", key)
-        if kind == "string":
-            value = redis("GET", key)
-        elif kind == "list":
-            value = redis("LRANGE", key, 0, -1)
-        elif kind == "set":
-            value = sorted(redis("SMEMBERS", key))
-        else:
-            value = kind
-        state[key] = (kind, value, redis("TTL", key) >= 0)
-    return state
-
 
 def seed(redis) -> None:
     """A queue with one pending message, so that a leaked get or set would show."""
-    redis("SET", "seeded:1", "old")
-    redis("SET", "seeded:UUID", "1")
-    redis("LPUSH", "seeded:queue", "seeded:1")
-    redis("SADD", "QUEUESET", "seeded")
-    redis("SET", "queuestat::seeded", "1")
+    seed_queue(redis, "seeded", "old")
 
 
 def assert_malformed(reply: Reply) -> None:
