@@ -81,7 +81,14 @@ def test_default_acl_falls_back_to_the_packaged_file(redis_proc, tmp_path):
 
 
 def test_sigterm_shuts_down_cleanly(redis_proc):
+    import time
     server = ServerProcess(redis_proc.port).start()
+    # twistd listens before its reactor runs and installs the signal handlers: wait for a
+    # sign of the running reactor, or an early SIGTERM just kills the process.
+    deadline = time.monotonic() + 10
+    while "pub/sub connection ready" not in server.log():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
     server.proc.send_signal(signal.SIGTERM)
     # twistd re-raises the signal after a complete shutdown, so the exit status says SIGTERM.
     assert server.proc.wait(15) in (0, -signal.SIGTERM)
