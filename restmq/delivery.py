@@ -96,10 +96,6 @@ class Delivery(service.Service):
             del self.queues[queue]
             self.pubsub.unsubscribe(queue + CHANNEL_SUFFIX)
 
-    def consumer_count(self, queue: str) -> int:
-        state = self.queues.get(queue)
-        return len(state.consumers) if state else 0
-
     # -- dispatch -------------------------------------------------------------------------------
 
     def trigger(self, queue: str) -> None:

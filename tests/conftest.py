@@ -162,3 +162,15 @@ def server(redis_proc):
 def H(server, redis):
     """The base URL of the shared server, with an empty Redis."""
     return server.url
+
+
+@pytest.fixture
+def service(redis_proc, redis):
+    """A started restmq.redis.RedisService on the (flushed) session Redis."""
+    import pytest_twisted
+
+    from restmq.redis import RedisService
+    svc = RedisService(port=redis_proc.port)
+    svc.startService()
+    yield svc
+    pytest_twisted.blockon(svc.stopService())

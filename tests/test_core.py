@@ -25,15 +25,6 @@ def sleep(seconds: float):
 
 
 @pytest.fixture
-def service(redis_proc, redis):
-    """A started RedisService on the (flushed) session Redis."""
-    svc = RedisService(port=redis_proc.port)
-    svc.startService()
-    yield svc
-    pytest_twisted.blockon(svc.stopService())
-
-
-@pytest.fixture
 def core(service):
     return Core(service, consumed_ttl=RETENTION)
 

@@ -24,14 +24,6 @@ def sleep(seconds: float):
     return deferLater(reactor, seconds, lambda: None)
 
 
-@pytest.fixture
-def service(redis_proc, redis):
-    svc = RedisService(port=redis_proc.port)
-    svc.startService()
-    yield svc
-    pytest_twisted.blockon(svc.stopService())
-
-
 class Redises:
     """Private redis-servers a test may stop, restart (same port) or pause."""
 
