@@ -31,27 +31,39 @@ _RESERVED_SUFFIXES = (":queue", ":UUID", ":queuepolicy", ":PUBSUB", ":lock", ":r
 _FORBIDDEN = re.compile(r"[\s\x00-\x1f\x7f-\x9f]")
 
 
-def is_valid_name(name: str) -> bool:
-    """PROTOCOL.md §1.1: 1-256 UTF-8 bytes, no whitespace or control character, not reserved."""
+def is_safe_name(name: str) -> bool:
+    """Harmless to the key layout: non-empty, encodable as UTF-8, and not reserved (a reserved
+    name would read or write keys RestMQ keeps for something else)."""
     if not isinstance(name, str) or not name:
         return False
     try:
-        size = len(name.encode("utf-8"))
+        name.encode("utf-8")
     except UnicodeEncodeError:  # lone surrogates
-        return False
-    if size > 256:
-        return False
-    if _FORBIDDEN.search(name):
         return False
     if name in _RESERVED_NAMES or name.startswith(_RESERVED_PREFIXES):
         return False
     return not name.endswith(_RESERVED_SUFFIXES)
 
 
+def is_valid_name(name: str) -> bool:
+    """The rule for new names: safe, 1-256 UTF-8 bytes, no whitespace or control character."""
+    return (is_safe_name(name) and len(name.encode("utf-8")) <= 256
+            and not _FORBIDDEN.search(name))
+
+
+class RegisteredName(str):
+    """A safe name that breaks the rule for new names but was found in QUEUESET (the
+    original RestMQ accepted `my queue`): only Core.admit makes one, and only such a name
+    gets past check_name, so no caller can create a new one by forgetting the lookup."""
+
+    __slots__ = ()
+
+
 def check_name(name: str) -> str:
-    if not is_valid_name(name):
-        raise InvalidName()
-    return name
+    """The name, if valid or admitted as registered; InvalidName otherwise."""
+    if is_valid_name(name) or (isinstance(name, RegisteredName) and is_safe_name(name)):
+        return name
+    raise InvalidName()
 
 
 def policy_name(stored: Any) -> str:
@@ -91,7 +103,7 @@ class Core:
 
     `redis` is a restmq.redis.RedisService (or anything with `execute`, `run_script`, `db`).
     Every method fails with RedisUnavailable or RedisFailure when Redis does, and with
-    InvalidName for a name outside §1.1.
+    InvalidName for a name that is neither valid nor admitted (see `admit`).
     """
 
     def __init__(self, redis: Any, consumed_ttl: int = 3600):
@@ -113,6 +125,22 @@ class Core:
         waiting for its reply, so a write Redis only gets to after our 503 or retry (a
         paused Redis) is never applied. Tolerates a Redis clock up to 1 s behind ours."""
         return int((time.time() + self.redis.timeout - 1.0) * 1000)
+
+    def admit(self, name: str) -> defer.Deferred:
+        """Fires with `name` when it is valid; when it breaks only the rule for new names, asks
+        QUEUESET (one read, with the command deadline) and fires with a RegisteredName if the
+        queue exists. Fails with InvalidName, or RedisUnavailable / RedisFailure."""
+        if is_valid_name(name):
+            return defer.succeed(name)
+        if not is_safe_name(name):
+            return defer.fail(InvalidName())
+
+        def decide(member):
+            if int(member) != 1:
+                raise InvalidName()
+            return RegisteredName(name)
+
+        return self.redis.execute("SISMEMBER", "QUEUESET", name).addCallback(decide)
 
     def add(self, queue: str, value: str, ttl: int | None = None) -> defer.Deferred:
         """ADD: fires with the new key `<q>:<n>`; live consumers are woken by the script."""
@@ -151,8 +179,11 @@ class Core:
         return self._write("purge", queue, self.consumed_ttl, self.redis.db).addCallback(int)
 
     def pop_batch(self, queue: str) -> defer.Deferred:
-        """POP_BATCH: fires with (policy name, [Message...]); empty when stopped or empty."""
-        check_name(queue)
+        """POP_BATCH: fires with (policy name, [Message...]); empty when stopped or empty.
+        Only the key-layout rule applies: delivery pops for queues a consumer was admitted to,
+        and knows them again by their pub/sub channel, as plain text."""
+        if not is_safe_name(queue):
+            raise InvalidName()
         d = self._write("pop_batch", queue, self.redis.db, BATCH_COUNT, BATCH_BYTES)
 
         def parse(reply):

@@ -10,7 +10,7 @@ import re
 from typing import Any
 
 from restmq import core as corelib
-from restmq.errors import BadRequest, EmptyQueue
+from restmq.errors import BadRequest, EmptyQueue, InvalidName
 
 FIELDS = {
     "add": ("queue", "value"),
@@ -53,8 +53,11 @@ def field_error(obj: dict[str, Any], fields: tuple[str, ...]) -> str | None:
             return f"missing argument: {name}"
         if not isinstance(value, str) or not _encodable(value):
             return f"invalid argument: {name}"
-        if name == "queue" and not corelib.is_valid_name(value):
-            return "invalid queue name"
+        if name == "queue":
+            try:
+                corelib.check_name(value)
+            except InvalidName:
+                return "invalid queue name"
         if name == "key" and not re.fullmatch(re.escape(obj["queue"]) + r":[0-9]+", value,
                                               re.ASCII):
             return "invalid argument: key"
@@ -73,6 +76,13 @@ async def run(core: corelib.Core, command: str, authorize=_anyone) -> dict[str, 
     if cmd not in FIELDS:
         return {"error": "null resultset"}
     error = field_error(obj, FIELDS[cmd])
+    if error == "invalid queue name":
+        # A name the original RestMQ registered is admitted; then the fields after it.
+        try:
+            obj["queue"] = await core.admit(obj["queue"])
+        except InvalidName:
+            return {"error": error}
+        error = field_error(obj, FIELDS[cmd])
     if error:
         return {"error": error}
     queue = obj["queue"]

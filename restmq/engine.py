@@ -9,7 +9,7 @@ import socket
 import sys
 from typing import Any
 
-from restmq.core import POLICY_NAMES, is_valid_name, policy_name, scan_pattern
+from restmq.core import POLICY_NAMES, is_safe_name, is_valid_name, policy_name, scan_pattern
 from restmq.acl import judge_record
 from restmq.lua import Script, load_script
 
@@ -198,13 +198,18 @@ def main(argv: list[str] | None = None) -> int:
               if getattr(options, long[2:].replace("-", "_"))]
     if not chosen:
         p.error("choose at least one action flag")
-    if not is_valid_name(options.queue):
+    if not is_safe_name(options.queue):
         p.error(f"invalid queue name: {options.queue!r}")
     if options.policy not in POLICY_NAMES:
         p.error(f"invalid policy: {options.policy!r} (broadcast or roundrobin)")
     try:
         redis = Redis(options.redis_host, options.redis_port, options.redis_unix_socket,
                       options.redis_password, options.redis_db)
+        # As the server: a name that breaks the rule for new names is accepted only when the
+        # queue exists (the original RestMQ allowed `my queue`).
+        if not is_valid_name(options.queue) and not redis("SISMEMBER", "QUEUESET",
+                                                          options.queue):
+            p.error(f"invalid queue name: {options.queue!r}")
         engine = Engine(redis, options)
         for action in chosen:
             getattr(engine, action)()

@@ -243,9 +243,9 @@ class BaseHandler(CoroutineHandlerMixin, cyclone.web.RequestHandler):
         except UnicodeDecodeError:
             raise InvalidName() from None
 
-    def queue_name(self) -> str:
-        name = self.path_queue()
-        return corelib.check_name(name)
+    async def queue_name(self) -> str:
+        """The path's queue name, valid or already registered (Core.admit)."""
+        return await self.ctx.core.admit(self.path_queue())
 
     def callback(self) -> str | None:
         if self.request.method not in self.jsonp_methods:
@@ -334,15 +334,14 @@ class RootHandler(BaseHandler):
         if name is None:
             await self.grant(None)
             return self.redirect_to("/static/index.html")
-        corelib.check_name(name)
+        name = await self.ctx.core.admit(name)
         callback = self.callback()
         await self.grant(name)
         message = await self.ctx.core.hard_get(name)
         self.reply(message_json(message), callback=callback)
 
     async def post(self):
-        name = corelib.check_name(self.required("queue"))
-        await add(self, name)
+        await add(self, await self.ctx.core.admit(self.required("queue")))
 
 
 async def add(handler: BaseHandler, name: str) -> None:
@@ -373,7 +372,7 @@ class QueueHandler(BaseHandler):
         if self.request.path == self.prefix:
             await self.grant(None)
             return self.reply(queue_list_page(await self.ctx.core.queues()), crlf=False)
-        name = self.queue_name()
+        name = await self.queue_name()
         callback = self.callback()
         await self.grant(name)
         try:
@@ -383,10 +382,10 @@ class QueueHandler(BaseHandler):
         self.reply(message_json(message), callback=callback)
 
     async def post(self):
-        await add(self, self.queue_name())
+        await add(self, await self.queue_name())
 
     async def delete(self):
-        name = self.queue_name()
+        name = await self.queue_name()
         callback = self.callback()
         await self.grant(name)
         existed = await self.ctx.core.purge(name)
@@ -434,14 +433,14 @@ class PolicyHandler(BaseHandler):
     jsonp_methods = ("GET", "POST")
 
     async def get(self):
-        name = self.queue_name()
+        name = await self.queue_name()
         callback = self.callback()
         await self.grant(name)
         policy = await self.ctx.core.get_policy(name)
         self.reply(json_text({"queue": name, "value": policy}), callback=callback)
 
     async def post(self):
-        name = self.queue_name()
+        name = await self.queue_name()
         policy = self.required("policy")
         callback = self.callback()
         await self.grant(name)
@@ -469,7 +468,7 @@ class ControlHandler(BaseHandler):
                       for row in rows}
             body = {"redis": redis, "queues": queues, "count": len(rows)}
         else:
-            name = self.queue_name()
+            name = await self.queue_name()
             await self.grant(name)
             stored = await self.ctx.core.get_status(name)
             body = {"redis": redis, "queue": name,
@@ -477,7 +476,7 @@ class ControlHandler(BaseHandler):
         self.reply(json_text(body), ctype=JSON)
 
     async def post(self):
-        name = self.queue_name()
+        name = await self.queue_name()
         status = self.arg("status")
         callback = self.callback()
         await self.grant(name)
@@ -510,7 +509,7 @@ class StatsHandler(BaseHandler):
                 "policy_name": corelib.policy_name(row.policy)} for row in rows}
             body = {"queues": queues, "redis": redis, "count": len(rows)}
         else:
-            name = self.queue_name()
+            name = await self.queue_name()
             callback = self.callback()
             await self.grant(name)
             body = {"redis": redis, "queue": name, "len": await self.ctx.core.length(name)}
@@ -524,7 +523,7 @@ class JobsHandler(BaseHandler):
     prefix = "/j/"
 
     async def get(self):
-        name = self.queue_name()
+        name = await self.queue_name()
         objects, length, latest = await self.ctx.core.jobs(name)
         self.reply(jobs_page(name, objects, length, latest), crlf=False)
 
@@ -570,7 +569,7 @@ class XmlRpcHandler(BaseHandler):
             described = xmlrpc.find_method(method)
             if self.authkey is None and self.ctx.acl is not None:
                 self.ctx.acl.check(described.section, self.request)
-            xmlrpc.check_params(method, params)
+            params = await xmlrpc.checked_params(self.ctx.core, method, params)
             await self.grant(None if described.all_queues else params[0])
             body = xmlrpc.response(await xmlrpc.call(self.ctx.core, method, params))
         except xmlrpc.Fault as fault:
@@ -615,7 +614,7 @@ class LiveHandler(BaseHandler):
     async def start_live(self) -> str:
         """Validate the request and check Redis; returns the queue name. The caller starts
         its stream and then calls `join`."""
-        name = self.queue_name()
+        name = await self.queue_name()
         self.jsonp = self.callback()
         await self.grant(name)
         await self.ctx.core.ping()
@@ -730,7 +729,7 @@ class WebSocketHandler(LiveHandler):
 
     async def get(self):
         headers = self.request.headers
-        name = self.queue_name()
+        name = await self.queue_name()
         if "websocket" not in _tokens(headers.get("Upgrade", "")):
             raise RestMQError.with_status(403, "expected WebSocket headers")
         if headers.get("Sec-WebSocket-Version", "").strip() != "13":

@@ -115,12 +115,32 @@ def check_params(method_name: str, params: tuple) -> None:
     method = METHODS[method_name]
     if len(params) != method.arity or not all(isinstance(p, str) for p in params):
         raise Fault(400, "invalid arguments")
-    if params and not corelib.is_valid_name(params[0]):
-        raise Fault(400, "invalid queue name")
+    if params:
+        try:
+            corelib.check_name(params[0])
+        except InvalidName:
+            raise Fault(400, "invalid queue name") from None
     if method_name == "policy_set" and params[1] not in corelib.POLICY_NAMES:
         raise Fault(400, "invalid policy")
     if method_name == "status_set" and params[1] not in ("start", "stop"):
         raise Fault(400, "invalid status")
+
+
+async def checked_params(core: corelib.Core, method_name: str, params: tuple) -> tuple:
+    """check_params, where a queue name that breaks only the rule for new names is looked up
+    in QUEUESET (Core.admit) before the checks after it; fires with the params to call with."""
+    try:
+        check_params(method_name, params)
+        return params
+    except Fault as fault:
+        if fault.message != "invalid queue name":
+            raise
+    try:
+        params = (await core.admit(params[0]),) + tuple(params[1:])
+    except InvalidName:
+        raise Fault(400, "invalid queue name") from None
+    check_params(method_name, params)
+    return params
 
 
 async def call(core: corelib.Core, method: str, params: tuple) -> Any:

@@ -872,12 +872,13 @@ async def test_invalid_names_are_refused_before_any_redis_write(core, redis):
 
 
 @pytest_twisted.ensureDeferred
-async def test_pop_batch_refuses_invalid_names(core, redis):
-    """Core's contract: every method fails with InvalidName for a name outside §1.1."""
+async def test_pop_batch_refuses_names_that_break_the_key_layout(core, redis):
+    """Live delivery pops only for admitted consumers and names the queue by its channel, so
+    pop_batch applies the key-layout rule alone: reserved, empty and unencodable names."""
     redis("SET", "queuestat::QUEUESET", "1")
     redis("LPUSH", "QUEUESET:queue", "QUEUESET:1")
     redis("SET", "QUEUESET:1", "x")
-    for name in ("QUEUESET", "a b", "q:queue", ""):
+    for name in ("QUEUESET", "q:queue", "", "\ud800"):
         with pytest.raises(InvalidName):
             await call(core.pop_batch, name)
     assert redis("GET", "QUEUESET:1") == "x"
@@ -890,3 +891,25 @@ async def test_valid_edge_names_are_accepted(core, redis):
         assert redis("LRANGE", f"{name}:queue", 0, -1) == [f"{name}:1"]
         assert await core.hard_get(name) == Message(f"{name}:1", "v", 0)
     assert await core.queues() == sorted(VALID)
+
+
+@pytest_twisted.ensureDeferred
+async def test_admit_looks_up_only_names_that_break_the_rule_for_new_names(core, redis):
+    redis("SADD", "QUEUESET", "my queue", "AUTHKEY", "q:queue")
+    redis("CONFIG", "RESETSTAT")
+    assert await core.admit("plain") == "plain"
+    for name in ("AUTHKEY", "q:queue", "", "\ud800"):  # registered or not: never looked up
+        with pytest.raises(InvalidName):
+            await call(core.admit, name)
+    assert "cmdstat_sismember" not in redis("INFO", "commandstats")
+    with pytest.raises(InvalidName):
+        await call(core.admit, "your queue")
+    name = await core.admit("my queue")
+    assert name == "my queue"
+    # the admitted name passes every operation's check; the plain string does not
+    assert await core.add(name, "v") == "my queue:1"
+    assert await core.length(name) == 1
+    assert await core.take(name) == Message("my queue:1", "v", 0)
+    with pytest.raises(InvalidName):
+        await call(core.add, "my queue", "v")
+    assert redis("INFO", "commandstats").count("cmdstat_sismember:calls=2,") == 1
