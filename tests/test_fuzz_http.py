@@ -162,7 +162,8 @@ def test_queue_names_in_paths(H, redis, quiet_log, route, name, query):
     elif not valid(raw):
         assert status == 400, what
         assert json.loads(reply) == {"error": "invalid queue name"}, what
-    elif query == b"?callback=1x" and (prefix, method) in JSONP:
+    elif query == b"?callback=1x" and (prefix, method) in JSONP and method == "GET":
+        # POST and DELETE ignore an invalid callback: no <script> can send them
         assert (status, json.loads(reply)) == (400, {"error": "invalid argument: callback"})
     elif query == b"?x=%ff":  # whether an argument no route reads is checked is left open
         assert status in (200, 204, 400), (what, status, reply)

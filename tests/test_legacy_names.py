@@ -33,6 +33,7 @@ from tests.resp import snapshot
 NAME = "my queue"
 PATH = quote(NAME, safe="")  # my%20queue
 ENGINE = str(Path(sys.executable).with_name("restmq-engine"))
+HTML = "text/html; charset=UTF-8"
 
 
 def original_queue(redis, name: str, values: list[str]) -> None:
@@ -354,6 +355,41 @@ def test_engine_refuses_an_unregistered_invalid_name_and_writes_nothing(redis):
     code, out, err = engine(redis, "--queue", "AUTHKEY", "-p")
     assert (code, out) == (2, []) and "invalid queue name: 'AUTHKEY'" in err
     assert redis("KEYS", "*") == ["QUEUESET"] and before == {}
+
+
+# -- 2. callbacks on POST and DELETE -------------------------------------------------------------
+
+
+def test_the_original_dashboard_pauses_and_starts_queues(H, redis):
+    """Its buttons send `POST /control/<q>?callback=?` (jQuery's $.post keeps the `?`)."""
+    original_queue(redis, "plain", ["v"])
+    original_queue(redis, NAME, ["v"])
+    for name in ("plain", NAME):
+        for status, flag in (("stop", 0), ("start", 1)):
+            reply = post(H, f"/control/{quote(name, safe='')}?callback=?",
+                         form={"status": status})
+            assert (reply.status, reply.header("Content-Type")) == (200, HTML), reply.body
+            assert reply.body == (json.dumps({"stat": {"queue": name, "status": flag}})
+                                  + "\r\n").encode()
+            assert redis("GET", f"queuestat::{name}") == str(flag)
+
+
+@pytest.mark.parametrize("callback", ["?", "1x", "alert(1)//", "a b"])
+def test_an_invalid_callback_on_post_and_delete_is_ignored(H, redis, callback):
+    q = quote(callback, safe="")
+    for method, path, form, expected in (
+            ("POST", f"/q/t?callback={q}", {"value": "v"}, b"t:1\r\n"),
+            ("POST", "/", {"queue": "t", "value": "v", "callback": callback}, b"t:2\r\n"),
+            ("POST", f"/p/t?callback={q}", {"policy": "roundrobin"}, b"OK\r\n"),
+            ("POST", f"/p/t?callback={q}", {"policy": "bogus"}, b"null\r\n"),
+            ("DELETE", f"/q/t?callback={q}", None, b'{"queue": "t", "status": 1}\r\n')):
+        reply = request(H, method, path, form=form)
+        assert (reply.status, reply.body) == (200, expected), (method, path, form)
+        assert reply.header("Content-Type") == HTML
+        assert reply.header("X-Content-Type-Options") == "nosniff"
+    # a GET can be a <script>: there an invalid callback is still refused
+    reply = get(H, f"/q/t?callback={q}")
+    assert error_of(reply) == (400, {"error": "invalid argument: callback"})
 
 
 # -- the dashboard in Chromium ------------------------------------------------------------------
