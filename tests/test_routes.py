@@ -795,7 +795,7 @@ def test_control_all(H, redis, R):
     redis("SET", "queuestat::b", "0")
     redis("DEL", "queuestat::c")
     redis("SET", "queuestat::orphan", "1")  # not a QUEUESET member: not listed
-    redis("SADD", "QUEUESET", "x y")  # listed even though not addressable
+    redis("SADD", "QUEUESET", "x y")  # a name only the original RestMQ creates
     body = app_json(get(H, "/control/"), crlf=True)
     assert body == {"redis": R, "count": 4, "queues": {
         "a": {"queue": "a", "status": 1}, "b": {"queue": "b", "status": 0},
