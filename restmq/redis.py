@@ -266,17 +266,28 @@ class PubSubService(service.Service):
     Keeps the set of wanted channels, subscribes them again after every reconnect, and tells
     `listener` (an object with `confirmed(channel)`, `lost()` and `message(channel, text)`)
     what happens. A channel counts as subscribed only once Redis has confirmed it.
+
+    A connection can die without closing (a half-open TCP connection, a peer that stopped
+    reading): broadcast batches published meanwhile would reach nobody here. So a PING goes
+    out every `timeout / 2` seconds (at most 1 s), and a connection that leaves one
+    unanswered for `timeout` seconds is dropped and replaced.
     """
 
     log = Logger()
 
-    def __init__(self, redis: RedisService, listener: Any = None):
+    def __init__(self, redis: RedisService, listener: Any = None,
+                 timeout: float = COMMAND_TIMEOUT, clock: Any = None):
         self.redis = redis
         self.listener = listener
+        self.timeout = timeout
+        self.clock = redis.reactor if clock is None else clock
         self.wanted: set[str] = set()
         self.confirmed: set[str] = set()
         self._conn = None
+        self._ping_sent: float | None = None  # when the unanswered PING went out
         self._factory: _SubscriberFactory | None = None
+        self._pinger = task.LoopingCall(self._check_alive)
+        self._pinger.clock = self.clock
 
     def startService(self) -> None:
         super().startService()
@@ -285,9 +296,12 @@ class PubSubService(service.Service):
         factory.owner = self
         factory.startConnecting(self.redis.endpoint())
         self._factory = factory
+        self._pinger.start(min(1.0, self.timeout / 2), now=False)
 
     def stopService(self):
         super().stopService()
+        if self._pinger.running:
+            self._pinger.stop()
         factory, self._factory = self._factory, None
         self._conn = None
         self.confirmed.clear()
@@ -296,6 +310,7 @@ class PubSubService(service.Service):
 
     def connected(self, conn) -> None:
         self._conn = conn
+        self._ping_sent = None
         self.log.info("pub/sub connection ready, subscribing {n} channel(s)", n=len(self.wanted))
         for channel in sorted(self.wanted):
             self._subscribe(channel)
@@ -304,9 +319,29 @@ class PubSubService(service.Service):
         if conn is not self._conn:
             return
         self._conn = None
+        self._ping_sent = None
         self.confirmed.clear()
         if self.listener is not None:
             self.listener.lost()
+
+    def _check_alive(self) -> None:
+        conn = self._conn
+        if conn is None or not conn.connected:
+            return
+        now = self.clock.seconds()
+        if self._ping_sent is None:
+            self._ping_sent = now
+            conn.execute_command("PING").addBoth(self._pong, conn)
+        elif now - self._ping_sent > self.timeout:
+            self.log.warn("pub/sub connection did not answer for {t} s: reconnecting",
+                          t=self.timeout)
+            # Forget it first: live delivery stops popping before the connection is gone.
+            self.disconnected(conn)
+            conn.transport.abortConnection()
+
+    def _pong(self, _, conn) -> None:
+        if conn is self._conn:
+            self._ping_sent = None
 
     def subscribe(self, channel: str) -> None:
         if channel in self.wanted:
