@@ -1,5 +1,7 @@
-"""Connections to Redis that stop answering without closing: the pub/sub connection is checked
-with PING and replaced, and live delivery resumes."""
+"""Connections to Redis that stop answering without closing, and the first connection of a
+fresh process: the pub/sub connection is checked with PING and replaced (live delivery resumes),
+a refused first connection is a 503 at once, and a 503 changes nothing also for commands that
+queued behind a stalled one."""
 from __future__ import annotations
 
 import socket
@@ -7,7 +9,7 @@ import threading
 import time
 
 from tests.comet import CometClient
-from tests.faults.load import pending_values, redis_client, wait_for
+from tests.faults.load import pending_values, probe, redis_client, wait_for
 from tests.http_client import request
 
 QUEUE = "liveq"
@@ -208,3 +210,51 @@ def test_client_pause_longer_than_the_ping_timeout_then_delivery_resumes(procs):
     finally:
         admin.close()
         consumer.close()
+
+
+def test_first_request_without_redis_is_answered_503_at_once_then_service_resumes(procs):
+    redis = procs.redis(start=False)
+    server = procs.server(redis.port)  # nothing listens on that port yet: refused at once
+    started = time.monotonic()
+    reply = add(server.url, "no redis")
+    elapsed = time.monotonic() - started
+    assert reply.status == 503 and reply.json == {"error": "redis unavailable"}, reply
+    # The connection was refused at once; the bug waited the whole 5 s timeout.
+    assert elapsed < 2.5, elapsed
+    redis.start()
+    wait_for(lambda: add(server.url, "back", timeout=10).status == 200, 20,
+             interval=0.2, message="service back after Redis started")
+    assert pending_values(redis.port, QUEUE)[-1:] == ["back"]
+
+
+def test_commands_queued_behind_a_stalled_one_are_not_run_after_their_503(procs):
+    """With one connection, a second add is written behind a first that Redis does not
+    answer; both get their 503 when the connection is dropped, the second well before its own
+    timeout. Redis, resumed, runs what reached its socket: the second add must do nothing."""
+    redis = procs.redis()
+    server = procs.server(redis.port, "--redis-pool", "1")
+    assert add(server.url, "warm-up").status == 200  # the script is loaded
+    admin = redis_client(redis.port)
+    admin("DEL", f"{QUEUE}:queue")
+    admin.close()
+    replies: dict[str, object] = {}
+
+    def send(value: str) -> None:
+        replies[value] = add(server.url, value, timeout=30).status
+
+    redis.pause()
+    try:
+        first = threading.Thread(target=send, args=("first",))
+        first.start()
+        time.sleep(3.5)
+        second = threading.Thread(target=send, args=("second",))
+        second.start()
+        first.join(30)
+        second.join(30)
+    finally:
+        redis.resume()
+    assert replies == {"first": 503, "second": 503}, replies
+    # Once the server serves again, Redis has read and run what reached it before.
+    wait_for(lambda: probe(server.url) == 200, 15, interval=0.2, message="service back")
+    assert pending_values(redis.port, QUEUE) == []
+
