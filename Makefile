@@ -44,10 +44,11 @@ apt-redis:
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null)
 
 # Tools the suite drives as real clients, as command:Debian-package pairs. collectd's
-# write_http plugin needs libcurl4 and its JSON needs libyajl2 (Debian only "recommends" them).
+# write_http plugin needs libcurl4 and its JSON needs libyajl2 (Debian only "recommends" them);
+# libfaketime runs a server with its clock off Redis's (tests/faults/test_clock_skew.py).
 TEST_TOOLS := curl:curl chromium:chromium collectd:collectd-core rsyslogd:rsyslog \
 	logger:bsdutils openssl:openssl nginx:nginx-light systemd-analyze:systemd
-TEST_LIBS := libyajl2 libcurl4
+TEST_LIBS := libyajl2 libcurl4 libfaketime
 
 test-tools:
 	@missing=""; for pair in $(TEST_TOOLS); do \

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +14,7 @@ from twisted.internet import defer
 
 from restmq.errors import BadRequest, EmptyQueue, InvalidName
 from restmq.lua import load_script
-from restmq.redis import text
+from restmq.redis import DEADLINE, text
 
 POLICY_BROADCAST = "1"
 POLICY_ROUNDROBIN = "2"
@@ -120,11 +119,12 @@ class Core:
         """Run a script that writes, with its deadline as the last argument."""
         return self.redis.run_script(self.scripts[name], *args, self._deadline())
 
-    def _deadline(self) -> int:
-        """When a write may no longer run (ms since the epoch): a second before we give up
-        waiting for its reply, so a write Redis only gets to after our 503 or retry (a
-        paused Redis) is never applied. Tolerates a Redis clock up to 1 s behind ours."""
-        return int((time.time() + self.redis.timeout - 1.0) * 1000)
+    def _deadline(self) -> Any:
+        """Where a script takes its deadline: the Redis service puts there, as it sends the
+        command, Redis's time (not ours) a second before we may give up waiting for the
+        reply, so a write Redis only gets to after our 503 or retry (a paused Redis) is
+        never applied, whatever the offset between the two clocks."""
+        return DEADLINE
 
     def admit(self, name: str) -> defer.Deferred:
         """Fires with `name` when it is valid; when it breaks only the rule for new names, asks

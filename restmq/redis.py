@@ -5,19 +5,34 @@ which never wait longer than the command timeout and fail with the core's domain
 """
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import txredisapi
 from twisted.application import service
-from twisted.internet import defer, error as ierror, task
+from twisted.internet import defer, task
 from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint
 from twisted.logger import Logger
 
+from restmq.clock import RedisClock
 from restmq.errors import RedisFailure, RedisUnavailable
 from restmq.lua import Script
 
 COMMAND_TIMEOUT = 5.0
 RECONNECT_MAX_DELAY = 5.0
+CLOCK_INTERVAL = 10.0  # seconds between two readings of Redis's clock
+DEADLINE_SLACK = 1.0  # a write's deadline comes this long before we can give up on it
+
+
+class _Deadline:
+    def __repr__(self) -> str:
+        return "DEADLINE"
+
+
+# Put in a script's arguments where it expects its deadline (see scripts/_deadline.lua):
+# `run_script` replaces it, once it knows the connection, with Redis's time at which the
+# command may no longer run.
+DEADLINE = _Deadline()
 
 
 def text(value: Any) -> Any:
@@ -55,7 +70,7 @@ class _Protocol(txredisapi.RedisProtocol):
 
     def replyReceived(self, reply):
         super().replyReceived(reply)
-        self.waiting_since = self.factory.clock.seconds() if self.replyQueue.waiting else None
+        self.waiting_since = self.factory.now() if self.replyQueue.waiting else None
 
     def stalled(self, now: float, timeout: float) -> bool:
         return self.waiting_since is not None and now - self.waiting_since > timeout
@@ -67,18 +82,17 @@ class _Factory(txredisapi.RedisFactory):
     maxDelay = RECONNECT_MAX_DELAY
     initialDelay = 0.5
     settled = False  # a connection attempt has succeeded or failed at least once
-    on_first_connection = None
+    owner: "RedisService"
 
     def addConnection(self, conn):
         self.settled = True
         super().addConnection(conn)
-        if self.on_first_connection is not None and conn in self.pool:
-            callback, self.on_first_connection = self.on_first_connection, None
-            callback()
+        if conn in self.pool:
+            self.owner.connection_added(conn)
 
 
 class _WatchedEndpoint:
-    """Tells the factory when a connection attempt fails, so that requests stop waiting for
+    """Tells the service when a connection attempt fails, so that requests stop waiting for
     the first connection of a fresh process once Redis is known to be unreachable."""
 
     def __init__(self, endpoint, factory: _Factory):
@@ -87,6 +101,7 @@ class _WatchedEndpoint:
     def connect(self, protocol_factory):
         def failed(failure):
             self.factory.settled = True
+            self.factory.owner.attempt_failed(failure.getErrorMessage())
             return failure
         return self.endpoint.connect(protocol_factory).addErrback(failed)
 
@@ -94,7 +109,10 @@ class _WatchedEndpoint:
 class RedisService(service.Service):
     """Owns the command pool: opened in startService, closed in stopService.
 
-    `description` is the text the stats and control routes show.
+    `description` is the text the stats and control routes show. `redis_clock` is Redis's
+    clock as seen from here (read with TIME on every new connection and every CLOCK_INTERVAL
+    seconds). Time here is `now()`, a monotonic clock: steps of the wall clock change neither
+    when a command counts as stalled nor the deadlines sent to Redis.
     """
 
     log = Logger()
@@ -108,9 +126,15 @@ class RedisService(service.Service):
         self.host, self.port, self.unix_socket = host, port, unix_socket
         self.password, self.db, self.poolsize = password, db, poolsize
         self.timeout = timeout
+        self.redis_clock = RedisClock()
+        self.now = time.monotonic
         self._factory: _Factory | None = None
         self._next = 0
         self._watchdog = None
+        self._clock_read_at = 0.0
+        self._persistence_checked = False
+        # Commands that arrived before the first connection was ready: (Deferred, args, timer).
+        self._waiting: list[tuple[defer.Deferred, tuple, Any]] = []
         where = f"unix:{unix_socket}" if unix_socket else f"{host}:{port}"
         self.description = f"<Redis Connection: {where} - {poolsize} connection(s)>"
 
@@ -121,19 +145,53 @@ class RedisService(service.Service):
 
     def startService(self) -> None:
         super().startService()
-        # replyTimeout covers txredisapi's own commands (AUTH, SELECT, and ours while no
-        # connection is ready); the watchdog covers the lean path.
+        # replyTimeout covers txredisapi's own commands (AUTH, SELECT); the watchdog covers ours.
         factory = _Factory(None, self.db or None, self.poolsize, isLazy=True,
                            charset="utf-8", password=self.password,
                            replyTimeout=self.timeout, convertNumbers=False)
-        factory.clock = self.reactor
-        factory.on_first_connection = self._check_persistence
+        factory.now = lambda: self.now()
+        factory.owner = self
         factory.startConnecting(_WatchedEndpoint(self.endpoint(), factory))
         self._factory = factory
         self._watchdog = task.LoopingCall(self._check_stalls)
         self._watchdog.clock = self.reactor
         self._watchdog.start(min(1.0, self.timeout / 4), now=False)
         self.log.info("connecting to Redis: {redis}", redis=self.description)
+
+    # -- connections come and go -----------------------------------------------------------
+
+    def connection_added(self, conn) -> None:
+        """Read Redis's clock on every new connection (Redis may be another host now); the
+        first one also checks persistence."""
+        self._read_clock(conn)
+        if self.redis_clock.known:
+            self._release_waiting()
+        if not self._persistence_checked:
+            self._persistence_checked = True
+            self._check_persistence()
+
+    def attempt_failed(self, reason: str) -> None:
+        """A refused connection is known at once: what waits for one fails now, not after
+        the timeout."""
+        if self._factory is not None and not self._factory.size:
+            self._fail_waiting(f"cannot connect to Redis: {reason}")
+
+    def _read_clock(self, conn) -> None:
+        sent = self._clock_read_at = self.now()
+        d = conn.send(encode_command(("TIME",)), sent).addCallback(_reply)
+
+        def read(reply):
+            self.redis_clock.sample(sent, reply, self.now())
+            self._release_waiting()
+
+        def refused(failure):
+            failure.trap(RedisFailure)
+            self.log.warn("Redis refused TIME ({error}): write deadlines assume that its clock "
+                          "and ours agree", error=failure.getErrorMessage())
+            self.redis_clock.assume_in_step()
+            self._release_waiting()
+
+        d.addCallbacks(read, refused).addErrback(lambda f: f.trap(RedisUnavailable))
 
     def _check_persistence(self) -> None:
         """Warn once at start-up when a Redis crash would lose acknowledged messages."""
@@ -157,19 +215,24 @@ class RedisService(service.Service):
 
     def _check_stalls(self) -> None:
         """A connection that has not answered for `timeout` seconds is dropped: its waiting
-        commands fail (503) and the pool reconnects."""
-        now = self.reactor.seconds()
+        commands fail (503) and the pool reconnects. Redis's clock is read again now and then."""
+        now = self.now()
         for conn in list(self._factory.pool if self._factory else ()):
             if conn.stalled(now, self.timeout):
                 self.log.warn("Redis did not answer for {t} s: dropping a connection",
                               t=self.timeout)
                 conn.waiting_since = None
                 conn.transport.abortConnection()
+        if now - self._clock_read_at >= CLOCK_INTERVAL or not self.redis_clock.known:
+            conn = self._ready_connection()
+            if conn is not None:
+                self._read_clock(conn)
 
     def stopService(self):
         super().stopService()
         if self._watchdog is not None and self._watchdog.running:
             self._watchdog.stop()
+        self._fail_waiting("the service is stopping")
         factory, self._factory = self._factory, None
         if factory is not None:
             return factory.disconnect()
@@ -178,33 +241,69 @@ class RedisService(service.Service):
     def connected(self) -> bool:
         return self._factory is not None and self._factory.size > 0
 
-    def _usable(self) -> bool:
-        if self._factory is None:
-            return False
-        if self._factory.size:
-            return True
-        # Just after start no connection exists yet: let commands wait for the first one
-        # (bounded by the timeout) instead of failing the first requests of a fresh server.
-        return not self._factory.settled
+    # -- commands ----------------------------------------------------------------------------
+
+    def _ready_connection(self):
+        factory = self._factory
+        if factory is None:
+            return None
+        pool = factory.pool
+        for _ in range(len(pool)):
+            self._next = (self._next + 1) % len(pool)
+            conn = pool[self._next]
+            if conn.connected and conn._ready:
+                return conn
+        return None
 
     def execute(self, *args: Any) -> defer.Deferred:
         """Run one command. Fires with its reply (text as str, or bytes where it is not valid
         UTF-8: pass it through `text`); fails with
-        RedisUnavailable (no connection, timeout, lost connection) or RedisFailure (error reply)."""
+        RedisUnavailable (no connection, timeout, lost connection) or RedisFailure (error reply).
+        An argument that is DEADLINE becomes the write deadline for this command."""
+        conn = self._ready_connection() if self.redis_clock.known else None
+        if conn is not None:
+            return self._send(conn, args)
         factory = self._factory
-        if factory is not None and factory.pool:
-            pool = factory.pool
-            self._next = (self._next + 1) % len(pool)
-            conn = pool[self._next]
-            if conn.connected and conn._ready:
-                d = conn.send(encode_command(args), self.reactor.seconds())
-                return d.addCallback(_reply)
-        if not self._usable():
-            return defer.fail(RedisUnavailable())
-        # No ready connection yet: txredisapi waits for one, bounded by our timeout.
-        d = self._factory.handler.execute_command(*args)
-        d.addTimeout(self.timeout, self.reactor)
-        return d.addErrback(_translate)
+        # Just after start no connection (or no reading of Redis's clock) exists yet: wait for
+        # it, bounded by the timeout, rather than fail the first requests of a fresh server.
+        if factory is not None and (not factory.settled or factory.size):
+            return self._wait(args)
+        return defer.fail(RedisUnavailable("no connection to Redis"))
+
+    def _send(self, conn, args: tuple) -> defer.Deferred:
+        now = self.now()
+        if DEADLINE in args:
+            # The watchdog fails this command (and all others on this connection) no sooner
+            # than `timeout` after the connection's last sign of life before it was sent:
+            # the deadline comes before that, in Redis's time.
+            since = conn.waiting_since if conn.waiting_since is not None else now
+            deadline = self.redis_clock.redis_ms(since + self.timeout - DEADLINE_SLACK)
+            args = tuple(deadline if arg is DEADLINE else arg for arg in args)
+        return conn.send(encode_command(args), now).addCallback(_reply)
+
+    def _wait(self, args: tuple) -> defer.Deferred:
+        d = defer.Deferred()
+        entry = (d, args, self.reactor.callLater(self.timeout, self._give_up, d))
+        self._waiting.append(entry)
+        return d
+
+    def _give_up(self, d: defer.Deferred) -> None:
+        self._waiting = [entry for entry in self._waiting if entry[0] is not d]
+        d.errback(RedisUnavailable(f"no Redis connection within {self.timeout} s"))
+
+    def _release_waiting(self) -> None:
+        if not self._waiting or not self.redis_clock.known or self._ready_connection() is None:
+            return
+        waiting, self._waiting = self._waiting, []
+        for d, args, timer in waiting:
+            timer.cancel()
+            self.execute(*args).chainDeferred(d)
+
+    def _fail_waiting(self, reason: str) -> None:
+        waiting, self._waiting = self._waiting, []
+        for d, _, timer in waiting:
+            timer.cancel()
+            d.errback(RedisUnavailable(reason))
 
     def run_script(self, script: Script, *args: Any) -> defer.Deferred:
         """Run a Lua script by EVALSHA with `args` as ARGV; on NOSCRIPT load it by EVAL."""
@@ -228,15 +327,6 @@ def _reply(reply):
             raise RedisFailure(str(reply))
         raise RedisUnavailable(str(reply))
     return reply
-
-
-def _translate(failure):
-    if failure.check(txredisapi.ResponseError):
-        raise RedisFailure(str(failure.value))
-    if failure.check(txredisapi.ConnectionError, defer.TimeoutError, defer.CancelledError,
-                     ierror.ConnectionLost, ierror.ConnectionDone, ierror.ConnectError):
-        raise RedisUnavailable(str(failure.value))
-    return failure
 
 
 class _Subscriber(txredisapi.SubscriberProtocol):
@@ -266,17 +356,28 @@ class PubSubService(service.Service):
     Keeps the set of wanted channels, subscribes them again after every reconnect, and tells
     `listener` (an object with `confirmed(channel)`, `lost()` and `message(channel, text)`)
     what happens. A channel counts as subscribed only once Redis has confirmed it.
+
+    A connection can die without closing (a half-open TCP connection, a peer that stopped
+    reading): broadcast batches published meanwhile would reach nobody here. So a PING goes
+    out every `timeout / 2` seconds (at most 1 s), and a connection that leaves one
+    unanswered for `timeout` seconds is dropped and replaced.
     """
 
     log = Logger()
 
-    def __init__(self, redis: RedisService, listener: Any = None):
+    def __init__(self, redis: RedisService, listener: Any = None,
+                 timeout: float = COMMAND_TIMEOUT, clock: Any = None):
         self.redis = redis
         self.listener = listener
+        self.timeout = timeout
+        self.clock = redis.reactor if clock is None else clock
         self.wanted: set[str] = set()
         self.confirmed: set[str] = set()
         self._conn = None
+        self._ping_sent: float | None = None  # when the unanswered PING went out
         self._factory: _SubscriberFactory | None = None
+        self._pinger = task.LoopingCall(self._check_alive)
+        self._pinger.clock = self.clock
 
     def startService(self) -> None:
         super().startService()
@@ -285,9 +386,12 @@ class PubSubService(service.Service):
         factory.owner = self
         factory.startConnecting(self.redis.endpoint())
         self._factory = factory
+        self._pinger.start(min(1.0, self.timeout / 2), now=False)
 
     def stopService(self):
         super().stopService()
+        if self._pinger.running:
+            self._pinger.stop()
         factory, self._factory = self._factory, None
         self._conn = None
         self.confirmed.clear()
@@ -296,6 +400,7 @@ class PubSubService(service.Service):
 
     def connected(self, conn) -> None:
         self._conn = conn
+        self._ping_sent = None
         self.log.info("pub/sub connection ready, subscribing {n} channel(s)", n=len(self.wanted))
         for channel in sorted(self.wanted):
             self._subscribe(channel)
@@ -304,9 +409,29 @@ class PubSubService(service.Service):
         if conn is not self._conn:
             return
         self._conn = None
+        self._ping_sent = None
         self.confirmed.clear()
         if self.listener is not None:
             self.listener.lost()
+
+    def _check_alive(self) -> None:
+        conn = self._conn
+        if conn is None or not conn.connected:
+            return
+        now = self.clock.seconds()
+        if self._ping_sent is None:
+            self._ping_sent = now
+            conn.execute_command("PING").addBoth(self._pong, conn)
+        elif now - self._ping_sent > self.timeout:
+            self.log.warn("pub/sub connection did not answer for {t} s: reconnecting",
+                          t=self.timeout)
+            # Forget it first: live delivery stops popping before the connection is gone.
+            self.disconnected(conn)
+            conn.transport.abortConnection()
+
+    def _pong(self, _, conn) -> None:
+        if conn is self._conn:
+            self._ping_sent = None
 
     def subscribe(self, channel: str) -> None:
         if channel in self.wanted:

@@ -19,6 +19,18 @@ def _int_at_least(minimum: int, name: str):
     return convert
 
 
+def _seconds(name: str):
+    def convert(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise usage.UsageError(f"--{name} must be a number of seconds, not {text!r}") from None
+        if not 0.1 <= value <= 3600:
+            raise usage.UsageError(f"--{name} must be between 0.1 and 3600 seconds, not {text}")
+        return value
+    return convert
+
+
 def _on_off(name: str):
     def convert(text: str) -> bool:
         if text not in ("on", "off"):
@@ -135,6 +147,9 @@ class Options(RedisOptions, ListenOptions):
          _int_at_least(1, "max-body")],
         ["access-log", None, "on", "on: log every request (buffered, one write a second); "
          "off: no access log (when a proxy in front logs).", _on_off("access-log")],
+        ["pubsub-timeout", None, 5.0, "Seconds the pub/sub connection may leave a PING "
+         "unanswered before it is replaced (live delivery pauses meanwhile).",
+         _seconds("pubsub-timeout")],
     ]
     optFlags = [
         ["trusted-proxy", None, "Take the client address from X-Real-IP / X-Forwarded-For."],
@@ -176,7 +191,7 @@ def makeService(options: Options, collectd_frontend: bool = False) -> service.IS
     redis = redis_service(options)
     redis.setServiceParent(top)
     core = Core(redis, consumed_ttl=options["consumed-ttl"])
-    pubsub = PubSubService(redis)
+    pubsub = PubSubService(redis, timeout=options["pubsub-timeout"])
     delivery = Delivery(core, pubsub, db=options["redis-db"])
     pubsub.listener = delivery
     pubsub.setServiceParent(top)
