@@ -86,6 +86,18 @@ class _AnyMethod:
         return True
 
 
+def bounded_int(text: str, maximum: int) -> int | None:
+    """ASCII decimal digits (leading zeros allowed) as an int of at most `maximum`, else None.
+    The length is checked before int(), which refuses over 4,300 digits with a ValueError."""
+    if not (text.isascii() and text.isdigit()):
+        return None
+    digits = text.lstrip("0") or "0"
+    if len(digits) > len(str(maximum)):
+        return None
+    value = int(digits)
+    return value if value <= maximum else None
+
+
 def _decode(raw: bytes, name: str) -> str:
     try:
         return raw.decode("utf-8")
@@ -352,9 +364,9 @@ async def add(handler: BaseHandler, name: str) -> None:
         raise MissingArgument("value")
     ttl = handler.arg("ttl")
     if ttl is not None:
-        if not (ttl.isascii() and ttl.isdigit()) or not 1 <= int(ttl) <= TTL_MAX:
+        ttl = bounded_int(ttl, TTL_MAX)
+        if ttl is None or ttl < 1:
             raise InvalidArgument("ttl")
-        ttl = int(ttl)
     callback = handler.callback()
     await handler.grant(name)
     key = await handler.ctx.core.add(name, value, ttl)
