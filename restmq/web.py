@@ -61,7 +61,7 @@ class AccessLog:
 
     def __call__(self, handler: cyclone.web.RequestHandler) -> None:
         request = handler.request
-        self.lines.append(f'{request.remote_ip} "{request.method} {request.uri} '
+        self.lines.append(f'{request.remote_ip} "{request.method} {loggable_uri(request.uri)} '
                           f'{request.version}" {handler.get_status()} '
                           f'{1000.0 * request.request_time():.2f}ms')
         if len(self.lines) >= self.limit:
@@ -77,6 +77,22 @@ class AccessLog:
         lines, self.lines = self.lines, []
         if lines:
             self.log.info("{lines}", lines="\n".join(lines))
+
+
+def loggable_uri(uri: str) -> str:
+    """The URI with the value of every argument the server reads as `authkey` (however its
+    name is percent-encoded) replaced by `[redacted]`: logs outlive the keys they would leak.
+    Headers, where the other credentials travel, are never logged."""
+    path, mark, query = uri.partition("?")
+    if not mark:
+        return uri
+    parts = query.split("&")
+    for i, part in enumerate(parts):
+        name, equals, _ = part.partition("=")
+        decoded = unquote_to_bytes(name.replace("+", " ").encode("latin-1"))
+        if equals and decoded == b"authkey":
+            parts[i] = name + "=[redacted]"
+    return path + "?" + "&".join(parts)
 
 
 class _AnyMethod:
@@ -305,11 +321,12 @@ class BaseHandler(CoroutineHandlerMixin, cyclone.web.RequestHandler):
             # needs a Failure (outside an except block it would raise, and the request hang).
             self.log.failure("internal error in {method} {uri}",
                              failure=e if isinstance(e, Failure) else Failure(value),
-                             method=self.request.method, uri=self.request.uri)
+                             method=self.request.method, uri=loggable_uri(self.request.uri))
             value = RestMQError()
         if getattr(value, "detail", None):
             self.log.warn("{reason} ({detail}) in {method} {uri}", reason=value.reason,
-                          detail=value.detail, method=self.request.method, uri=self.request.uri)
+                          detail=value.detail, method=self.request.method,
+                          uri=loggable_uri(self.request.uri))
         self.send_error_reply(value)
 
     def send_error_reply(self, error: RestMQError) -> None:
