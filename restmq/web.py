@@ -554,17 +554,19 @@ class JobsHandler(BaseHandler):
 
     async def get(self):
         name = self.queue_name()
-        objects, length, latest = await self.ctx.core.jobs(name)
-        self.reply(jobs_page(name, objects, length, latest), crlf=False)
+        objects, length, latest, complete = await self.ctx.core.jobs(name)
+        self.reply(jobs_page(name, objects, length, latest, complete), crlf=False)
 
 
-def jobs_page(name: str, objects: int, length: int, latest: list[str]) -> str:
+def jobs_page(name: str, objects: int, length: int, latest: list[str],
+              complete: bool = True) -> str:
     e = html.escape
     items = "".join(f"<li>{e(key)}</li>\n" for key in latest)
+    count = objects if complete else f"at least {objects}"
     return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">"
             f"<title>jobs in queue {e(name)}</title></head><body>\n"
             f"<h1>jobs in queue {e(name)}</h1>\n"
-            f"<p>queue name: {e(name)}</p>\n<p>queue objects: {objects}</p>\n"
+            f"<p>queue name: {e(name)}</p>\n<p>queue objects: {count}</p>\n"
             f"<p>job count: {length}</p>\n<h2>latest 10 jobs</h2>\n<ul>\n{items}</ul>\n"
             "</body></html>\n")
 
