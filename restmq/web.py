@@ -547,13 +547,16 @@ class StatsHandler(BaseHandler):
 
 
 class JobsHandler(BaseHandler):
-    """`/j/<q>`: an HTML page of a queue's newest pending keys (§4.9)."""
+    """`/j/<q>`: an HTML page of a queue's newest pending keys (§4.9). It shows pending keys
+    and scans the keyspace, so it is a consumer's read like the others (the spec had no ACL)."""
 
     methods = ("GET",)
+    sections = {"GET": "rest:consumer"}
     prefix = "/j/"
 
     async def get(self):
         name = self.queue_name()
+        await self.grant(name)
         objects, length, latest, complete = await self.ctx.core.jobs(name)
         self.reply(jobs_page(name, objects, length, latest, complete), crlf=False)
 
