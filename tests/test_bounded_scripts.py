@@ -11,8 +11,11 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import pytest_twisted
@@ -312,18 +315,26 @@ async def test_a_step_left_unanswered_is_a_503_at_the_timeout():
 # -- restmq-engine runs the same scripts -----------------------------------------------------------
 
 
+def engine(redis, *args) -> list[str]:
+    """restmq-engine's output lines."""
+    engine_path = str(Path(sys.executable).with_name("restmq-engine"))
+    port = redis.sock.getpeername()[1]
+    out = subprocess.run([engine_path, "--redis-port", str(port), *args], capture_output=True,
+                         text=True, timeout=60, check=True)
+    return out.stdout.splitlines()
+
+
 def test_engine_goes_through_every_step(redis):
-    from tests.test_engine import engine
     fill(redis, "e", 1, 2 * corelib.DEAD_STEP + 5, live=False)
     fill(redis, "e", 2 * corelib.DEAD_STEP + 6, 2 * corelib.DEAD_STEP + 7, live=True)
     first, second = (f"e:{2 * corelib.DEAD_STEP + n}" for n in (6, 7))
-    assert engine(redis, "-g", "--queue", "e")[1][:3] == [f"key: {first}", f"value: v{first[2:]}",
+    assert engine(redis, "-g", "--queue", "e")[:3] == [f"key: {first}", f"value: v{first[2:]}",
                                                          "count: 1"]
-    assert engine(redis, "-c", "--queue", "e")[1][0] == f"key: {first}"
+    assert engine(redis, "-c", "--queue", "e")[0] == f"key: {first}"
     redis("EVAL", FILL, 0, "e", 10_000, 10_000 + 2 * corelib.DEAD_STEP, "0")
     redis("RPOPLPUSH", "e:queue", "e:queue")  # e:second behind the new dead entries
-    assert engine(redis, "-k", "--queue", "e")[1][0] == f"key: {second}"
+    assert engine(redis, "-k", "--queue", "e")[0] == f"key: {second}"
     assert redis("EVAL", REGISTER, 0, "queue-", 2 * corelib.STATS_PAGE + 1) > 2 * corelib.STATS_PAGE
-    lines = engine(redis, "-s")[1]
+    lines = engine(redis, "-s")
     assert lines[-1] == f"count: {2 * corelib.STATS_PAGE + 2}"  # and e
     assert len(set(lines)) == len(lines)
