@@ -209,6 +209,25 @@ def test_purge_keeps_retiring_after_a_short_list(H, redis):
     assert all(0 < redis("TTL", f"s:{n}") <= 3600 for n in range(1, 51))
 
 
+@pytest.mark.parametrize("spoil", ["foreign tail", "behind the counter"])
+def test_purge_of_a_long_list_it_cannot_number_is_one_script(H, redis, spoil):
+    """Keys that are not <q>:<n> in push order cannot be retired by number: the purge then
+    retires exactly the listed keys, in one script, as it always did."""
+    fill(redis, "f", 1, 2 * corelib.PURGE_STEP, live=True)
+    if spoil == "foreign tail":
+        redis("SET", "elsewhere", "v")
+        redis("RPUSH", "f:queue", "elsewhere")
+    else:
+        redis("SET", "f:UUID", 5)  # the newest key is numbered past the counter
+    redis("LREM", "f:queue", 0, "f:1000")  # no longer pending: retiring by number would touch it
+    assert delete(H, "/q/f").json == {"queue": "f", "status": 1}
+    assert redis("TTL", "f:1000") == -1
+    assert redis("EXISTS", "f:queue") == 0
+    for key in ("f:1", f"f:{2 * corelib.PURGE_STEP}") + (("elsewhere",) if spoil[0] == "f"
+                                                        else ()):
+        assert 3500 < redis("TTL", key) <= 3600, key
+
+
 # -- stats ----------------------------------------------------------------------------------------
 
 
