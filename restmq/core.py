@@ -121,14 +121,23 @@ class Core:
     def _run(self, name: str, *args: Any) -> defer.Deferred:
         return self.redis.run_script(self.scripts[name], *args)
 
-    async def _stepped(self, name: str, *args: Any) -> Any:
+    def _stepped(self, name: str, *args: Any) -> defer.Deferred:
         """Run a writing script until it answers something other than MORE. Every step
         carries the first one's deadline, so the whole operation is refused by Redis past it,
         and none is waited for beyond the command timeout: a 503 then means that no step
         after the last answered one was applied (and those only skipped dead entries)."""
         deadline = self._deadline()
         give_up = self.clock.seconds() + self.redis.timeout
-        reply = await self._run(name, *args, deadline)
+
+        def again(reply):  # the usual single step costs no coroutine
+            if reply != MORE:
+                return reply
+            return defer.ensureDeferred(self._more_steps(name, args, deadline, give_up))
+
+        return self._run(name, *args, deadline).addCallback(again)
+
+    async def _more_steps(self, name: str, args: tuple, deadline: int, give_up: float) -> Any:
+        reply = MORE
         while reply == MORE:
             if time.time() * 1000 >= deadline:
                 raise RedisUnavailable(f"{name}: too many dead entries to skip in time")
@@ -178,20 +187,17 @@ class Core:
     def hard_get(self, queue: str) -> defer.Deferred:
         """HARD_GET: fires with the oldest Message (retained for consumed_ttl); EmptyQueue."""
         check_name(queue)
-        return defer.ensureDeferred(
-            self._stepped("hard_get", queue, self.consumed_ttl, DEAD_STEP)).addCallback(_message)
+        return self._stepped("hard_get", queue, self.consumed_ttl, DEAD_STEP).addCallback(_message)
 
     def soft_get(self, queue: str) -> defer.Deferred:
         """SOFT_GET: fires with the oldest Message and its read count, leaving it queued."""
         check_name(queue)
-        return defer.ensureDeferred(
-            self._stepped("soft_get", queue, DEAD_STEP)).addCallback(_message)
+        return self._stepped("soft_get", queue, DEAD_STEP).addCallback(_message)
 
     def take(self, queue: str) -> defer.Deferred:
         """TAKE: fires with the oldest Message, deleted from Redis; EmptyQueue."""
         check_name(queue)
-        return defer.ensureDeferred(
-            self._stepped("take", queue, DEAD_STEP)).addCallback(_message)
+        return self._stepped("take", queue, DEAD_STEP).addCallback(_message)
 
     def delete(self, queue: str, key: str) -> defer.Deferred:
         """DEL: fires with True when the value key existed."""
