@@ -207,12 +207,15 @@ class Core:
     def purge(self, queue: str) -> defer.Deferred:
         """PURGE: fires with 1 if a pending list existed, else 0; live consumers are ended.
         The purge itself is one script; the values of a long list are retired after it in
-        steps, waited for until the command timeout and then left to finish on their own."""
+        steps, waited for until a second before the command timeout, then left to finish on
+        their own."""
         check_name(queue)
         return defer.ensureDeferred(self._purge(queue))
 
     async def _purge(self, queue: str) -> int:
-        give_up = self.clock.seconds() + self.redis.timeout
+        # The reply waits for retiring at most until a second before the timeout: the purge
+        # itself is done by then, and a client waiting 5 s must not see a timeout for it.
+        give_up = self.clock.seconds() + self.redis.timeout - 1.0
         reply = await self._write("purge", queue, self.consumed_ttl, self.redis.db, PURGE_STEP)
         if len(reply) == 3:
             retiring = defer.ensureDeferred(self._retire_range(queue, int(reply[1]),
