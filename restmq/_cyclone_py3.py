@@ -5,6 +5,7 @@ See ../shared/spec/STACK.md §2: cyclone's leftovers of Python 2 break at str/by
 from __future__ import annotations
 
 import io
+import re
 
 import cyclone.httpserver
 import cyclone.web
@@ -28,6 +29,8 @@ REQUEST_LINE_MAX = 8192  # longer: 414
 HEADER_LINE_MAX = 16384  # one header line; longer: 431
 HEADER_BYTES_MAX = 65536  # the whole header block; more: 431
 HEADER_COUNT_MAX = 100  # more header fields: 431
+LENGTH_DIGITS_MAX = 18  # a Content-Length with more significant digits: 400
+_HEX = re.compile(rb"[0-9A-Fa-f]+")
 HEAD_TIMEOUT = 20.0  # from connect (or the end of the previous reply) to a complete head
 BODY_TIMEOUT = 60.0  # from the end of the head to the end of the body
 _PHRASES = {400: "Bad Request", 408: "Request Timeout", 414: "URI Too Long",
@@ -177,10 +180,13 @@ class HTTPConnection(cyclone.httpserver.HTTPConnection):
             return
         if lengths:
             values = {v.strip() for v in ",".join(lengths).split(",")}
-            if len(values) != 1 or not next(iter(values)).isdigit() or \
-                    not next(iter(values)).isascii():
+            text = next(iter(values))
+            digits = text.lstrip("0") or "0"
+            # No body is longer than a 64-bit length; int() would refuse past 4,300 digits.
+            if len(values) != 1 or not (text.isascii() and text.isdigit()) or \
+                    len(digits) > LENGTH_DIGITS_MAX:
                 raise _Reject(400, "malformed Content-Length")
-            length = int(next(iter(values)))
+            length = int(digits)
             if length > self.max_body:
                 return self._refuse_body()
             if length:
@@ -220,12 +226,11 @@ class HTTPConnection(cyclone.httpserver.HTTPConnection):
                     return
                 size_text = bytes(buf[:end]).split(b";", 1)[0].strip()
                 del buf[:end + 2]
-                try:
-                    if not size_text or size_text.startswith((b"-", b"+", b"0x", b"0X")):
-                        raise ValueError
-                    size = int(size_text, 16)
-                except ValueError:
+                # Hex digits only: int() would also take "1_0" (16), which a stricter proxy
+                # in front reads differently.
+                if not _HEX.fullmatch(size_text):
                     return self._reject(_Reject(400, "malformed chunked body"))
+                size = int(size_text, 16)
                 if size == 0:
                     self._chunked = None
                     self._skip_trailers(bytes(buf))

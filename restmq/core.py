@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet import defer
+from twisted.logger import Logger
 
-from restmq.errors import BadRequest, EmptyQueue, InvalidName
+from restmq.errors import BadRequest, EmptyQueue, InvalidName, RedisUnavailable, RestMQError
 from restmq.lua import load_script
 from restmq.redis import DEADLINE, text
 
@@ -21,6 +22,15 @@ POLICY_ROUNDROBIN = "2"
 POLICY_NAMES = {"broadcast": POLICY_BROADCAST, "roundrobin": POLICY_ROUNDROBIN}
 BATCH_COUNT = 10
 BATCH_BYTES = 1024 * 1024
+# Long work is cut into steps, each a short script, so that Redis serves every other client
+# between them (one script of a million entries holds all of Redis for seconds). Each is about
+# a millisecond of Redis time.
+DEAD_STEP = 1000  # dead entries one pop or peek removes before it answers MORE
+PURGE_STEP = 1000  # pending entries one purge script retires itself; more: retire_range steps
+STATS_PAGE = 1000  # QUEUESET members one stats script reads (SSCAN COUNT)
+JOBS_MAX_KEYS = 100_000  # the jobs page counts at most about this many keys...
+JOBS_SCAN_SECONDS = 1.0  # ...and scans for at most this long; then it says "at least N"
+MORE = "MORE"  # a script's reply when it stopped after its share of work
 
 _RESERVED_NAMES = ("QUEUESET", "AUTHKEY")
 _RESERVED_PREFIXES = ("AUTHKEY:", "queuestat:")
@@ -105,15 +115,64 @@ class Core:
     InvalidName for a name that is neither valid nor admitted (see `admit`).
     """
 
-    def __init__(self, redis: Any, consumed_ttl: int = 3600):
+    log = Logger()
+
+    def __init__(self, redis: Any, consumed_ttl: int = 3600, clock: Any = None):
+        if clock is None:
+            clock = getattr(redis, "reactor", None)
+        if clock is None:
+            from twisted.internet import reactor as clock
         self.redis = redis
         self.consumed_ttl = consumed_ttl
+        self.clock = clock
         self.scripts = {name: load_script(name) for name in (
             "add", "add_once", "hard_get", "soft_get", "take", "del", "purge", "pop_batch",
-            "set", "stats")}
+            "set", "stats", "retire_range")}
 
     def _run(self, name: str, *args: Any) -> defer.Deferred:
         return self.redis.run_script(self.scripts[name], *args)
+
+    def _stepped(self, name: str, *args: Any) -> defer.Deferred:
+        """Run a writing script until it answers something other than MORE. Every step
+        carries the first one's deadline, so the whole operation is refused by Redis past it,
+        and none is waited for beyond the command timeout: a 503 then means that no step
+        after the last answered one was applied (and those only skipped dead entries)."""
+        deadline = self.redis.deadline()
+        give_up = self.clock.seconds() + self.redis.timeout
+
+        def again(reply):  # the usual single step costs no coroutine
+            if reply != MORE:
+                return reply
+            return defer.ensureDeferred(self._more_steps(name, args, deadline, give_up))
+
+        return self._run(name, *args, deadline).addCallback(again)
+
+    async def _more_steps(self, name: str, args: tuple, deadline: Any, give_up: float) -> Any:
+        reply = MORE
+        while reply == MORE:
+            if self.redis.expired(deadline):
+                raise RedisUnavailable(f"{name}: too many dead entries to skip in time")
+            reply = await self._bounded(self._run(name, *args, deadline), give_up)
+        return reply
+
+    def _bounded(self, d: defer.Deferred, give_up: float) -> defer.Deferred:
+        """d's outcome, or RedisUnavailable at `give_up` (clock time) if it has none by then.
+        d itself is never cancelled: its reply must still be read off its connection."""
+        out = defer.Deferred()
+
+        def late():
+            out.errback(RedisUnavailable("no answer within the command timeout"))
+
+        timer = self.clock.callLater(max(0.0, give_up - self.clock.seconds()), late)
+
+        def settled(result):
+            if timer.active():
+                timer.cancel()
+                out.callback(result)  # a Failure goes down out's errback chain
+            return None  # a late outcome is dropped here
+
+        d.addBoth(settled)
+        return out
 
     def _write(self, name: str, *args: Any) -> defer.Deferred:
         """Run a script that writes, with its deadline as the last argument."""
@@ -156,17 +215,17 @@ class Core:
     def hard_get(self, queue: str) -> defer.Deferred:
         """HARD_GET: fires with the oldest Message (retained for consumed_ttl); EmptyQueue."""
         check_name(queue)
-        return self._write("hard_get", queue, self.consumed_ttl).addCallback(_message)
+        return self._stepped("hard_get", queue, self.consumed_ttl, DEAD_STEP).addCallback(_message)
 
     def soft_get(self, queue: str) -> defer.Deferred:
         """SOFT_GET: fires with the oldest Message and its read count, leaving it queued."""
         check_name(queue)
-        return self._write("soft_get", queue).addCallback(_message)
+        return self._stepped("soft_get", queue, DEAD_STEP).addCallback(_message)
 
     def take(self, queue: str) -> defer.Deferred:
         """TAKE: fires with the oldest Message, deleted from Redis; EmptyQueue."""
         check_name(queue)
-        return self._write("take", queue).addCallback(_message)
+        return self._stepped("take", queue, DEAD_STEP).addCallback(_message)
 
     def delete(self, queue: str, key: str) -> defer.Deferred:
         """DEL: fires with True when the value key existed."""
@@ -174,26 +233,76 @@ class Core:
         return self._write("del", queue, key).addCallback(lambda n: int(n) >= 1)
 
     def purge(self, queue: str) -> defer.Deferred:
-        """PURGE: fires with 1 if a pending list existed, else 0; live consumers are ended."""
+        """PURGE: fires with 1 if a pending list existed, else 0; live consumers are ended.
+        The purge itself is one script; the values of a long list are retired after it in
+        steps, waited for until a second before the command timeout, then left to finish on
+        their own."""
         check_name(queue)
-        return self._write("purge", queue, self.consumed_ttl, self.redis.db).addCallback(int)
+        return defer.ensureDeferred(self._purge(queue))
+
+    async def _purge(self, queue: str) -> int:
+        # The reply waits for retiring at most until a second before the timeout: the purge
+        # itself is done by then, and a client waiting 5 s must not see a timeout for it.
+        give_up = self.clock.seconds() + self.redis.timeout - 1.0
+        reply = await self._write("purge", queue, self.consumed_ttl, self.redis.db, PURGE_STEP)
+        if len(reply) == 3:
+            retiring = defer.ensureDeferred(self._retire_range(queue, int(reply[1]),
+                                                               int(reply[2])))
+            try:
+                await self._bounded(retiring, give_up)
+            except RedisUnavailable:
+                pass  # the purge is done; retiring goes on after the reply
+        return int(reply[0])
+
+    async def _retire_range(self, queue: str, first: int, last: int) -> None:
+        """Retire <queue>:first..last in steps of PURGE_STEP; never fails, but logs the keys
+        it could not retire (they stay in Redis without an expiry)."""
+        for start in range(first, last + 1, PURGE_STEP):
+            end = min(last, start + PURGE_STEP - 1)
+            try:
+                await self._write("retire_range", queue, start, end, self.consumed_ttl)
+            except RestMQError as e:
+                self.log.warn("purge of {queue}: values {queue}:{start} to {queue}:{last} not "
+                              "retired ({error}); they stay in Redis without expiry",
+                              queue=queue, start=start, last=last, error=e.detail or e.reason)
+                return
 
     def pop_batch(self, queue: str) -> defer.Deferred:
         """POP_BATCH: fires with (policy name, [Message...]); empty when stopped or empty.
         Only the key-layout rule applies: delivery pops for queues a consumer was admitted to,
-        and knows them again by their pub/sub channel, as plain text."""
+        and knows them again by their pub/sub channel, as plain text. Dead entries are removed
+        in steps; messages popped by earlier steps are returned even when a later step fails
+        (they are no longer in Redis's list)."""
         if not is_safe_name(queue):
             raise InvalidName()
-        d = self._write("pop_batch", queue, self.redis.db, BATCH_COUNT, BATCH_BYTES)
+        return defer.ensureDeferred(self._pop_batch(queue))
 
-        def parse(reply):
+    async def _pop_batch(self, queue: str) -> tuple[str | None, list[Message]]:
+        deadline = self.redis.deadline()
+        give_up = self.clock.seconds() + self.redis.timeout
+        policy, messages, size = None, [], 0
+        while True:
+            d = self._run("pop_batch", queue, self.redis.db, BATCH_COUNT - len(messages),
+                          BATCH_BYTES - size, DEAD_STEP, deadline)
+            if not messages:
+                reply = await d
+            else:
+                try:
+                    reply = await self._bounded(d, give_up)
+                except RestMQError as e:
+                    self.log.info("pop of {queue} stopped early: {error}", queue=queue,
+                                  error=e.detail or e.reason)
+                    return policy, messages
             if not reply:
-                return None, []
+                return policy, messages
             reply = text(reply)
-            pairs = reply[1:]
-            return reply[0], [Message(pairs[i], pairs[i + 1]) for i in range(0, len(pairs), 2)]
-
-        return d.addCallback(parse)
+            policy, more, pairs = reply[0], reply[1], reply[2:]
+            for i in range(0, len(pairs), 2):
+                messages.append(Message(pairs[i], pairs[i + 1]))
+                size += len(pairs[i + 1].encode("utf-8"))
+            if not more or len(messages) >= BATCH_COUNT or size >= BATCH_BYTES or \
+                    self.redis.expired(deadline):
+                return policy, messages
 
     def ping(self) -> defer.Deferred:
         """Fires when Redis answers; fails with RedisUnavailable otherwise."""
@@ -240,32 +349,46 @@ class Core:
         return d
 
     def stats(self) -> defer.Deferred:
-        """Fires with a list of QueueStats for every QUEUESET member, sorted by name."""
-        def parse(reply):
-            reply = text(reply or [])
-            rows = [QueueStats(reply[i], int(reply[i + 1]), reply[i + 2], reply[i + 3])
-                    for i in range(0, len(reply), 4)]
-            return sorted(rows, key=lambda row: row.name)
+        """Fires with a list of QueueStats for every QUEUESET member, sorted by name. Read a
+        page of STATS_PAGE queues per script (not atomic, as the spec's pipelined reads are
+        not); RedisUnavailable when all pages are not read within the command timeout."""
+        return defer.ensureDeferred(self._stats())
 
-        return self._run("stats").addCallback(parse)
+    async def _stats(self) -> list[QueueStats]:
+        give_up = self.clock.seconds() + self.redis.timeout
+        rows: dict[str, QueueStats] = {}
+        cursor = "0"
+        while True:
+            d = self._run("stats", cursor, STATS_PAGE)
+            reply = text(await (d if cursor == "0" else self._bounded(d, give_up)))
+            cursor = str(reply[0])
+            for i in range(1, len(reply), 4):
+                rows[reply[i]] = QueueStats(reply[i], int(reply[i + 1]), reply[i + 2],
+                                            reply[i + 3])
+            if cursor == "0":
+                return sorted(rows.values(), key=lambda row: row.name)
 
     @defer.inlineCallbacks
     def jobs(self, queue: str):
-        """Fires with (objects, length, newest keys): the distinct keys matching `<q>*`
-        (SCAN), the pending count and up to 10 pending keys, newest first."""
+        """Fires with (objects, length, newest keys, complete): the distinct keys matching
+        `<q>*` (SCAN), the pending count and up to 10 pending keys, newest first. The scan
+        stops after about JOBS_MAX_KEYS keys or JOBS_SCAN_SECONDS: then `complete` is False
+        and `objects` a lower bound."""
         check_name(queue)
         length = yield self.redis.execute("LLEN", f"{queue}:queue")
         latest = yield self.redis.execute("LRANGE", f"{queue}:queue", 0, 9)
         seen: set[str] = set()
         cursor = "0"
         pattern = scan_pattern(queue)
+        stop = self.clock.seconds() + JOBS_SCAN_SECONDS
         while True:
             cursor, keys = yield self.redis.execute("SCAN", cursor, "MATCH", pattern,
                                                     "COUNT", 1000)
             seen.update(text(list(keys)))
             if str(cursor) == "0":
-                break
-        return len(seen), int(length), text(list(latest or []))
+                return len(seen), int(length), text(list(latest or [])), True
+            if len(seen) >= JOBS_MAX_KEYS or self.clock.seconds() >= stop:
+                return len(seen), int(length), text(list(latest or [])), False
 
     @defer.inlineCallbacks
     def authkey(self, key: str):

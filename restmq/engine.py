@@ -9,7 +9,8 @@ import socket
 import sys
 from typing import Any
 
-from restmq.core import POLICY_NAMES, is_safe_name, is_valid_name, policy_name, scan_pattern
+from restmq.core import (DEAD_STEP, MORE, POLICY_NAMES, STATS_PAGE, is_safe_name, is_valid_name,
+                         policy_name, scan_pattern)
 from restmq.acl import judge_record
 from restmq.lua import Script, load_script
 
@@ -91,6 +92,14 @@ class Redis:
                 raise
             return self("EVAL", script.source, 0, *args)
 
+    def run_steps(self, script: Script, *args: Any) -> Any:
+        """Run a script again while it answers MORE (it skips dead entries a share at a time,
+        so that Redis serves its other clients in between)."""
+        reply = self.run(script, *args)
+        while reply == MORE:
+            reply = self.run(script, *args)
+        return reply
+
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="restmq-engine",
@@ -136,18 +145,27 @@ class Engine:
         self.say(f"key: {key}")
 
     def consumer(self):
-        self.message(self.redis.run(load_script("hard_get"), self.q, self.o.consumed_ttl, ""))
+        self.message(self.redis.run_steps(load_script("hard_get"), self.q, self.o.consumed_ttl,
+                                          DEAD_STEP, ""))
 
     def stats(self):
-        reply = self.redis.run(load_script("stats"))
-        rows = sorted(reply[i:i + 4] for i in range(0, len(reply), 4))
+        script, cursor, found = load_script("stats"), "0", {}
+        while True:  # one SSCAN page per script; a queue may come twice
+            reply = self.redis.run(script, cursor, STATS_PAGE)
+            cursor = reply[0]
+            for i in range(1, len(reply), 4):
+                found[reply[i]] = reply[i:i + 4]
+            if cursor == "0":
+                break
+        rows = sorted(found.values())
         for name, length, status, policy in rows:
             flag = "-" if status == "" else ("1" if status == "1" else "0")
             self.say(f"{name} len={length} status={flag} policy={policy_name(policy)}")
         self.say(f"count: {len(rows)}")
 
     def non_consumer(self):
-        self.message(self.redis.run(load_script("soft_get"), self.q, ""), with_count=True)
+        self.message(self.redis.run_steps(load_script("soft_get"), self.q, DEAD_STEP, ""),
+                     with_count=True)
 
     def get_policy(self):
         self.say(f"policy: {self.policy()}")
@@ -157,7 +175,7 @@ class Engine:
         self.say("resp: OK")
 
     def get_delete(self):
-        self.message(self.redis.run(load_script("take"), self.q, ""))
+        self.message(self.redis.run_steps(load_script("take"), self.q, DEAD_STEP, ""))
 
     def tail_multiget(self):
         keys = list(reversed(self.redis("LRANGE", f"{self.q}:queue", -10, -1) or []))

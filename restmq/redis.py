@@ -25,8 +25,16 @@ DEADLINE_SLACK = 1.0  # a write's deadline comes this long before we can give up
 
 
 class _Deadline:
+    """A write's deadline. `start` (our `now()`) is when a multi-step operation began: every
+    step sent with this deadline gets the earlier of the operation's and its own."""
+
+    __slots__ = ("start",)
+
+    def __init__(self, start: float | None = None):
+        self.start = start
+
     def __repr__(self) -> str:
-        return "DEADLINE"
+        return "DEADLINE" if self.start is None else f"DEADLINE({self.start})"
 
 
 # Put in a script's arguments where it expects its deadline (see scripts/_deadline.lua):
@@ -272,14 +280,28 @@ class RedisService(service.Service):
 
     def _send(self, conn, args: tuple) -> defer.Deferred:
         now = self.now()
-        if DEADLINE in args:
+        if any(isinstance(arg, _Deadline) for arg in args):
             # The watchdog fails this command (and all others on this connection) no sooner
             # than `timeout` after the connection's last sign of life before it was sent:
             # the deadline comes before that, in Redis's time.
             since = conn.waiting_since if conn.waiting_since is not None else now
-            deadline = self.redis_clock.redis_ms(since + self.timeout - DEADLINE_SLACK)
-            args = tuple(deadline if arg is DEADLINE else arg for arg in args)
+            args = tuple(self._deadline_ms(arg, since) if isinstance(arg, _Deadline) else arg
+                         for arg in args)
         return conn.send(encode_command(args), now).addCallback(_reply)
+
+    def _deadline_ms(self, deadline: _Deadline, since: float) -> int:
+        if deadline.start is not None:
+            since = min(since, deadline.start)
+        return self.redis_clock.redis_ms(since + self.timeout - DEADLINE_SLACK)
+
+    def deadline(self) -> _Deadline:
+        """The deadline of an operation of several writing commands starting now."""
+        return _Deadline(self.now())
+
+    def expired(self, deadline: _Deadline) -> bool:
+        """Whether an operation started with `deadline` may no longer write."""
+        return deadline.start is not None and \
+            self.now() >= deadline.start + self.timeout - DEADLINE_SLACK
 
     def _wait(self, args: tuple) -> defer.Deferred:
         d = defer.Deferred()

@@ -61,7 +61,7 @@ class AccessLog:
 
     def __call__(self, handler: cyclone.web.RequestHandler) -> None:
         request = handler.request
-        self.lines.append(f'{request.remote_ip} "{request.method} {request.uri} '
+        self.lines.append(f'{request.remote_ip} "{request.method} {loggable_uri(request.uri)} '
                           f'{request.version}" {handler.get_status()} '
                           f'{1000.0 * request.request_time():.2f}ms')
         if len(self.lines) >= self.limit:
@@ -79,11 +79,39 @@ class AccessLog:
             self.log.info("{lines}", lines="\n".join(lines))
 
 
+def loggable_uri(uri: str) -> str:
+    """The URI with the value of every argument the server reads as `authkey` (however its
+    name is percent-encoded) replaced by `[redacted]`: logs outlive the keys they would leak.
+    Headers, where the other credentials travel, are never logged."""
+    path, mark, query = uri.partition("?")
+    if not mark:
+        return uri
+    parts = query.split("&")
+    for i, part in enumerate(parts):
+        name, equals, _ = part.partition("=")
+        decoded = unquote_to_bytes(name.replace("+", " ").encode("latin-1"))
+        if equals and decoded == b"authkey":
+            parts[i] = name + "=[redacted]"
+    return path + "?" + "&".join(parts)
+
+
 class _AnyMethod:
     """Lets every method reach `prepare`, so routing (404) is decided before the method (405)."""
 
     def __contains__(self, method: str) -> bool:
         return True
+
+
+def bounded_int(text: str, maximum: int) -> int | None:
+    """ASCII decimal digits (leading zeros allowed) as an int of at most `maximum`, else None.
+    The length is checked before int(), which refuses over 4,300 digits with a ValueError."""
+    if not (text.isascii() and text.isdigit()):
+        return None
+    digits = text.lstrip("0") or "0"
+    if len(digits) > len(str(maximum)):
+        return None
+    value = int(digits)
+    return value if value <= maximum else None
 
 
 def _decode(raw: bytes, name: str) -> str:
@@ -298,11 +326,12 @@ class BaseHandler(CoroutineHandlerMixin, cyclone.web.RequestHandler):
             # needs a Failure (outside an except block it would raise, and the request hang).
             self.log.failure("internal error in {method} {uri}",
                              failure=e if isinstance(e, Failure) else Failure(value),
-                             method=self.request.method, uri=self.request.uri)
+                             method=self.request.method, uri=loggable_uri(self.request.uri))
             value = RestMQError()
         if getattr(value, "detail", None):
             self.log.warn("{reason} ({detail}) in {method} {uri}", reason=value.reason,
-                          detail=value.detail, method=self.request.method, uri=self.request.uri)
+                          detail=value.detail, method=self.request.method,
+                          uri=loggable_uri(self.request.uri))
         self.send_error_reply(value)
 
     def send_error_reply(self, error: RestMQError) -> None:
@@ -356,9 +385,9 @@ async def add(handler: BaseHandler, name: str) -> None:
         raise MissingArgument("value")
     ttl = handler.arg("ttl")
     if ttl is not None:
-        if not (ttl.isascii() and ttl.isdigit()) or not 1 <= int(ttl) <= TTL_MAX:
+        ttl = bounded_int(ttl, TTL_MAX)
+        if ttl is None or ttl < 1:
             raise InvalidArgument("ttl")
-        ttl = int(ttl)
     callback = handler.callback()
     await handler.grant(name)
     key = await handler.ctx.core.add(name, value, ttl)
@@ -522,24 +551,29 @@ class StatsHandler(BaseHandler):
 
 
 class JobsHandler(BaseHandler):
-    """`/j/<q>`: an HTML page of a queue's newest pending keys (§4.9)."""
+    """`/j/<q>`: an HTML page of a queue's newest pending keys (§4.9). It shows pending keys
+    and scans the keyspace, so it is a consumer's read like the others (the spec had no ACL)."""
 
     methods = ("GET",)
+    sections = {"GET": "rest:consumer"}
     prefix = "/j/"
 
     async def get(self):
         name = await self.queue_name()
-        objects, length, latest = await self.ctx.core.jobs(name)
-        self.reply(jobs_page(name, objects, length, latest), crlf=False)
+        await self.grant(name)
+        objects, length, latest, complete = await self.ctx.core.jobs(name)
+        self.reply(jobs_page(name, objects, length, latest, complete), crlf=False)
 
 
-def jobs_page(name: str, objects: int, length: int, latest: list[str]) -> str:
+def jobs_page(name: str, objects: int, length: int, latest: list[str],
+              complete: bool = True) -> str:
     e = html.escape
     items = "".join(f"<li>{e(key)}</li>\n" for key in latest)
+    count = objects if complete else f"at least {objects}"
     return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">"
             f"<title>jobs in queue {e(name)}</title></head><body>\n"
             f"<h1>jobs in queue {e(name)}</h1>\n"
-            f"<p>queue name: {e(name)}</p>\n<p>queue objects: {objects}</p>\n"
+            f"<p>queue name: {e(name)}</p>\n<p>queue objects: {count}</p>\n"
             f"<p>job count: {length}</p>\n<h2>latest 10 jobs</h2>\n<ul>\n{items}</ul>\n"
             "</body></html>\n")
 

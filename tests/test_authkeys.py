@@ -158,6 +158,7 @@ ROUTES = [
     Route("GET /control/<q>", "GET", "/control/{q}"),
     Route("POST /control/<q>", "POST", "/control/{q}", form={"status": "stop"}),
     Route("GET /stats/<q>", "GET", "/stats/{q}"),
+    Route("GET /j/<q>", "GET", "/j/{q}"),
     Route("JSON add", "POST", "/queue", form={"body": '{"cmd": "add", "queue": "{q}", '
                                                       '"value": "v"}'}),
     Route("JSON get", "POST", "/queue", form={"body": '{"cmd": "get", "queue": "{q}"}'}),

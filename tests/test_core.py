@@ -746,7 +746,7 @@ async def test_stats(core, redis):
 
 @pytest_twisted.ensureDeferred
 async def test_jobs_counts_keys_with_the_prefix(core, redis):
-    assert await core.jobs("a") == (0, 0, [])
+    assert await core.jobs("a") == (0, 0, [], True)
     await core.add("a", "1")
     await core.add("a", "2")
     await core.soft_get("a")
@@ -755,8 +755,8 @@ async def test_jobs_counts_keys_with_the_prefix(core, redis):
     redis("SET", "b:1", "1")
     redis("SET", "xa:1", "1")
     # a:UUID a:1 a:2 a:queue a:1:refcount ab:UUID ab:1 ab:queue a-other
-    assert await core.jobs("a") == (9, 2, ["a:2", "a:1"])
-    assert await core.jobs("ab") == (3, 1, ["ab:1"])
+    assert await core.jobs("a") == (9, 2, ["a:2", "a:1"], True)
+    assert await core.jobs("ab") == (3, 1, ["ab:1"], True)
 
 
 @pytest_twisted.ensureDeferred
@@ -770,7 +770,8 @@ async def test_jobs_scans_until_the_cursor_is_zero(core, redis):
     for i in range(500):
         many[2 * i] = f"other:{i}"
     redis("MSET", *many[:1000])
-    objects, length, latest = await core.jobs("q")
+    objects, length, latest, complete = await core.jobs("q")
+    assert complete
     # extras, values, q:UUID, q:queue and queuestat::q (it starts with "q" too)
     assert objects == 2500 + 12 + 3
     assert length == 12
@@ -790,7 +791,7 @@ async def test_jobs_escapes_glob_characters(core, redis, name, impostors):
         redis("SET", key, "1")
     await core.add(name, "v")
     redis("SET", name + "zzz", "1")
-    assert await core.jobs(name) == (4, 1, [name + ":1"])  # UUID, :1, :queue, zzz
+    assert await core.jobs(name) == (4, 1, [name + ":1"], True)  # UUID, :1, :queue, zzz
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,10 +1,12 @@
--- HARD_GET(q): ARGV = queue, retention, deadline. Returns {key, value} or nil.
-local q, retention = ARGV[1], tonumber(ARGV[2])
-if expired(ARGV[3]) then
+-- HARD_GET(q): ARGV = queue, retention, dead limit, deadline. Returns {key, value}; nil when
+-- nothing is pending; 'MORE' after removing `limit` dead entries without reaching a live one:
+-- the caller runs it again, and Redis serves other clients in between.
+local q, retention, limit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+if expired(ARGV[4]) then
   return redis.error_reply('EXPIRED the deadline passed before Redis ran this')
 end
 local pending = q .. ':queue'
-while true do
+for _ = 1, limit do
   local key = redis.call('RPOP', pending)
   if not key then
     return nil
@@ -17,3 +19,4 @@ while true do
   end
   redis.call('DEL', key .. ':refcount')  -- dead entry: skip it
 end
+return 'MORE'

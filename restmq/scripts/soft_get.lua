@@ -1,10 +1,11 @@
--- SOFT_GET(q): ARGV = queue, deadline. Returns {key, value, count} or nil; nothing is
--- consumed, only dead entries at the tail are removed.
-local pending = ARGV[1] .. ':queue'
-if expired(ARGV[2]) then
+-- SOFT_GET(q): ARGV = queue, dead limit, deadline. Returns {key, value, count}, nil, or 'MORE'
+-- after `limit` dead entries (see hard_get.lua); nothing is consumed, only dead entries at the
+-- tail are removed.
+local pending, limit = ARGV[1] .. ':queue', tonumber(ARGV[2])
+if expired(ARGV[3]) then
   return redis.error_reply('EXPIRED the deadline passed before Redis ran this')
 end
-while true do
+for _ = 1, limit do
   local key = redis.call('LINDEX', pending, -1)
   if not key then
     return nil
@@ -21,3 +22,4 @@ while true do
   redis.call('RPOP', pending)
   redis.call('DEL', key .. ':refcount')
 end
+return 'MORE'

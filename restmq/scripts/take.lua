@@ -1,9 +1,10 @@
--- TAKE(q): ARGV = queue, deadline. Returns {key, value} or nil; the message is deleted.
-local pending = ARGV[1] .. ':queue'
-if expired(ARGV[2]) then
+-- TAKE(q): ARGV = queue, dead limit, deadline. Returns {key, value} (the message is deleted),
+-- nil, or 'MORE' after `limit` dead entries (see hard_get.lua).
+local pending, limit = ARGV[1] .. ':queue', tonumber(ARGV[2])
+if expired(ARGV[3]) then
   return redis.error_reply('EXPIRED the deadline passed before Redis ran this')
 end
-while true do
+for _ = 1, limit do
   local key = redis.call('RPOP', pending)
   if not key then
     return nil
@@ -14,3 +15,4 @@ while true do
     return {key, value}
   end
 end
+return 'MORE'
