@@ -5,10 +5,10 @@ from __future__ import annotations
 import ast
 import importlib
 import json
+import os
 import re
 from pathlib import Path
 
-import pytest
 import yaml
 from twisted.python.reflect import accumulateClassList
 
@@ -421,15 +421,22 @@ def test_links_in_docs_resolve():
 
 TEXT_SUFFIXES = {".py", ".lua", ".yaml", ".md", ".rst", ".conf", ".sh", ".html", ".service",
                  ".txt", ".ini", ""}
-SKIPPED = {".git", ".venv", "__pycache__", ".run", ".pytest_cache", ".hypothesis", "out"}
+
+
+def repository_files():
+    """Text files of the checkout, without hidden directories (.venv, .git ...) and caches."""
+    for folder, subfolders, files in os.walk(ROOT):
+        subfolders[:] = [d for d in subfolders if not d.startswith(".")
+                         and d not in ("__pycache__", "build", "dist", "out") and "egg-info" not in d]
+        for name in files:
+            path = Path(folder) / name
+            if path.suffix in TEXT_SUFFIXES:
+                yield path
 
 
 def test_docs_cited_anywhere_in_the_repository_resolve():
     broken, cited = [], 0
-    for path in sorted(ROOT.rglob("*")):
-        if set(path.relative_to(ROOT).parts) & SKIPPED or not path.is_file() \
-                or path.suffix not in TEXT_SUFFIXES:
-            continue
+    for path in sorted(repository_files()):
         try:
             text = path.read_text("utf-8")
         except UnicodeDecodeError:
