@@ -426,8 +426,8 @@ TEXT_SUFFIXES = {".py", ".lua", ".yaml", ".md", ".rst", ".conf", ".sh", ".html",
 def repository_files():
     """Text files of the checkout, without hidden directories (.venv, .git ...) and caches."""
     for folder, subfolders, files in os.walk(ROOT):
-        subfolders[:] = [d for d in subfolders if not d.startswith(".")
-                         and d not in ("__pycache__", "build", "dist", "out") and "egg-info" not in d]
+        subfolders[:] = [d for d in subfolders if not d.startswith(".") and "egg-info" not in d
+                         and d not in ("__pycache__", "build", "dist", "out")]
         for name in files:
             path = Path(folder) / name
             if path.suffix in TEXT_SUFFIXES:
