@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from twisted.application import internet, service
+from twisted.internet import defer
 from twisted.python import usage
 
 from restmq import __version__
@@ -172,7 +173,7 @@ def makeService(options: Options, collectd_frontend: bool = False) -> service.IS
     from restmq.redis import PubSubService
     from restmq.web import AccessLog, Context, load_static, make_application
 
-    top = service.MultiService()
+    top = _StopInOrder()
     redis = redis_service(options)
     redis.setServiceParent(top)
     core = Core(redis, consumed_ttl=options["consumed-ttl"])
@@ -193,6 +194,21 @@ def makeService(options: Options, collectd_frontend: bool = False) -> service.IS
     internet.StreamServerEndpointService(options.server_endpoint(reactor), app).setServiceParent(
         top)
     return top
+
+
+class _StopInOrder(service.MultiService):
+    """Stops its services one after the other, the last added first: live delivery must be
+    done with what it popped before the Redis connections close under it."""
+
+    @defer.inlineCallbacks
+    def stopService(self):
+        from twisted.logger import Logger
+        service.Service.stopService(self)
+        for child in reversed(list(self)):
+            try:
+                yield defer.maybeDeferred(child.stopService)
+            except Exception:  # the others must still stop
+                Logger().failure("stopping {service} failed", service=child)
 
 
 class _OnStop(service.Service):

@@ -1,6 +1,7 @@
 """Live consumers that go away at awkward moments must not cost anybody a message: a client that
-leaves while its handler waits for Redis, an HTTP/1.0 stream asking for keep-alive, a second
-stream request pipelined on the same connection."""
+leaves while its handler waits for Redis, a consumer that reconnects while a batch is in
+flight, an HTTP/1.0 stream asking for keep-alive, a second stream request pipelined on the same
+connection."""
 from __future__ import annotations
 
 import base64
@@ -45,6 +46,15 @@ def request_bytes(kind: str, queue: str) -> bytes:
     return f"GET /{kind}/{queue} HTTP/1.1\r\nHost: t\r\n\r\n".encode()
 
 
+@pytest.fixture
+def closing():
+    """Registers things with a close() method, closed after the test."""
+    opened = []
+    yield lambda thing: opened.append(thing) or thing
+    for thing in reversed(opened):
+        thing.close()
+
+
 # -- 1. a client that leaves while its handler still waits for Redis --------------------------
 
 @pytest.mark.parametrize("policy", ["broadcast", "roundrobin"])
@@ -67,6 +77,31 @@ def test_a_consumer_that_leaves_before_registering_takes_no_message(H, redis, ki
         late.close()
     # ... and once it has left, no consumer of the queue is left in the server.
     wait_for(lambda: numsub(redis, queue) == 0, 5, what="no consumer left registered")
+
+
+# -- 3. a consumer that reconnects while a roundrobin batch is being popped ----------------------
+
+def test_a_batch_popped_while_consumers_change_goes_to_the_new_consumer(H, redis, server,
+                                                                       closing):
+    queue = "swap"
+    assert post(H, f"/p/{queue}", {"policy": "roundrobin"}).status == 200
+    keys = [f"{queue}:{i}" for i in range(1, 4)]
+    for key in keys:  # pending without a wake: only a pop finds them
+        redis("SET", key, f"value of {key}")
+        redis("LPUSH", f"{queue}:queue", key)
+    redis("SET", f"queuestat::{queue}", "1")
+    log_before = len(server.log())
+    # Scripts wait for 1.5 s; PING and SUBSCRIBE do not, so consumers still connect.
+    redis("CLIENT", "PAUSE", "1500", "WRITE")
+    first = CometClient(H, queue)
+    wait_for(lambda: numsub(redis, queue) == 1, what="the first consumer registered")
+    time.sleep(0.2)  # its registration has sent the pop, which Redis holds
+    first.close()
+    wait_for(lambda: numsub(redis, queue) == 0, what="the first consumer gone")
+    second = closing(CometClient(H, queue))
+    wait_for(lambda: numsub(redis, queue) == 1, what="the second consumer registered")
+    assert [m["key"] for m in second.messages(3, timeout=5)] == keys
+    assert "dropped" not in server.log()[log_before:]
 
 
 # -- nearby: HTTP/1.0 streams -------------------------------------------------------------------
