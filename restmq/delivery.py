@@ -84,17 +84,20 @@ class _Run:
 
 class Delivery(service.Service):
     """Per-process live delivery over one Core and one pub/sub connection (`pubsub`, a
-    restmq.redis.PubSubService whose listener is this object)."""
+    restmq.redis.PubSubService whose listener is this object). `stall_timeout` is how long
+    a consumer may leave its output unread before it is cut (the handlers apply it)."""
 
     log = Logger()
 
-    def __init__(self, core: Core, pubsub: Any, db: int = 0, clock: Any = None):
+    def __init__(self, core: Core, pubsub: Any, db: int = 0, clock: Any = None,
+                 stall_timeout: float = 20.0):
         if clock is None:
             from twisted.internet import reactor as clock
         self.core = core
         self.pubsub = pubsub
         self.db = db
         self.clock = clock
+        self.stall_timeout = stall_timeout
         self.queues: dict[str, _Queue] = {}
         self.runs: dict[str, _Run] = {}
         self.stopping = False

@@ -136,6 +136,9 @@ class Options(RedisOptions, ListenOptions):
          _int_at_least(1, "max-body")],
         ["access-log", None, "on", "on: log every request (buffered, one write a second); "
          "off: no access log (when a proxy in front logs).", _on_off("access-log")],
+        ["live-stall-timeout", None, 20,
+         "Seconds a live consumer may leave its output unread (or its peer stay silent to "
+         "TCP) before it is disconnected.", _int_at_least(1, "live-stall-timeout")],
     ]
     optFlags = [
         ["trusted-proxy", None, "Take the client address from X-Real-IP / X-Forwarded-For."],
@@ -178,7 +181,8 @@ def makeService(options: Options, collectd_frontend: bool = False) -> service.IS
     redis.setServiceParent(top)
     core = Core(redis, consumed_ttl=options["consumed-ttl"])
     pubsub = PubSubService(redis)
-    delivery = Delivery(core, pubsub, db=options["redis-db"])
+    delivery = Delivery(core, pubsub, db=options["redis-db"],
+                        stall_timeout=options["live-stall-timeout"])
     pubsub.listener = delivery
     pubsub.setServiceParent(top)
     delivery.setServiceParent(top)

@@ -20,7 +20,7 @@ from twisted.internet import task
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from restmq import acl, collectd, core as corelib, dispatch, xmlrpc
+from restmq import acl, collectd, core as corelib, dispatch, streams, xmlrpc
 from restmq import _cyclone_py3 as compat
 from restmq._cyclone_py3 import Application, ChunkedTransferEncoding, CoroutineHandlerMixin
 from restmq.jsontext import json_text
@@ -606,11 +606,18 @@ class StaticHandler(BaseHandler):
 
 class LiveHandler(BaseHandler):
     """Shared by the comet, WebSocket and SSE consumers: checks before the stream starts
-    (name, ACL, Redis), registration with delivery, and one idempotent close path."""
+    (name, ACL, Redis), registration with delivery, and one idempotent close path.
+
+    A live handler is the streaming producer of its connection: Twisted pauses it when the
+    connection's output backs up and resumes it once drained; a paused consumer gets no
+    roundrobin message. Its StallWatch cuts it when the peer stops reading."""
 
     methods = ("GET",)
     queue: str | None = None
     done = False
+    paused = False
+    _producing = False  # registered as the connection's producer
+    stall: streams.StallWatch | None = None
 
     async def start_live(self) -> str | None:
         """Validate the request and check Redis; returns the queue name, or None when the
@@ -637,13 +644,20 @@ class LiveHandler(BaseHandler):
 
     @property
     def ready(self) -> bool:
-        return not self.done
+        return not self.done and not self.paused
 
     def join(self, name: str) -> None:
         self._auto_finish = False
         self.queue = name
         self.request.connection.live_stream = self
-        self.ctx.delivery.register(name, self)
+        transport = self.request.connection.transport
+        self._producing = True
+        transport.registerProducer(self, True)
+        delivery = self.ctx.delivery
+        streams.tune_stream(transport, delivery.stall_timeout)
+        self.stall = streams.StallWatch(transport, delivery.clock, delivery.stall_timeout,
+                                        self._stalled)
+        delivery.register(name, self)
 
     def leave(self) -> None:
         """The one close path: on close, purge, error or cut; safe to call again."""
@@ -653,13 +667,24 @@ class LiveHandler(BaseHandler):
         connection = self.request.connection
         if getattr(connection, "live_stream", None) is self:
             connection.live_stream = None  # a keep-alive connection may serve another request
+        if self._producing:
+            # A producer left registered would keep a closing connection open forever.
+            self._producing = False
+            connection.transport.unregisterProducer()
 
-    def on_connection_close(self, *args):
+    def on_connection_close(self, reason: str | None = None):
+        if reason and "timed out" in reason and not self.done:
+            self.log.warn("live consumer of {queue} lost: {reason}", queue=self.queue,
+                          reason=reason)  # the kernel gave up on its peer
         self.leave()
+        if self.stall is not None and not _open(self.request.connection.transport):
+            self.stall.stop()
 
     def cut(self, why: str) -> None:
         self.log.warn("live consumer of {queue} {why}: disconnected", queue=self.queue, why=why)
         self.leave()
+        if self.stall is not None:
+            self.stall.stop()
         self.request.connection.transport.abortConnection()
 
     def too_far_behind(self) -> bool:
@@ -667,6 +692,22 @@ class LiveHandler(BaseHandler):
             self.cut("is more than 16 MiB behind")
             return True
         return False
+
+    # -- IPushProducer: Twisted tells us when the connection's output backs up ------------------
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        if not self.done:
+            self.ctx.delivery.trigger(self.queue)
+
+    def stopProducing(self) -> None:
+        self._producing = False  # the transport forgets us itself
+
+    def _stalled(self) -> None:
+        self.cut(f"read nothing for {self.ctx.delivery.stall_timeout:g} s")
 
     # -- writing ----------------------------------------------------------------------------
 
@@ -682,6 +723,7 @@ class LiveHandler(BaseHandler):
 
     def write_raw(self, data: bytes) -> None:
         self.request.connection.transport.write(data)
+        self.stall.wrote(len(data))
 
     def write_stream(self, pieces: list[bytes]) -> bool:
         """Write pieces straight to the transport, each in a chunk of its own (one message,
@@ -797,6 +839,15 @@ class WebSocketHandler(LiveHandler):
 
     def _echo(self, opcode: int, payload: bytes) -> None:
         self.ws.send(opcode, payload)
+
+    def pauseProducing(self) -> None:
+        # Stop reading too: echoes of what a peer sends but never reads would pile up here.
+        self.request.connection.transport.pauseProducing()
+        super().pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.request.connection.transport.resumeProducing()
+        super().resumeProducing()
 
     def send(self, batch: list[tuple[str, str]]) -> bool:
         if self.done or self.ws.closing or self.too_far_behind():

@@ -1,6 +1,6 @@
 """restmq.delivery in isolation: who gets a popped batch when consumers come, go, stall or fail,
 with a fake core (pops answered by the test), a fake pub/sub and task.Clock; Core.requeue on a
-real Redis."""
+real Redis; restmq.streams.StallWatch with task.Clock."""
 from __future__ import annotations
 
 import json
@@ -13,6 +13,7 @@ from twisted.logger import Logger
 from restmq.core import Core, Message
 from restmq.delivery import Delivery
 from restmq.errors import RedisUnavailable
+from restmq.streams import StallWatch
 from tests.resp import RedisClient
 
 
@@ -241,3 +242,70 @@ async def test_requeue_after_its_deadline_writes_nothing(service, redis):
         await core.requeue("q", [Message("q:1", "v1")])
     assert redis("EXISTS", "q:1", "q:queue") == 0
 
+
+# -- StallWatch: when a stream's peer counts as no longer reading --------------------------------
+
+class Transport:
+    """What StallWatch reads of a transport: Twisted's send buffer (no socket here)."""
+
+    connected = True
+
+    def __init__(self):
+        self.dataBuffer, self.offset, self._tempDataLen = b"", 0, 0
+
+    def holding(self, size: int) -> None:
+        self.dataBuffer = b"x" * size
+
+
+def watch(transport):
+    clock, stalls = task.Clock(), []
+    return StallWatch(transport, clock, 5, lambda: stalls.append(clock.seconds())), clock, stalls
+
+
+def test_a_peer_that_takes_nothing_for_the_timeout_is_reported():
+    transport = Transport()
+    stall, clock, stalls = watch(transport)
+    transport.holding(1000)
+    stall.wrote(1000)
+    clock.advance(4.9)
+    assert stalls == []
+    clock.advance(0.1)
+    assert stalls == [5]
+
+
+def test_a_slow_peer_that_keeps_reading_is_left_alone_until_it_stops():
+    transport = Transport()
+    stall, clock, stalls = watch(transport)
+    transport.holding(1000)
+    stall.wrote(1000)
+    for held in (900, 800, 700):  # it reads a little in every period
+        transport.holding(held)
+        clock.advance(5)
+    assert stalls == []
+    clock.advance(5)  # then nothing more for a whole period
+    assert stalls == [20]
+
+
+def test_a_peer_that_read_everything_is_not_watched_until_the_next_write():
+    transport = Transport()
+    stall, clock, stalls = watch(transport)
+    stall.wrote(10)
+    clock.advance(5)  # nothing outstanding
+    assert not clock.getDelayedCalls()
+    transport.holding(10)
+    stall.wrote(10)
+    clock.advance(5)
+    assert stalls == [10]
+
+
+def test_no_report_once_stopped_or_disconnected():
+    transport = Transport()
+    stall, clock, stalls = watch(transport)
+    transport.holding(10)
+    stall.wrote(10)
+    stall.stop()
+    clock.advance(10)
+    stall.wrote(10)
+    transport.connected = False
+    clock.advance(10)
+    assert stalls == []
