@@ -127,7 +127,7 @@ class Core:
         self.clock = clock
         self.scripts = {name: load_script(name) for name in (
             "add", "add_once", "hard_get", "soft_get", "take", "del", "purge", "pop_batch",
-            "set", "stats", "retire_range")}
+            "set", "stats", "retire_range", "requeue")}
 
     def _run(self, name: str, *args: Any) -> defer.Deferred:
         return self.redis.run_script(self.scripts[name], *args)
@@ -303,6 +303,14 @@ class Core:
             if not more or len(messages) >= BATCH_COUNT or size >= BATCH_BYTES or \
                     self.redis.expired(deadline):
                 return policy, messages
+
+    def requeue(self, queue: str, messages: list[Message]) -> defer.Deferred:
+        """Put popped messages (oldest first) back at the tail of the pending list, so that
+        they are taken next, in order; fires with how many. Without their former ttl."""
+        check_name(queue)
+        pairs = [part for m in messages for part in (m.key, m.value)]
+        return self.redis.run_script(self.scripts["requeue"], queue, self.redis.db,
+                                     self._deadline(), *pairs).addCallback(int)
 
     def ping(self) -> defer.Deferred:
         """Fires when Redis answers; fails with RedisUnavailable otherwise."""

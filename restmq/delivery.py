@@ -27,41 +27,80 @@ BROADCAST_WAIT = 5.0
 class Consumer(Protocol):
     """What delivery needs of a live connection."""
 
-    def send(self, batch: list[tuple[str, str]]) -> None:
-        """Write messages given as (key, message object as JSON text), in order; a consumer
-        that has gone or is too far behind closes itself."""
+    ready: bool  # can take a roundrobin message now: connected, its output not backed up
+
+    def send(self, batch: list[tuple[str, str]]) -> bool:
+        """Write messages given as (key, message object as JSON text), in order; False when
+        nothing was written because the consumer has gone (or was just cut for being too far
+        behind)."""
 
     def end(self) -> None:
         """Write the final `null` and end the stream (purge)."""
 
+    def cut(self, why: str) -> None:
+        """Log `why` and drop the connection."""
+
 
 @dataclass(eq=False)
 class _Queue:
+    """The local consumers of one queue, in connection order."""
+
     consumers: list = field(default_factory=list)
     counter: int = 0
-    running: bool = False
+    policy: str | None = None  # as the last pop for this queue saw it
+
+    def next_ready(self) -> Consumer | None:
+        """The next consumer in rotation that can take a message now, skipping the others."""
+        n = len(self.consumers)
+        for step in range(n):
+            consumer = self.consumers[(self.counter + step) % n]
+            if consumer.ready:
+                self.counter += step + 1
+                return consumer
+        return None
+
+    def any_ready(self) -> bool:
+        return any(consumer.ready for consumer in self.consumers)
+
+
+@dataclass(eq=False)
+class _Run:
+    """The dispatch running for one queue. It outlives the consumer list it started with:
+    consumers may all leave and others arrive while a pop is on its way."""
+
     again: bool = False
+    waiters: list = field(default_factory=list)
     batch_arrived: defer.Deferred | None = None
     awaited_key: str | None = None
     # Last keys of recently arrived broadcast batches: the subscription can deliver a batch
     # before the script's reply reaches us on the command connection.
     arrived: deque = field(default_factory=lambda: deque(maxlen=64))
 
+    def ended(self) -> defer.Deferred:
+        d = defer.Deferred()
+        self.waiters.append(d)
+        return d
+
 
 class Delivery(service.Service):
     """Per-process live delivery over one Core and one pub/sub connection (`pubsub`, a
-    restmq.redis.PubSubService whose listener is this object)."""
+    restmq.redis.PubSubService whose listener is this object). `stall_timeout` is how long
+    a consumer may leave its output unread before it is cut (the handlers apply it)."""
 
     log = Logger()
 
-    def __init__(self, core: Core, pubsub: Any, db: int = 0, clock: Any = None):
+    def __init__(self, core: Core, pubsub: Any, db: int = 0, clock: Any = None,
+                 stall_timeout: float = 20.0):
         if clock is None:
             from twisted.internet import reactor as clock
         self.core = core
         self.pubsub = pubsub
         self.db = db
         self.clock = clock
+        self.stall_timeout = stall_timeout
         self.queues: dict[str, _Queue] = {}
+        self.runs: dict[str, _Run] = {}
+        self.stopping = False
         self._sweep = task.LoopingCall(self.sweep)
         self._sweep.clock = clock
 
@@ -69,12 +108,17 @@ class Delivery(service.Service):
 
     def startService(self) -> None:
         super().startService()
+        self.stopping = False
         self._sweep.start(SWEEP_INTERVAL, now=False)
 
-    def stopService(self):
+    def stopService(self) -> defer.Deferred:
+        """Fires once the dispatches in flight have handed out (or put back) what they
+        popped: the Redis connections must outlive them."""
         super().stopService()
+        self.stopping = True
         if self._sweep.running:
             self._sweep.stop()
+        return defer.DeferredList([run.ended() for run in self.runs.values()])
 
     # -- consumers -----------------------------------------------------------------------------
 
@@ -96,70 +140,116 @@ class Delivery(service.Service):
             del self.queues[queue]
             self.pubsub.unsubscribe(queue + CHANNEL_SUFFIX)
 
+    def _send(self, queue: str, consumer: Consumer, batch: list[tuple[str, str]]) -> bool | None:
+        """Write `batch` to one consumer: True when written, False when it had gone (nothing
+        written), None when it failed: then it is dropped, and so is what it was given."""
+        try:
+            if consumer.send(batch):
+                return True
+        except Exception:
+            self.log.failure("live consumer of {queue} failed: dropped; it may have missed "
+                             "{keys}", queue=queue, keys=", ".join(key for key, _ in batch))
+            self._drop(queue, consumer, "failed")
+            return None
+        self.unregister(queue, consumer)
+        return False
+
+    def _drop(self, queue: str, consumer: Consumer, why: str) -> None:
+        self.unregister(queue, consumer)
+        try:
+            consumer.cut(why)
+        except Exception:
+            self.log.failure("live consumer of {queue} could not be cut", queue=queue)
+
     # -- dispatch -------------------------------------------------------------------------------
 
     def trigger(self, queue: str) -> None:
         """Run dispatch for `queue`; while one runs, remember that exactly one more is due."""
-        state = self.queues.get(queue)
-        if state is None:
+        if self.stopping or queue not in self.queues:
             return
-        if state.running:
-            state.again = True
+        run = self.runs.get(queue)
+        if run is not None:
+            run.again = True
             return
-        state.running = True
-        defer.ensureDeferred(self._dispatch(queue, state)).addErrback(
-            lambda f: self.log.failure("dispatch of {queue} failed", f, queue=queue))
+        run = self.runs[queue] = _Run()
+        d = defer.ensureDeferred(self._dispatch(queue, run))
+        d.addErrback(lambda f: self.log.failure("dispatch of {queue} failed", f, queue=queue))
+        d.addBoth(self._ended, queue, run)
+
+    def _ended(self, _: Any, queue: str, run: _Run) -> None:
+        if self.runs.get(queue) is run:
+            del self.runs[queue]
+        for waiter in run.waiters:
+            waiter.callback(None)
 
     def sweep(self) -> None:
         for queue in list(self.queues):
             self.trigger(queue)
 
-    async def _dispatch(self, queue: str, state: _Queue) -> None:
+    async def _dispatch(self, queue: str, run: _Run) -> None:
+        while True:
+            run.again = False
+            state = self.queues.get(queue)
+            if state is None or self.stopping:
+                return
+            if queue + CHANNEL_SUFFIX not in self.pubsub.confirmed:
+                return  # resumed by the subscription's confirmation or the sweep
+            if state.policy == "roundrobin" and not state.any_ready():
+                return  # resumed by a consumer whose output drains, or the sweep
+            try:
+                policy, batch = await self.core.pop_batch(queue)
+            except RestMQError as e:
+                self.log.warn("live delivery of {queue} paused: {error}", queue=queue,
+                              error=e.reason)
+                return
+            if policy is not None and queue in self.queues:
+                self.queues[queue].policy = policy
+            if policy == "roundrobin":
+                await self._hand_out(queue, batch)
+            elif batch and _full(batch):
+                await self._wait_for_broadcast(run, batch[-1].key)
+            if batch and _full(batch):
+                run.again = True
+            if not run.again:
+                return
+
+    async def _hand_out(self, queue: str, batch: list[Message]) -> None:
+        """Roundrobin: each message to the next consumer that can take it, among those
+        registered now (not when the pop started); what none can take goes back to Redis."""
+        for i, message in enumerate(batch):
+            if not self._give(queue, encode([message])):
+                await self._put_back(queue, batch[i:])
+                return
+
+    def _give(self, queue: str, encoded: list[tuple[str, str]]) -> bool:
+        """False when no consumer could take it (nothing written)."""
+        while True:
+            state = self.queues.get(queue)
+            consumer = state.next_ready() if state is not None else None
+            if consumer is None:
+                return False
+            if self._send(queue, consumer, encoded) is not False:
+                return True  # written, or lost with a consumer that failed (logged)
+
+    async def _put_back(self, queue: str, messages: list[Message]) -> None:
         try:
-            while True:
-                state.again = False
-                if self.queues.get(queue) is not state:
-                    return
-                if queue + CHANNEL_SUFFIX not in self.pubsub.confirmed:
-                    return  # resumed by the subscription's confirmation or the sweep
-                try:
-                    policy, batch = await self.core.pop_batch(queue)
-                except RestMQError as e:
-                    self.log.warn("live delivery of {queue} paused: {error}", queue=queue,
-                                  error=e.reason)
-                    return
-                if policy == "roundrobin":
-                    self._hand_out(queue, state, batch)
-                elif batch and _full(batch):
-                    await self._wait_for_broadcast(state, batch[-1].key)
-                if batch and _full(batch):
-                    state.again = True
-                if not state.again:
-                    return
-        finally:
-            state.running = False
+            await self.core.requeue(queue, messages)
+        except RestMQError as e:
+            for message in messages:
+                self.log.error("{key} popped for {queue} could not be put back ({error}): lost",
+                               key=message.key, queue=queue, error=e.reason)
 
-    def _hand_out(self, queue: str, state: _Queue, batch: list[Message]) -> None:
-        for message in batch:
-            if not state.consumers:
-                self.log.warn("{key} popped for {queue} but its consumers left: dropped",
-                              key=message.key, queue=queue)
-                continue
-            consumer = state.consumers[state.counter % len(state.consumers)]
-            state.counter += 1
-            consumer.send(encode([message]))
-
-    async def _wait_for_broadcast(self, state: _Queue, last_key: str) -> None:
+    async def _wait_for_broadcast(self, run: _Run, last_key: str) -> None:
         """Pace a full broadcast batch: pop again once it came back on the subscription."""
-        if last_key in state.arrived:
+        if last_key in run.arrived:
             return
-        waiter = state.batch_arrived = defer.Deferred()
-        state.awaited_key = last_key
+        waiter = run.batch_arrived = defer.Deferred()
+        run.awaited_key = last_key
         waiter.addTimeout(BROADCAST_WAIT, self.clock, onTimeoutCancel=lambda *_: None)
         try:
             await waiter
         finally:
-            state.batch_arrived = state.awaited_key = None
+            run.batch_arrived = run.awaited_key = None
 
     # -- pub/sub listener -------------------------------------------------------------------
 
@@ -193,22 +283,27 @@ class Delivery(service.Service):
         batch = [Message(str(m.get("key")), str(m.get("value")))
                  for m in messages if isinstance(m, dict)]
         state = self.queues.get(queue)
-        if state is None:
-            return
-        encoded = encode(batch)  # once, for every consumer
-        for consumer in list(state.consumers):
-            consumer.send(encoded)
-        if batch:
-            state.arrived.append(batch[-1].key)
-            if batch[-1].key == state.awaited_key and not state.batch_arrived.called:
-                state.batch_arrived.callback(None)
+        if state is not None:
+            encoded = encode(batch)  # once, for every consumer
+            for consumer in list(state.consumers):
+                self._send(queue, consumer, encoded)
+        run = self.runs.get(queue)
+        if batch and run is not None:
+            run.arrived.append(batch[-1].key)
+            if batch[-1].key == run.awaited_key and not run.batch_arrived.called:
+                run.batch_arrived.callback(None)
 
     def _purge(self, queue: str) -> None:
         state = self.queues.get(queue)
         if state is None:
             return
         for consumer in list(state.consumers):
-            consumer.end()
+            try:
+                consumer.end()
+            except Exception:
+                self.log.failure("live consumer of {queue} failed at purge: dropped",
+                                 queue=queue)
+                self._drop(queue, consumer, "failed at purge")
             self.unregister(queue, consumer)
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from twisted.application import internet, service
+from twisted.internet import defer
 from twisted.python import usage
 
 from restmq import __version__
@@ -150,6 +151,9 @@ class Options(RedisOptions, ListenOptions):
         ["pubsub-timeout", None, 5.0, "Seconds the pub/sub connection may leave a PING "
          "unanswered before it is replaced (live delivery pauses meanwhile).",
          _seconds("pubsub-timeout")],
+        ["live-stall-timeout", None, 20,
+         "Seconds a live consumer may leave its output unread (or its peer stay silent to "
+         "TCP) before it is disconnected.", _int_at_least(1, "live-stall-timeout")],
     ]
     optFlags = [
         ["trusted-proxy", None, "Take the client address from X-Real-IP / X-Forwarded-For."],
@@ -187,12 +191,13 @@ def makeService(options: Options, collectd_frontend: bool = False) -> service.IS
     from restmq.redis import PubSubService
     from restmq.web import AccessLog, Context, load_static, make_application
 
-    top = service.MultiService()
+    top = _StopInOrder()
     redis = redis_service(options)
     redis.setServiceParent(top)
     core = Core(redis, consumed_ttl=options["consumed-ttl"])
     pubsub = PubSubService(redis, timeout=options["pubsub-timeout"])
-    delivery = Delivery(core, pubsub, db=options["redis-db"])
+    delivery = Delivery(core, pubsub, db=options["redis-db"],
+                        stall_timeout=options["live-stall-timeout"])
     pubsub.listener = delivery
     pubsub.setServiceParent(top)
     delivery.setServiceParent(top)
@@ -208,6 +213,21 @@ def makeService(options: Options, collectd_frontend: bool = False) -> service.IS
     internet.StreamServerEndpointService(options.server_endpoint(reactor), app).setServiceParent(
         top)
     return top
+
+
+class _StopInOrder(service.MultiService):
+    """Stops its services one after the other, the last added first: live delivery must be
+    done with what it popped before the Redis connections close under it."""
+
+    @defer.inlineCallbacks
+    def stopService(self):
+        from twisted.logger import Logger
+        service.Service.stopService(self)
+        for child in reversed(list(self)):
+            try:
+                yield defer.maybeDeferred(child.stopService)
+            except Exception:  # the others must still stop
+                Logger().failure("stopping {service} failed", service=child)
 
 
 class _OnStop(service.Service):
