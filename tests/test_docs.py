@@ -9,6 +9,7 @@ import os
 import re
 from pathlib import Path
 
+import pytest
 import yaml
 from twisted.python.reflect import accumulateClassList
 
@@ -460,6 +461,48 @@ def test_docs_do_not_send_readers_to_the_private_specification():
     for source in DOCS.glob("*.md"):
         text = source.read_text("utf-8")
         assert "PROTOCOL.md" not in text and "STACK.md" not in text, source.name
+
+
+# A citation of the private specification: its files by name, or one of its sections by number
+# (`§4.9`, "the spec's §1.1"). Sections of RFCs (`RFC 9110 §8.6`) are public and allowed.
+SPEC_FILE = re.compile(r"\b(?:PROTOCOL(?:-v2)?|STACK)\.md\b")
+SPEC_SECTION = re.compile(r"§\s*\d")
+RFC_SECTION = re.compile(r"\bRFC\s*\d+,?\s*§\s*\d")
+
+
+def spec_citations(text: str) -> list[str]:
+    """The lines of `text` that cite the private specification."""
+    found = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if SPEC_FILE.search(line) or SPEC_SECTION.search(RFC_SECTION.sub("", line)):
+            found.append(f"{number}: {line.strip()}")
+    return found
+
+
+def test_spec_citations_are_recognised():
+    assert spec_citations("See ../shared/spec/STACK.md §2: cyclone's leftovers")
+    assert spec_citations('"""The JSON protocol (PROTOCOL.md §5)."""')
+    assert spec_citations("-- the spec's §8.3 asks for it")
+    assert spec_citations("`/j/<q>`: an HTML page (§4.9).")
+    assert spec_citations("later features (PROTOCOL-v2.md)")
+    assert not spec_citations('# cyclone would add "Content-Length: 0" (RFC 9110 §8.6)')
+    assert not spec_citations("see docs/http-api.md#legacy-names")
+
+
+@pytest.mark.xfail(strict=True, reason="citations move to docs/ in the restructure")
+def test_package_does_not_cite_the_private_specification():
+    """A reader of the repository cannot open the specification: code, Lua scripts, HTML and
+    YAML under restmq/ cite docs/ instead."""
+    citing = []
+    for path in sorted((ROOT / "restmq").rglob("*")):
+        if not path.is_file() or "__pycache__" in path.parts:
+            continue
+        try:
+            text = path.read_text("utf-8")
+        except UnicodeDecodeError:  # favicon.ico
+            continue
+        citing += [f"{path.relative_to(ROOT)}:{line}" for line in spec_citations(text)]
+    assert not citing, "\n".join(citing)
 
 
 def test_slug_follows_githubs_rule():
