@@ -672,7 +672,7 @@ class LiveHandler(BaseHandler):
         if getattr(connection, "live_stream", None) is not None:
             # Pipelined behind a stream that never ends: its answer could never come.
             self.log.info("request pipelined behind a live stream left unanswered: {uri}",
-                          uri=self.request.uri)
+                          uri=loggable_uri(self.request.uri))
             return self._abandon()
         return name
 
