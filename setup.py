@@ -1,4 +1,4 @@
-from setuptools import setup
+from setuptools import find_packages, setup
 
 # cyclone 1.3 is deliberately not listed: its pins (twisted==19.2.1) cannot be installed on
 # Python 3.11, so the Makefile installs it with --no-deps (see spec/STACK.md §1).
@@ -10,9 +10,9 @@ setup(
     long_description_content_type="text/x-rst",
     license="MIT",
     python_requires=">=3.11",
-    packages=["restmq", "twisted.plugins"],
+    packages=find_packages(include=["restmq", "restmq.*"]) + ["twisted.plugins"],
     package_data={
-        "restmq": ["static/*", "templates/*", "scripts/*.lua", "acl.conf"],
+        "restmq": ["static/*", "templates/*", "scripts/*.lua", "scripts/lib/*.lua", "acl.conf"],
         "twisted": ["plugins/restmq_plugins.py"],
     },
     install_requires=[

@@ -18,8 +18,8 @@ from twisted.logger import Logger
 from restmq.core import BATCH_BYTES, BATCH_COUNT, Core, Message
 from restmq.errors import RestMQError
 from restmq.jsontext import json_text
-
-CHANNEL_SUFFIX = ":PUBSUB"
+from restmq.redis import keys
+from restmq.redis.keys import CHANNEL_SUFFIX
 SWEEP_INTERVAL = 1.0
 BROADCAST_WAIT = 5.0
 
@@ -126,7 +126,7 @@ class Delivery(service.Service):
         state = self.queues.get(queue)
         if state is None:
             state = self.queues[queue] = _Queue()
-            self.pubsub.subscribe(queue + CHANNEL_SUFFIX)
+            self.pubsub.subscribe(keys.channel(queue))
         state.consumers.append(consumer)
         self.trigger(queue)
 
@@ -138,7 +138,7 @@ class Delivery(service.Service):
         state.consumers.remove(consumer)
         if not state.consumers:
             del self.queues[queue]
-            self.pubsub.unsubscribe(queue + CHANNEL_SUFFIX)
+            self.pubsub.unsubscribe(keys.channel(queue))
 
     def _send(self, queue: str, consumer: Consumer, batch: list[tuple[str, str]]) -> bool | None:
         """Write `batch` to one consumer: True when written, False when it had gone (nothing
@@ -192,7 +192,7 @@ class Delivery(service.Service):
             state = self.queues.get(queue)
             if state is None or self.stopping:
                 return
-            if queue + CHANNEL_SUFFIX not in self.pubsub.confirmed:
+            if keys.channel(queue) not in self.pubsub.confirmed:
                 return  # resumed by the subscription's confirmation or the sweep
             if state.policy == "roundrobin" and not state.any_ready():
                 return  # resumed by a consumer whose output drains, or the sweep

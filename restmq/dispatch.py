@@ -10,6 +10,7 @@ import re
 from typing import Any
 
 from restmq import core as corelib
+from restmq.names import check_name
 from restmq.errors import BadRequest, EmptyQueue, InvalidName
 
 FIELDS = {
@@ -55,7 +56,7 @@ def field_error(obj: dict[str, Any], fields: tuple[str, ...]) -> str | None:
             return f"invalid argument: {name}"
         if name == "queue":
             try:
-                corelib.check_name(value)
+                check_name(value)
             except InvalidName:
                 return "invalid queue name"
         if name == "key" and not re.fullmatch(re.escape(obj["queue"]) + r":[0-9]+", value,

@@ -9,10 +9,11 @@ import socket
 import sys
 from typing import Any
 
-from restmq.core import (DEAD_STEP, MORE, POLICY_NAMES, STATS_PAGE, is_safe_name, is_valid_name,
-                         policy_name, scan_pattern)
 from restmq.acl import judge_record
-from restmq.lua import Script, load_script
+from restmq.core import DEAD_STEP, MORE, POLICY_NAMES, STATS_PAGE, policy_name
+from restmq.names import is_safe_name, is_valid_name, scan_pattern
+from restmq.redis import keys
+from restmq.redis.scripts import Script, load_script
 
 ACTIONS = [  # (short, long, help) in the order they run
     ("-p", "--producer", "add --value to --queue (wakes live consumers)"),
@@ -129,7 +130,7 @@ class Engine:
         print(line, file=self.out)
 
     def policy(self) -> str:
-        return policy_name(self.redis("GET", f"{self.q}:queuepolicy"))
+        return policy_name(self.redis("GET", keys.policy(self.q)))
 
     def message(self, reply: list | None, with_count: bool = False) -> None:
         if not reply:
@@ -171,41 +172,41 @@ class Engine:
         self.say(f"policy: {self.policy()}")
 
     def set_policy(self):
-        self.redis("SET", f"{self.q}:queuepolicy", POLICY_NAMES[self.o.policy])
+        self.redis("SET", keys.policy(self.q), POLICY_NAMES[self.o.policy])
         self.say("resp: OK")
 
     def get_delete(self):
         self.message(self.redis.run_steps(load_script("take"), self.q, DEAD_STEP, ""))
 
     def tail_multiget(self):
-        keys = list(reversed(self.redis("LRANGE", f"{self.q}:queue", -10, -1) or []))
-        values = self.redis("MGET", *keys) if keys else []
-        for key, value in zip(keys, values):
+        newest = list(reversed(self.redis("LRANGE", keys.pending(self.q), -10, -1) or []))
+        values = self.redis("MGET", *newest) if newest else []
+        for key, value in zip(newest, values):
             if value is not None:
                 self.say(f"{key}: {value}")
 
     def count_objects(self):
         seen, cursor = set(), "0"
         while True:
-            cursor, keys = self.redis("SCAN", cursor, "MATCH", scan_pattern(self.q),
-                                      "COUNT", 1000)
-            seen.update(keys)
+            cursor, found = self.redis("SCAN", cursor, "MATCH", scan_pattern(self.q),
+                                       "COUNT", 1000)
+            seen.update(found)
             if cursor == "0":
                 break
         self.say(f"objects: {len(seen)}")
 
     def list_last_items(self):
-        for key in self.redis("LRANGE", f"{self.q}:queue", 0, 9) or []:
+        for key in self.redis("LRANGE", keys.pending(self.q), 0, 9) or []:
             self.say(key)
 
     def authorize(self):
-        verdict = judge_record(self.redis("GET", f"AUTHKEY:{self.o.authkey}"), self.q)
+        verdict = judge_record(self.redis("GET", keys.authkey(self.o.authkey)), self.q)
         self.say("invalid record" if verdict == "invalid" else verdict)
 
     def create_auth(self):
         privs = [p for p in self.o.privs.split(",") if p]
         record = json.dumps({"queues": [self.q], "privs": privs})
-        self.redis("SET", f"AUTHKEY:{self.o.authkey}", record)
+        self.redis("SET", keys.authkey(self.o.authkey), record)
         self.say("OK")
 
 
@@ -225,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
                       options.redis_password, options.redis_db)
         # As the server: a name that breaks the rule for new names is accepted only when the
         # queue exists (the original RestMQ allowed `my queue`).
-        if not is_valid_name(options.queue) and not redis("SISMEMBER", "QUEUESET",
+        if not is_valid_name(options.queue) and not redis("SISMEMBER", keys.QUEUESET,
                                                           options.queue):
             p.error(f"invalid queue name: {options.queue!r}")
         engine = Engine(redis, options)

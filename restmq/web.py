@@ -24,7 +24,7 @@ from restmq import acl, collectd, core as corelib, dispatch, streams, xmlrpc
 from restmq import _cyclone_py3 as compat
 from restmq._cyclone_py3 import Application, ChunkedTransferEncoding, CoroutineHandlerMixin
 from restmq.jsontext import json_text
-from restmq.errors import (BadRequest, BodyTooLarge, InvalidArgument, InvalidName,
+from restmq.errors import (BadRequest, BodyTooLarge, EmptyQueue, InvalidArgument, InvalidName,
                            MethodNotAllowed, MissingArgument, NotFound, RestMQError, Unauthorized)
 
 HTML = "text/html; charset=UTF-8"
@@ -411,7 +411,7 @@ class QueueHandler(BaseHandler):
         await self.grant(name)
         try:
             message = await self.ctx.core.hard_get(name)
-        except corelib.EmptyQueue:
+        except EmptyQueue:
             return self.no_content()
         self.reply(message_json(message), callback=callback)
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from restmq import core as corelib
+from restmq.names import check_name
 from restmq.errors import BadRequest, EmptyQueue, InvalidName
 
 MALFORMED = "malformed XML-RPC request"
@@ -117,7 +118,7 @@ def check_params(method_name: str, params: tuple) -> None:
         raise Fault(400, "invalid arguments")
     if params:
         try:
-            corelib.check_name(params[0])
+            check_name(params[0])
         except InvalidName:
             raise Fault(400, "invalid queue name") from None
     if method_name == "policy_set" and params[1] not in corelib.POLICY_NAMES:

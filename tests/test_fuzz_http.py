@@ -24,7 +24,7 @@ import hypothesis  # noqa: E402,F401 - installed by make test
 
 from hypothesis import HealthCheck, Phase, given, settings, strategies as st  # noqa: E402
 
-from restmq import core  # noqa: E402
+from restmq import names as core  # noqa: E402
 
 SCALE = float(os.environ.get("RESTMQ_FUZZ_SCALE", "1"))
 TIMEOUT = 3.0

@@ -15,7 +15,7 @@ from twisted.internet.task import deferLater
 
 from restmq.core import Core
 from restmq.errors import RedisFailure, RedisUnavailable
-from restmq.lua import Script, load_script
+from restmq.redis.scripts import Script, load_script
 from restmq.redis import RedisService
 from tests.conftest import RedisProcess
 

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from restmq import acl, core, dispatch
+from restmq import acl, dispatch, names as core
 from restmq.errors import BadRequest, InvalidArgument, Unauthorized
 from restmq.web import CALLBACK, json_text, parse_urlencoded
 

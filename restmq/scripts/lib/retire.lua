@@ -1,4 +1,4 @@
--- Shared prelude (prepended to the scripts that retire keys, see core.py).
+-- Shared prelude (prepended to the scripts that retire keys, see restmq/redis/scripts.py).
 -- Retire(k): keep a consumed value readable for the retention period.
 -- A retention of 0 deletes at once; a shorter remaining ttl is kept.
 local function retire(k, retention)

@@ -16,10 +16,10 @@ class Script:
 
 
 def load_script(name: str) -> Script:
-    """Read `restmq/scripts/<name>.lua` with the shared preludes it uses."""
+    """Read `restmq/scripts/<name>.lua` with the shared preludes of scripts/lib/ it uses."""
     folder = resources.files("restmq") / "scripts"
     source = (folder / f"{name}.lua").read_text("utf-8")
-    for prelude, use in (("_retire", "retire("), ("_deadline", "expired(")):
+    for prelude, use in (("retire", "retire("), ("deadline", "expired(")):
         if use in source:
-            source = (folder / f"{prelude}.lua").read_text("utf-8") + source
+            source = (folder / "lib" / f"{prelude}.lua").read_text("utf-8") + source
     return Script(name, source)

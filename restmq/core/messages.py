@@ -1,0 +1,200 @@
+"""The Core class and its message operations: add, the gets, delete, purge, the live
+delivery's batch pop and put-back. Every method returns a Deferred, no HTTP in sight.
+
+Key names follow the original RestMQ layout (PROTOCOL.md §8.1); multi-step operations are the Lua
+scripts in restmq/scripts, each one atomic round trip.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from restmq.core.policy import PolicyMixin
+from restmq.core.stats import StatsMixin
+from restmq.core.steps import DEAD_STEP, PURGE_STEP, StepsMixin
+from restmq.errors import EmptyQueue, InvalidName, RedisUnavailable, RestMQError
+from restmq.names import RegisteredName, check_name, is_safe_name, is_valid_name
+from restmq.redis import keys, load_script, text
+
+BATCH_COUNT = 10
+BATCH_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Message:
+    key: str
+    value: str
+    count: int = 0
+
+
+class Core(PolicyMixin, StatsMixin, StepsMixin):
+    """The queue operations of PROTOCOL.md §8 on one Redis database: the message operations
+    here, policy and status in restmq.core.policy, the queue list and stats in
+    restmq.core.stats, the running of scripts in steps in restmq.core.steps.
+
+    `redis` is a restmq.redis.RedisService (or anything with `execute`, `run_script`, `db`).
+    Every method fails with RedisUnavailable or RedisFailure when Redis does, and with
+    InvalidName for a name that is neither valid nor admitted (see `admit`).
+    """
+
+    log = Logger()
+
+    def __init__(self, redis: Any, consumed_ttl: int = 3600, clock: Any = None):
+        if clock is None:
+            clock = getattr(redis, "reactor", None)
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.redis = redis
+        self.consumed_ttl = consumed_ttl
+        self.clock = clock
+        self.scripts = {name: load_script(name) for name in (
+            "add", "add_once", "hard_get", "soft_get", "take", "del", "purge", "pop_batch",
+            "set", "stats", "retire_range", "requeue")}
+
+    def admit(self, name: str) -> defer.Deferred:
+        """Fires with `name` when it is valid; when it breaks only the rule for new names, asks
+        QUEUESET (one read, with the command deadline) and fires with a RegisteredName if the
+        queue exists. Fails with InvalidName, or RedisUnavailable / RedisFailure."""
+        if is_valid_name(name):
+            return defer.succeed(name)
+        if not is_safe_name(name):
+            return defer.fail(InvalidName())
+
+        def decide(member):
+            if int(member) != 1:
+                raise InvalidName()
+            return RegisteredName(name)
+
+        return self.redis.execute("SISMEMBER", keys.QUEUESET, name).addCallback(decide)
+
+    def add(self, queue: str, value: str, ttl: int | None = None) -> defer.Deferred:
+        """ADD: fires with the new key `<q>:<n>`; live consumers are woken by the script."""
+        check_name(queue)
+        return self._write("add", queue, value, "" if ttl is None else ttl, self.redis.db)
+
+    def add_once(self, queue: str, value: str, window: int = 1000) -> defer.Deferred:
+        """ADD for a retry after an unknown outcome: when one of the `window` newest pending
+        messages already holds `value` (the first try did run), fires with its key instead."""
+        check_name(queue)
+        return self._write("add_once", queue, value, self.redis.db, window)
+
+    def hard_get(self, queue: str) -> defer.Deferred:
+        """HARD_GET: fires with the oldest Message (retained for consumed_ttl); EmptyQueue."""
+        check_name(queue)
+        return self._stepped("hard_get", queue, self.consumed_ttl, DEAD_STEP).addCallback(_message)
+
+    def soft_get(self, queue: str) -> defer.Deferred:
+        """SOFT_GET: fires with the oldest Message and its read count, leaving it queued."""
+        check_name(queue)
+        return self._stepped("soft_get", queue, DEAD_STEP).addCallback(_message)
+
+    def take(self, queue: str) -> defer.Deferred:
+        """TAKE: fires with the oldest Message, deleted from Redis; EmptyQueue."""
+        check_name(queue)
+        return self._stepped("take", queue, DEAD_STEP).addCallback(_message)
+
+    def delete(self, queue: str, key: str) -> defer.Deferred:
+        """DEL: fires with True when the value key existed."""
+        check_name(queue)
+        return self._write("del", queue, key).addCallback(lambda n: int(n) >= 1)
+
+    def purge(self, queue: str) -> defer.Deferred:
+        """PURGE: fires with 1 if a pending list existed, else 0; live consumers are ended.
+        The purge itself is one script; the values of a long list are retired after it in
+        steps, waited for until a second before the command timeout, then left to finish on
+        their own."""
+        check_name(queue)
+        return defer.ensureDeferred(self._purge(queue))
+
+    async def _purge(self, queue: str) -> int:
+        # The reply waits for retiring at most until a second before the timeout: the purge
+        # itself is done by then, and a client waiting 5 s must not see a timeout for it.
+        give_up = self.clock.seconds() + self.redis.timeout - 1.0
+        reply = await self._write("purge", queue, self.consumed_ttl, self.redis.db, PURGE_STEP)
+        if len(reply) == 3:
+            retiring = defer.ensureDeferred(self._retire_range(queue, int(reply[1]),
+                                                               int(reply[2])))
+            try:
+                await self._bounded(retiring, give_up)
+            except RedisUnavailable:
+                pass  # the purge is done; retiring goes on after the reply
+        return int(reply[0])
+
+    async def _retire_range(self, queue: str, first: int, last: int) -> None:
+        """Retire <queue>:first..last in steps of PURGE_STEP; never fails, but logs the keys
+        it could not retire (they stay in Redis without an expiry)."""
+        for start in range(first, last + 1, PURGE_STEP):
+            end = min(last, start + PURGE_STEP - 1)
+            try:
+                await self._write("retire_range", queue, start, end, self.consumed_ttl)
+            except RestMQError as e:
+                self.log.warn("purge of {queue}: values {queue}:{start} to {queue}:{last} not "
+                              "retired ({error}); they stay in Redis without expiry",
+                              queue=queue, start=start, last=last, error=e.detail or e.reason)
+                return
+
+    def pop_batch(self, queue: str) -> defer.Deferred:
+        """POP_BATCH: fires with (policy name, [Message...]); empty when stopped or empty.
+        Only the key-layout rule applies: delivery pops for queues a consumer was admitted to,
+        and knows them again by their pub/sub channel, as plain text. Dead entries are removed
+        in steps; messages popped by earlier steps are returned even when a later step fails
+        (they are no longer in Redis's list)."""
+        if not is_safe_name(queue):
+            raise InvalidName()
+        return defer.ensureDeferred(self._pop_batch(queue))
+
+    async def _pop_batch(self, queue: str) -> tuple[str | None, list[Message]]:
+        deadline = self.redis.deadline()
+        give_up = self.clock.seconds() + self.redis.timeout
+        policy, messages, size = None, [], 0
+        while True:
+            d = self._run("pop_batch", queue, self.redis.db, BATCH_COUNT - len(messages),
+                          BATCH_BYTES - size, DEAD_STEP, deadline)
+            if not messages:
+                reply = await d
+            else:
+                try:
+                    reply = await self._bounded(d, give_up)
+                except RestMQError as e:
+                    self.log.info("pop of {queue} stopped early: {error}", queue=queue,
+                                  error=e.detail or e.reason)
+                    return policy, messages
+            if not reply:
+                return policy, messages
+            reply = text(reply)
+            policy, more, pairs = reply[0], reply[1], reply[2:]
+            for i in range(0, len(pairs), 2):
+                messages.append(Message(pairs[i], pairs[i + 1]))
+                size += len(pairs[i + 1].encode("utf-8"))
+            if not more or len(messages) >= BATCH_COUNT or size >= BATCH_BYTES or \
+                    self.redis.expired(deadline):
+                return policy, messages
+
+    def requeue(self, queue: str, messages: list[Message]) -> defer.Deferred:
+        """Put popped messages (oldest first) back at the tail of the pending list, so that
+        they are taken next, in order; fires with how many. Without their former ttl."""
+        check_name(queue)
+        pairs = [part for m in messages for part in (m.key, m.value)]
+        return self.redis.run_script(self.scripts["requeue"], queue, self.redis.db,
+                                     self._deadline(), *pairs).addCallback(int)
+
+    def ping(self) -> defer.Deferred:
+        """Fires when Redis answers; fails with RedisUnavailable otherwise."""
+        return self.redis.execute("PING")
+
+    @defer.inlineCallbacks
+    def authkey(self, key: str):
+        """Fires with the raw AUTHKEY record text, or None."""
+        record = yield self.redis.execute("GET", keys.authkey(key))
+        return text(record)
+
+
+def _message(reply) -> Message:
+    if not reply:
+        raise EmptyQueue()
+    reply = text(reply)
+    count = int(reply[2]) if len(reply) > 2 else 0
+    return Message(reply[0], reply[1], count)
