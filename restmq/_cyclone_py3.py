@@ -540,11 +540,3 @@ def _unmask(data: bytes, mask: bytes) -> bytes:
     size = len(data)
     key = (mask * (size // 4 + 1))[:size]
     return (int.from_bytes(data, "big") ^ int.from_bytes(key, "big")).to_bytes(size, "big")
-
-
-def unsent_bytes(transport) -> int:
-    """Bytes written to a TCP transport but not yet sent (Twisted keeps them in two buffers)."""
-    transport = getattr(transport, "transport", transport) if not hasattr(
-        transport, "dataBuffer") else transport
-    buffered = len(getattr(transport, "dataBuffer", b"")) - getattr(transport, "offset", 0)
-    return buffered + getattr(transport, "_tempDataLen", 0)

@@ -272,7 +272,7 @@ def makeSyslogdService(options: SyslogdOptions) -> service.IService:
     from twisted.internet import reactor
 
     from restmq.core import Core
-    from restmq.syslogd import SyslogFactory
+    from restmq.frontends.syslogd import SyslogFactory
 
     top = service.MultiService()
     redis = redis_service(options)

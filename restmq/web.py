@@ -20,9 +20,11 @@ from twisted.internet import task
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from restmq import acl, collectd, core as corelib, dispatch, streams, xmlrpc
+from restmq import acl, core as corelib
 from restmq import _cyclone_py3 as compat
 from restmq._cyclone_py3 import Application, ChunkedTransferEncoding, CoroutineHandlerMixin
+from restmq.delivery import streams
+from restmq.frontends import collectd, jsoncmd, xmlrpc
 from restmq.jsontext import json_text
 from restmq.errors import (BadRequest, BodyTooLarge, EmptyQueue, InvalidArgument, InvalidName,
                            MethodNotAllowed, MissingArgument, NotFound, RestMQError, Unauthorized)
@@ -591,7 +593,7 @@ class JsonProtocolHandler(BaseHandler):
         command = self.arg("msg") or self.arg("body")
         if command is None:
             raise MissingArgument("body")
-        outcome = await dispatch.run(self.ctx.core, command, authorize=self.grant)
+        outcome = await jsoncmd.run(self.ctx.core, command, authorize=self.grant)
         ctype = HTML if outcome.get("error") == "null resultset" else JSON
         self.reply(json_text(outcome), ctype=ctype, crlf=False)
 
@@ -726,7 +728,7 @@ class LiveHandler(BaseHandler):
         self.request.connection.transport.abortConnection()
 
     def too_far_behind(self) -> bool:
-        if compat.unsent_bytes(self.request.connection.transport) > MAX_UNSENT:
+        if streams.unsent_bytes(self.request.connection.transport) > MAX_UNSENT:
             self.cut("is more than 16 MiB behind")
             return True
         return False

@@ -13,7 +13,7 @@ from twisted.logger import Logger
 from restmq.core import Core, Message
 from restmq.delivery import Delivery
 from restmq.errors import RedisUnavailable
-from restmq.streams import StallWatch
+from restmq.delivery.streams import StallWatch
 from tests.resp import RedisClient
 
 

@@ -25,7 +25,8 @@ import hypothesis  # noqa: E402,F401 - installed by make test
 from hypothesis import (HealthCheck, assume, example, given, settings,  # noqa: E402
                         strategies as st)
 
-from restmq import collectd, dispatch, names as core, syslogd, xmlrpc as rpc  # noqa: E402
+from restmq import names as core  # noqa: E402
+from restmq.frontends import collectd, jsoncmd as dispatch, syslogd, xmlrpc as rpc  # noqa: E402
 from restmq.errors import BadRequest  # noqa: E402
 
 SCALE = float(os.environ.get("RESTMQ_FUZZ_SCALE", "1"))

@@ -108,7 +108,7 @@ def test_an_xmlrpc_call_with_a_huge_int_is_a_400(H, redis):
 
 
 def test_a_syslog_octet_count_of_thousands_of_digits_is_an_ordinary_line():
-    from restmq.syslogd import Framer
+    from restmq.frontends.syslogd import Framer
     messages, discarded = [], []
     framer = Framer(16384, messages.append, discarded.append)
     framer.feed(HUGE.encode() + b" <13>hello\n12 <13>counted\n")

@@ -5,7 +5,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from restmq import acl, dispatch, names as core
+from restmq import acl, names as core
+from restmq.frontends import jsoncmd as dispatch
 from restmq.errors import BadRequest, InvalidArgument, Unauthorized
 from restmq.web import CALLBACK, json_text, parse_urlencoded
 

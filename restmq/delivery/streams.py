@@ -10,8 +10,6 @@ from typing import Any, Callable
 
 from twisted.internet.abstract import FileDescriptor
 
-from restmq._cyclone_py3 import unsent_bytes
-
 STREAM_BUFFER = 256 * 1024  # unsent bytes past which a stream's producer is paused
 NOTSENT_LOWAT = 64 * 1024  # unsent bytes a stream's kernel queue may hold
 
@@ -23,6 +21,14 @@ def _tcp_of(transport):
             return transport
         transport = getattr(transport, "transport", None)
     return None
+
+
+def unsent_bytes(transport) -> int:
+    """Bytes written to a TCP transport but not yet sent (Twisted keeps them in two buffers)."""
+    transport = getattr(transport, "transport", transport) if not hasattr(
+        transport, "dataBuffer") else transport
+    buffered = len(getattr(transport, "dataBuffer", b"")) - getattr(transport, "offset", 0)
+    return buffered + getattr(transport, "_tempDataLen", 0)
 
 
 def unacked_bytes(transport) -> int:
