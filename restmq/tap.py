@@ -189,7 +189,7 @@ def makeService(options: Options, collectd_frontend: bool = False) -> service.IS
     from restmq.core import Core
     from restmq.delivery import Delivery
     from restmq.redis import PubSubService
-    from restmq.web import AccessLog, Context, load_static, make_application
+    from restmq.http import AccessLog, Context, load_static, make_application
 
     top = _StopInOrder()
     redis = redis_service(options)

@@ -96,7 +96,7 @@ def route_table() -> dict[str, dict]:
 # -- the code ------------------------------------------------------------------------------------
 
 def app_routes():
-    from restmq.web import Context, routes
+    from restmq.http import Context, routes
     return [(spec[0], spec[1]) for spec in routes(Context(core=None), collectd_frontend=True)]
 
 
@@ -134,7 +134,7 @@ def test_route_table_rows_are_in_openapi_unless_the_collectd_plugin_serves_them(
 
 
 def test_route_table_matches_the_handlers_methods_and_acl_sections():
-    from restmq.web import NotFoundHandler
+    from restmq.http.pages import NotFoundHandler
     reached = set()
     for path, row in route_table().items():
         pattern, handler = handler_for(example(path))

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from restmq import _cyclone_py3 as compat
+from restmq.http import connection as compat
 from tests.http_client import get
 
 

@@ -8,7 +8,8 @@ import pytest
 from restmq import acl, names as core
 from restmq.frontends import jsoncmd as dispatch
 from restmq.errors import BadRequest, InvalidArgument, Unauthorized
-from restmq.web import CALLBACK, json_text, parse_urlencoded
+from restmq.http.args import CALLBACK, parse_urlencoded
+from restmq.jsontext import json_text
 
 
 @pytest.mark.parametrize("name", ["test", "a/b", "syslogd:::1", "syslogd:127.0.0.1", "ü€😀",

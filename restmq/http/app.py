@@ -1,0 +1,63 @@
+"""The cyclone Application: every route and its handler, in the order they are matched, and
+the packaged static files the pages serve.
+"""
+from __future__ import annotations
+
+from importlib import resources
+from typing import Any
+
+from restmq.http.accesslog import AccessLog
+from restmq.http.base import Context
+from restmq.http.commands import JsonProtocolHandler, XmlRpcHandler
+from restmq.http.compat import Application, ChunkedTransferEncoding
+from restmq.http.live import CometHandler, SSEHandler, WebSocketHandler
+from restmq.http.pages import JobsHandler, NotFoundHandler, StaticHandler
+from restmq.http.queues import (CollectdHandler, ControlHandler, PolicyHandler, QueueHandler,
+                                RootHandler, StatsHandler)
+
+
+def load_static() -> dict[str, bytes]:
+    """Every file under the packaged static/ directory, by relative path."""
+    files: dict[str, bytes] = {}
+
+    def walk(folder, prefix):
+        for entry in folder.iterdir():
+            if entry.is_dir():
+                walk(entry, f"{prefix}{entry.name}/")
+            elif entry.is_file():
+                files[prefix + entry.name] = entry.read_bytes()
+
+    walk(resources.files("restmq") / "static", "")
+    return files
+
+
+def routes(ctx: Context, collectd_frontend: bool = False) -> list:
+    kw = {"ctx": ctx}
+    frontend = [(r"/collectd/.*", CollectdHandler, kw)] if collectd_frontend else []
+    return frontend + [
+        (r"/", RootHandler, kw),
+        (r"/q/.*", QueueHandler, kw),
+        (r"/c/.*", CometHandler, kw),
+        (r"/ws/.*", WebSocketHandler, kw),
+        (r"/sse/.*", SSEHandler, kw),
+        (r"/p/.*", PolicyHandler, kw),
+        (r"/control/.*", ControlHandler, kw),
+        (r"/stats/.*", StatsHandler, kw),
+        (r"/j/.*", JobsHandler, kw),
+        (r"/queue", JsonProtocolHandler, kw),
+        (r"/xmlrpc", XmlRpcHandler, kw),
+        (r"/static/.*", StaticHandler, kw),
+        (r"/(?:favicon\.ico|robots\.txt)", StaticHandler, kw),
+        (r".*", NotFoundHandler, kw),
+    ]
+
+
+def make_application(ctx: Context, max_body: int = 1024 * 1024,
+                     access_log: AccessLog | None = None,
+                     collectd_frontend: bool = False) -> Application:
+    """The Application; `access_log` None means no access log at all."""
+    settings: dict[str, Any] = {"max_body": max_body,
+                                "log_function": access_log or (lambda handler: None)}
+    app = Application(routes(ctx, collectd_frontend), **settings)
+    app.transforms = [ChunkedTransferEncoding]
+    return app

@@ -1,0 +1,184 @@
+"""The base of every handler: the method check, the body limit, authorization, the replies,
+and the one place where domain exceptions become `{"error": reason}` replies.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import cyclone.web
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from restmq import acl
+from restmq.core import Core
+from restmq.errors import (BadRequest, BodyTooLarge, MethodNotAllowed, NotFound, RestMQError,
+                           Unauthorized)
+from restmq.http.accesslog import http_date, loggable_uri
+from restmq.http.args import ArgumentsMixin
+from restmq.http.compat import CoroutineHandlerMixin
+from restmq.jsontext import json_text
+
+HTML = "text/html; charset=UTF-8"
+JSON = "application/json"
+
+
+class _AnyMethod:
+    """Lets every method reach `prepare`, so routing (404) is decided before the method (405)."""
+
+    def __contains__(self, method: str) -> bool:
+        return True
+
+
+@dataclass
+class Context:
+    """What every handler needs: the core and the settings of this process."""
+
+    core: Core
+    acl: Any = None
+    delivery: Any = None
+    redis_description: str = ""
+    static: dict[str, bytes] = field(default_factory=dict)
+
+
+class BaseHandler(ArgumentsMixin, CoroutineHandlerMixin, cyclone.web.RequestHandler):
+    """Method check, body limit, ACL, argument parsing (ArgumentsMixin) and error replies for
+    every route.
+
+    Subclasses list `methods`, the ACL category per method in `sections`, the route `prefix`
+    (for the queue name in the path) and the methods whose replies take JSONP.
+    """
+
+    SUPPORTED_METHODS = _AnyMethod()
+    methods: tuple[str, ...] = ()
+    sections: dict[str, str] = {}
+    prefix = ""
+    jsonp_methods: tuple[str, ...] = ()
+    api = True
+    raw_body = False  # the POST body is the payload (XML-RPC, collectd), never arguments
+    log = Logger()
+
+    def initialize(self, ctx: Context):
+        self.ctx = ctx
+        self._args: dict[str, str] | None = None
+
+    def clear(self):
+        # cyclone's clear() formats the date with strftime on every call (twice a request).
+        self._headers = {"Server": "RestMQ", "Content-Type": HTML, "Date": http_date()}
+        if self.api:
+            self._headers["Cache-Control"] = "no-store"
+            self._headers["Content-Security-Policy"] = "default-src 'none'; sandbox"
+            self._headers["X-Content-Type-Options"] = "nosniff"
+        self._list_headers = []
+        if not self.request.supports_http_1_1() and \
+                self.request.headers.get("Connection") == "Keep-Alive":
+            self._headers["Connection"] = "Keep-Alive"
+        self._write_buffer = []
+        self._status_code = 200
+        self._reason = "OK"
+
+    def compute_etag(self):
+        return None
+
+    def _generate_headers(self):
+        if self._status_code == 204:  # cyclone would add "Content-Length: 0" (RFC 9110 §8.6)
+            self._headers.pop("Content-Length", None)
+        return super()._generate_headers()
+
+    def prepare(self):
+        method = self.request.method
+        if method not in self.methods:
+            raise MethodNotAllowed()
+        if self.request.body_too_large:
+            raise BodyTooLarge()
+        self.authkey = self._presented_key()
+        section = self.sections.get(method)
+        if section and self.authkey is None and self.ctx.acl is not None:
+            self.ctx.acl.check(section, self.request)
+
+    def _presented_key(self) -> str | None:
+        """`X-Auth-Key`, else the `authkey` argument (§9.5); empty means none. Undecodable
+        arguments are reported later, at the validation step."""
+        key = self.request.headers.get("X-Auth-Key", "")
+        if key:
+            return key
+        try:
+            return self.arg("authkey")
+        except BadRequest:
+            return None
+
+    async def grant(self, queue: str | None) -> None:
+        """With an auth key presented, judge it against its record for `queue` (None: the
+        request addresses every queue); without one the ACL file already decided."""
+        if self.authkey is None:
+            return
+        record = await self.ctx.core.authkey(self.authkey)
+        if acl.judge_record(record, queue) != "authorized":
+            raise Unauthorized()
+
+    async def queue_name(self) -> str:
+        """The path's queue name, valid or already registered (Core.admit)."""
+        return await self.ctx.core.admit(self.path_queue())
+
+    # -- replies -----------------------------------------------------------------------------
+
+    def reply(self, body: str, ctype: str = HTML, crlf: bool = True, callback: str | None = None,
+              semicolon: bool = True) -> None:
+        """Write `body` (JSON or text already rendered), JSONP-wrapped when `callback` is set."""
+        if callback:
+            body = f"{callback}({body}){';' if semicolon else ''}"
+            # A JSONP reply is loaded as a <script>: with nosniff a browser refuses to run it
+            # under the route's JSON or HTML type, which the spec keeps (§1.4).
+            self.clear_header("X-Content-Type-Options")
+        self.set_header("Content-Type", ctype)
+        self.finish(body + "\r\n" if crlf else body)
+
+    def reply_key(self, key: str, callback: str | None) -> None:
+        if callback:
+            self.reply(json_text(key), callback=callback)
+        else:
+            self.reply(key)
+
+    def redirect_to(self, location: str) -> None:
+        self.set_status(302)
+        self.set_header("Location", location)
+        self.finish()
+
+    def no_content(self) -> None:
+        self.set_status(204)
+        self.clear_header("Content-Type")
+        self.finish()
+
+    def _handle_request_exception(self, e):
+        value = getattr(e, "value", e)
+        if isinstance(value, cyclone.web.HTTPError):
+            value = NotFound() if value.status_code == 404 else MethodNotAllowed()
+        if not isinstance(value, RestMQError):
+            # cyclone hands over a Failure, or a bare exception from prepare(): log.failure
+            # needs a Failure (outside an except block it would raise, and the request hang).
+            self.log.failure("internal error in {method} {uri}",
+                             failure=e if isinstance(e, Failure) else Failure(value),
+                             method=self.request.method, uri=loggable_uri(self.request.uri))
+            value = RestMQError()
+        if getattr(value, "detail", None):
+            self.log.warn("{reason} ({detail}) in {method} {uri}", reason=value.reason,
+                          detail=value.detail, method=self.request.method,
+                          uri=loggable_uri(self.request.uri))
+        self.send_error_reply(value)
+
+    def send_error_reply(self, error: RestMQError) -> None:
+        if self._headers_written:
+            if not self._finished:
+                self.finish()
+            return
+        self.clear()
+        self.set_status(error.status)
+        self.set_header("Content-Type", JSON)
+        if isinstance(error, MethodNotAllowed):
+            self.set_header("Allow", ", ".join(self.methods))
+        for name, value in error.headers.items():
+            self.set_header(name, value)
+        if getattr(error, "challenge", False):
+            self.set_header("WWW-Authenticate", 'Basic realm="RestMQ Restricted Access"')
+        if not self._finished:
+            self.finish(json_text({"error": error.reason}))

@@ -1,0 +1,278 @@
+"""The live consumers' routes: comet `/c/<q>`, Server-Sent Events `/sse/<q>` and WebSocket
+`/ws/<q>`, their stream bytes, and the one close path they share; delivery feeds them.
+"""
+from __future__ import annotations
+
+from twisted.internet import task
+
+from restmq.delivery import streams
+from restmq.errors import BadRequest, RestMQError
+from restmq.http import websocket
+from restmq.http.accesslog import loggable_uri
+from restmq.http.base import BaseHandler
+
+MAX_UNSENT = 16 * 1024 * 1024  # a live consumer further behind than this is disconnected
+SSE_KEEPALIVE = 15.0
+
+
+class LiveHandler(BaseHandler):
+    """Shared by the comet, WebSocket and SSE consumers: checks before the stream starts
+    (name, ACL, Redis), registration with delivery, and one idempotent close path.
+
+    A live handler is the streaming producer of its connection: Twisted pauses it when the
+    connection's output backs up and resumes it once drained; a paused consumer gets no
+    roundrobin message. Its StallWatch cuts it when the peer stops reading."""
+
+    methods = ("GET",)
+    queue: str | None = None
+    done = False
+    paused = False
+    _producing = False  # registered as the connection's producer
+    stall: streams.StallWatch | None = None
+
+    async def start_live(self) -> str | None:
+        """Validate the request and check Redis; returns the queue name, or None when the
+        client left meanwhile. The caller starts its stream and then calls `join`."""
+        name = await self.queue_name()
+        self.jsonp = self.callback()
+        await self.grant(name)
+        await self.ctx.core.ping()
+        connection = self.request.connection
+        if self.done or not _open(connection.transport):
+            # Gone while we waited for Redis: registering it would hand messages to nobody,
+            # and there is nobody to answer either.
+            return self._abandon()
+        if getattr(connection, "live_stream", None) is not None:
+            # Pipelined behind a stream that never ends: its answer could never come.
+            self.log.info("request pipelined behind a live stream left unanswered: {uri}",
+                          uri=loggable_uri(self.request.uri))
+            return self._abandon()
+        return name
+
+    def _abandon(self) -> None:
+        self.done = True
+        self._auto_finish = False
+
+    @property
+    def ready(self) -> bool:
+        return not self.done and not self.paused
+
+    def join(self, name: str) -> None:
+        self._auto_finish = False
+        self.queue = name
+        self.request.connection.live_stream = self
+        transport = self.request.connection.transport
+        self._producing = True
+        transport.registerProducer(self, True)
+        delivery = self.ctx.delivery
+        streams.tune_stream(transport, delivery.stall_timeout)
+        self.stall = streams.StallWatch(transport, delivery.clock, delivery.stall_timeout,
+                                        self._stalled)
+        delivery.register(name, self)
+
+    def leave(self) -> None:
+        """The one close path: on close, purge, error or cut; safe to call again."""
+        self.done = True
+        if self.queue is not None:
+            self.ctx.delivery.unregister(self.queue, self)
+        connection = self.request.connection
+        if getattr(connection, "live_stream", None) is self:
+            connection.live_stream = None  # a keep-alive connection may serve another request
+        if self._producing:
+            # A producer left registered would keep a closing connection open forever.
+            self._producing = False
+            connection.transport.unregisterProducer()
+
+    def on_connection_close(self, reason: str | None = None):
+        if reason and "timed out" in reason and not self.done:
+            self.log.warn("live consumer of {queue} lost: {reason}", queue=self.queue,
+                          reason=reason)  # the kernel gave up on its peer
+        self.leave()
+        if self.stall is not None and not _open(self.request.connection.transport):
+            self.stall.stop()
+
+    def cut(self, why: str) -> None:
+        self.log.warn("live consumer of {queue} {why}: disconnected", queue=self.queue, why=why)
+        self.leave()
+        if self.stall is not None:
+            self.stall.stop()
+        self.request.connection.transport.abortConnection()
+
+    def too_far_behind(self) -> bool:
+        if streams.unsent_bytes(self.request.connection.transport) > MAX_UNSENT:
+            self.cut("is more than 16 MiB behind")
+            return True
+        return False
+
+    # -- IPushProducer: Twisted tells us when the connection's output backs up ------------------
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        if not self.done:
+            self.ctx.delivery.trigger(self.queue)
+
+    def stopProducing(self) -> None:
+        self._producing = False  # the transport forgets us itself
+
+    def _stalled(self) -> None:
+        self.cut(f"read nothing for {self.ctx.delivery.stall_timeout:g} s")
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def start_stream(self, content_type: str) -> None:
+        """Send the status line and headers now (chunked on HTTP/1.1)."""
+        self.set_header("Content-Type", content_type)
+        if not self.request.supports_http_1_1():
+            # The body ends with the connection: keep-alive would leave the client waiting.
+            self.clear_header("Connection")
+            self.request.connection.no_keep_alive = True
+        self.flush()
+        self._chunked = self._headers.get("Transfer-Encoding") == "chunked"
+
+    def write_raw(self, data: bytes) -> None:
+        self.request.connection.transport.write(data)
+        self.stall.wrote(len(data))
+
+    def write_stream(self, pieces: list[bytes]) -> bool:
+        """Write pieces straight to the transport, each in a chunk of its own (one message,
+        one chunk), all in one write: cyclone's write/flush per message costs more than the
+        rest of a delivery. False when nothing was written (gone, or cut just now)."""
+        if self.done or self.too_far_behind():
+            return False
+        if self._chunked:
+            pieces = [b"%x\r\n%s\r\n" % (len(piece), piece) for piece in pieces]
+        self.write_raw(b"".join(pieces))
+        return True
+
+
+def _open(transport) -> bool:
+    return bool(transport.connected) and not getattr(transport, "disconnecting", False)
+
+
+class CometHandler(LiveHandler):
+    """`GET /c/<q>`: one line per message on a never-ending response (§7.2)."""
+
+    sections = {"GET": "comet:consumer"}
+    prefix = "/c/"
+    jsonp_methods = ("GET",)
+
+    async def get(self):
+        name = await self.start_live()
+        if name is None:
+            return
+        self.start_stream("text/plain")
+        self.join(name)
+
+    def _line(self, body: str) -> bytes:
+        line = f"{self.jsonp}({body});\r\n" if self.jsonp else body + "\r\n"
+        return line.encode("ascii")
+
+    def send(self, batch: list[tuple[str, str]]) -> bool:
+        return self.write_stream([self._line(text) for _, text in batch])
+
+    def end(self) -> None:
+        if not self.done:
+            self.write_stream([self._line("null")])
+            self.done = True
+            self.finish()
+
+
+class SSEHandler(LiveHandler):
+    """`GET /sse/<q>`: Server-Sent Events, one event per message, a keepalive every 15 s."""
+
+    sections = {"GET": "sse:consumer"}
+    prefix = "/sse/"
+    keepalive = None
+
+    async def get(self):
+        name = await self.start_live()
+        if name is None:
+            return
+        self.start_stream("text/event-stream")
+        self.join(name)
+        self.keepalive = task.LoopingCall(self.write_stream, [b": keepalive\n\n"])
+        self.keepalive.start(SSE_KEEPALIVE, now=False)
+
+    def send(self, batch: list[tuple[str, str]]) -> bool:
+        return self.write_stream([f"id: {key}\ndata: {text}\n\n".encode("utf-8")
+                                  for key, text in batch])
+
+    def end(self) -> None:
+        if not self.done:
+            self.write_stream([b"data: null\n\n"])
+            self.done = True
+            self.finish()
+
+    def leave(self) -> None:
+        if self.keepalive is not None and self.keepalive.running:
+            self.keepalive.stop()
+        super().leave()
+
+
+class WebSocketHandler(LiveHandler):
+    """`GET /ws/<q>`: RFC 6455; messages out as text frames, client messages echoed (§7.3)."""
+
+    sections = {"GET": "websocket:consumer"}
+    prefix = "/ws/"
+    ws = None
+
+    async def get(self):
+        headers = self.request.headers
+        name = await self.queue_name()
+        if "websocket" not in _tokens(headers.get("Upgrade", "")):
+            raise RestMQError.with_status(403, "expected WebSocket headers")
+        if headers.get("Sec-WebSocket-Version", "").strip() != "13":
+            raise RestMQError.with_status(426, "unsupported WebSocket version",
+                                          Sec_WebSocket_Version="13")
+        key = headers.get("Sec-WebSocket-Key", "").strip()
+        if "upgrade" not in _tokens(headers.get("Connection", "")) or \
+                not websocket.websocket_key_valid(key):
+            raise BadRequest("invalid WebSocket handshake")
+        if await self.start_live() is None:
+            return
+        connection = self.request.connection
+        connection.transport.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nServer: RestMQ\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Accept: "
+            + websocket.websocket_accept(key).encode() + b"\r\n\r\n")
+        self._headers_written = True
+        self.ws = websocket.WebSocketConnection(
+            connection.transport, self.application.settings.get("max_body", 1024 * 1024),
+            on_message=self._echo, on_close=self.leave)
+        pending, connection.upgrade_buffer = connection.upgrade_buffer or b"", None
+        connection.rawDataReceived = self.ws.data_received
+        self.join(name)
+        if pending:
+            self.ws.data_received(bytes(pending))
+
+    def _echo(self, opcode: int, payload: bytes) -> None:
+        self.ws.send(opcode, payload)
+
+    def pauseProducing(self) -> None:
+        # Stop reading too: echoes of what a peer sends but never reads would pile up here.
+        self.request.connection.transport.pauseProducing()
+        super().pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.request.connection.transport.resumeProducing()
+        super().resumeProducing()
+
+    def send(self, batch: list[tuple[str, str]]) -> bool:
+        if self.done or self.ws.closing or self.too_far_behind():
+            return False
+        self.write_raw(b"".join(
+            websocket.ws_frame(websocket.OP_TEXT, text.encode("ascii")) for _, text in batch))
+        return True
+
+    def end(self) -> None:
+        if not self.done and not self.ws.closing:
+            self.write_raw(websocket.ws_frame(websocket.OP_TEXT, b"null"))
+            self.ws.close(websocket.CLOSE_NORMAL)
+        self.done = True
+
+
+def _tokens(header: str) -> set[str]:
+    return {token.strip().lower() for token in header.split(",")}
