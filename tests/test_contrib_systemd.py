@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 from twisted.scripts.twistd import ServerOptions
 
-from restmq.tap import CollectdOptions, Options, SyslogdOptions
+from restmq.tap.collectd import Options as CollectdOptions
+from restmq.tap.restmq import Options
+from restmq.tap.syslogd import Options as SyslogdOptions
 
 ROOT = Path(__file__).resolve().parent.parent
 UNITS = ROOT / "contrib" / "systemd"

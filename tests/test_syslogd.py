@@ -549,7 +549,7 @@ def test_start_script_and_options(redis_proc, redis):
 def test_default_port_option():
     """`--port` defaults to 25000 for syslogd (checked without binding: the options parser)."""
     out = subprocess.run([str(Path(ROOT / ".venv" / "bin" / "python")), "-c",
-                          "from restmq.tap import SyslogdOptions as O; o = O(); o.parseOptions([]);"
+                          "from restmq.tap.syslogd import Options as O; o = O(); o.parseOptions([]);"
                           " print(o['port'], o['listen'], o['max-line'])"],
                          cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr

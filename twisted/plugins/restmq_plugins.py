@@ -2,9 +2,9 @@
 # twistd scans plugins and break --reactor (see spec/STACK.md §4).
 from twisted.application.service import ServiceMaker
 
-restmq = ServiceMaker("restmq", "restmq.tap", "RestMQ: a message queue over HTTP and Redis",
-                      "restmq")
-collectd = ServiceMaker("collectd", "restmq.tap_collectd",
+restmq = ServiceMaker("restmq", "restmq.tap.restmq",
+                      "RestMQ: a message queue over HTTP and Redis", "restmq")
+collectd = ServiceMaker("collectd", "restmq.tap.collectd",
                         "RestMQ with the collectd write_http frontend", "collectd")
-syslogd = ServiceMaker("syslogd", "restmq.tap_syslogd",
+syslogd = ServiceMaker("syslogd", "restmq.tap.syslogd",
                        "RestMQ's TCP syslog receiver", "syslogd")

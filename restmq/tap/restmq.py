@@ -1,0 +1,85 @@
+"""The `restmq` twistd plugin: Options and makeService (only wiring, no queue logic). Redis,
+live delivery and the HTTP application, stopped in the reverse order of their start."""
+from __future__ import annotations
+
+from twisted.application import internet, service
+from twisted.python import usage
+
+from restmq import __version__
+from restmq.tap.options import ListenOptions, RedisOptions, int_at_least, on_off, port, seconds
+from restmq.tap.services import OnStop, StopInOrder, redis_service
+
+
+class Options(RedisOptions, ListenOptions):
+    """twistd restmq [options]"""
+
+    synopsis = "[options]"
+    longdesc = "RestMQ: a message queue over HTTP, kept in Redis."
+    optParameters = [
+        ["port", None, 8888, "TCP port to listen on.", port("port")],
+        ["acl", None, "acl.conf",
+         "ACL file: a path, else the packaged file of that name."],
+        ["consumed-ttl", None, 3600,
+         "Seconds a consumed value stays readable (0 deletes at once).",
+         int_at_least(0, "consumed-ttl")],
+        ["max-body", None, 1048576, "Largest request body and WebSocket message, in bytes.",
+         int_at_least(1, "max-body")],
+        ["access-log", None, "on", "on: log every request (buffered, one write a second); "
+         "off: no access log (when a proxy in front logs).", on_off("access-log")],
+        ["pubsub-timeout", None, 5.0, "Seconds the pub/sub connection may leave a PING "
+         "unanswered before it is replaced (live delivery pauses meanwhile).",
+         seconds("pubsub-timeout")],
+        ["live-stall-timeout", None, 20,
+         "Seconds a live consumer may leave its output unread (or its peer stay silent to "
+         "TCP) before it is disconnected.", int_at_least(1, "live-stall-timeout")],
+    ]
+    optFlags = [
+        ["trusted-proxy", None, "Take the client address from X-Real-IP / X-Forwarded-For."],
+    ]
+
+    def opt_version(self):
+        print(f"restmq {__version__}")
+        raise SystemExit(0)
+
+    def postOptions(self) -> None:
+        from restmq.acl import AclError, AclFile
+        self.check_listen()
+        self["access-log"] = self["access-log"] in (True, "on")  # the default is not coerced
+        if self["ssl-cert"]:
+            self.tls_options()  # a bad certificate is a usage error, not a crash at start
+        try:
+            self.acl = AclFile(self["acl"], trusted_proxy=self["trusted-proxy"])
+        except AclError:
+            raise usage.UsageError(f"Cannot load ACL file: {self['acl']}") from None
+
+
+def makeService(options: Options, collectd_frontend: bool = False) -> service.IService:
+    from twisted.internet import reactor
+
+    from restmq.core import Core
+    from restmq.delivery import Delivery
+    from restmq.http import AccessLog, Context, load_static, make_application
+    from restmq.redis import PubSubService
+
+    top = StopInOrder()
+    redis = redis_service(options)
+    redis.setServiceParent(top)
+    core = Core(redis, consumed_ttl=options["consumed-ttl"])
+    pubsub = PubSubService(redis, timeout=options["pubsub-timeout"])
+    delivery = Delivery(core, pubsub, db=options["redis-db"],
+                        stall_timeout=options["live-stall-timeout"])
+    pubsub.listener = delivery
+    pubsub.setServiceParent(top)
+    delivery.setServiceParent(top)
+    acl = options.acl
+    ctx = Context(core=core, acl=acl, delivery=delivery, redis_description=redis.description,
+                  static=load_static())
+    access_log = AccessLog() if options["access-log"] else None
+    app = make_application(ctx, max_body=options["max-body"], access_log=access_log,
+                           collectd_frontend=collectd_frontend)
+    if access_log is not None:
+        top.addService(OnStop(access_log.flush))
+    internet.TimerService(5, acl.check_for_change).setServiceParent(top)
+    internet.StreamServerEndpointService(options.server_endpoint(reactor), app).setServiceParent(
+        top)
+    return top
