@@ -460,6 +460,14 @@ def test_validation_comes_before_the_key_check(H, redis):
         assert (info.value.faultCode, info.value.faultString) == fault
     reply = request(H, "POST", "/xmlrpc", body=b"<x", headers=headers)
     assert (reply.status, json.loads(reply.body)) == (400, {"error": "malformed XML-RPC request"})
+    upgrade = {"Upgrade": "websocket", "Connection": "Upgrade", **headers}
+    for extra, status, reason in (({"Upgrade": "h2c"}, 403, "expected WebSocket headers"),
+                                  ({"Sec-WebSocket-Version": "8"}, 426,
+                                   "unsupported WebSocket version"),
+                                  ({"Sec-WebSocket-Version": "13", "Sec-WebSocket-Key": "x"},
+                                   400, "invalid WebSocket handshake")):
+        reply = stream_head(H, "/ws/kq", {**upgrade, **extra})
+        assert (reply.status, json.loads(reply.body)) == (status, {"error": reason}), extra
     parts = urlsplit(H)
     with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
         sock.sendall(b"POST /q/kq HTTP/1.1\r\nHost: x\r\nX-Auth-Key: missing\r\n"
@@ -469,6 +477,35 @@ def test_validation_comes_before_the_key_check(H, redis):
         assert (response.status, json.loads(response.read())) == \
             (413, {"error": "request body too large"})
     assert redis("KEYS", "*") == []
+
+
+def test_collectd_posts_are_judged_for_the_queue_of_their_kind(redis_proc, redis):
+    """The collectd plugin writes to fixed queues: a key must grant the one of the kind posted
+    to, and the body is checked before the key."""
+    set_record(redis, "data_only", queues=["collectd_data"])
+    server = ServerProcess(redis_proc.port, plugin="collectd").start()
+    try:
+        key = {"X-Auth-Key": "data_only"}
+        reply = request(server.url, "POST", "/collectd/data", body=b"[1]",
+                        headers={**key, "Content-Type": "application/json"})
+        assert (reply.status, reply.body) == (200, b"collectd_data:1\r\n")
+        before = snapshot(redis)
+        assert_unauthorized(request(server.url, "POST", "/collectd/event?authkey=data_only",
+                                    body=b"Severity: OKAY\n\ntext\n"))
+        refused = {"X-Auth-Key": "missing"}
+        for path, ctype, body, status, reason in (
+                ("/collectd/nosuch", "text/plain", b"x", 400, "unknown collectd kind"),
+                ("/collectd/event", "text/plain", b"", 400, "malformed collectd body"),
+                ("/collectd/data", "text/csv", b"x", 503, "unexpected Content-Type")):
+            reply = request(server.url, "POST", path, body=body,
+                            headers={**refused, "Content-Type": ctype})
+            assert (reply.status, json.loads(reply.body)) == (status, {"error": reason}), path
+        assert_unauthorized(request(server.url, "POST", "/collectd/data", body=b"[1]",
+                                    headers={**refused, "Content-Type": "application/json"}))
+        assert snapshot(redis) == before
+    finally:
+        server.stop()
+    assert "Traceback" not in server.final_log, server.final_log
 
 
 def test_empty_queue_answers_come_after_the_key_check(H, redis):

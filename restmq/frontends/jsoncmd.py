@@ -1,7 +1,7 @@
 """The JSON protocol of `POST /queue` (PROTOCOL.md §5): add, get, take and del commands.
 
-`run` fires with the reply object; a command's field errors and an empty queue are reply
-objects too (status 200), only malformed JSON and Redis trouble are exceptions.
+`check` then `execute` fire with the reply object; a command's field errors and an empty queue
+are reply objects too (status 200), only malformed JSON and Redis trouble are exceptions.
 """
 from __future__ import annotations
 
@@ -65,29 +65,30 @@ def field_error(obj: dict[str, Any], fields: tuple[str, ...]) -> str | None:
     return None
 
 
-async def _anyone(queue: str) -> None:
-    return None
-
-
-async def run(core: corelib.Core, command: str, authorize=_anyone) -> dict[str, Any]:
-    """Run one command; `authorize(queue)` is awaited after the field checks, before any
-    Redis work, and may raise Unauthorized."""
+async def check(core: corelib.Core, command: str) -> tuple[dict | None, dict | None]:
+    """Parse and check one command, asking Redis nothing but whether a legacy queue name is
+    registered. Fires with (the command object to `execute`, None), or (None, the reply object)
+    for a command that cannot run."""
     obj = parse(command)
     cmd = obj["cmd"]
     if cmd not in FIELDS:
-        return {"error": "null resultset"}
+        return None, {"error": "null resultset"}
     error = field_error(obj, FIELDS[cmd])
     if error == "invalid queue name":
         # A name the original RestMQ registered is admitted; then the fields after it.
         try:
             obj["queue"] = await core.admit(obj["queue"])
         except InvalidName:
-            return {"error": error}
+            return None, {"error": error}
         error = field_error(obj, FIELDS[cmd])
     if error:
-        return {"error": error}
-    queue = obj["queue"]
-    await authorize(queue)
+        return None, {"error": error}
+    return obj, None
+
+
+async def execute(core: corelib.Core, obj: dict[str, Any]) -> dict[str, Any]:
+    """Run a command that `check` passed, once the caller has authorized its queue."""
+    cmd, queue = obj["cmd"], obj["queue"]
     try:
         if cmd == "add":
             key = await core.add(queue, obj["value"])

@@ -1,5 +1,6 @@
-"""The base of every handler: the method check, the body limit, authorization, the replies,
-and the one place where domain exceptions become `{"error": reason}` replies.
+"""The base of every handler: the method check, the body limit, authorization from what each
+route declares, the replies, and the one place where domain exceptions become
+`{"error": reason}` replies.
 """
 from __future__ import annotations
 
@@ -7,13 +8,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import cyclone.web
+from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from restmq import acl
 from restmq.core import Core
-from restmq.errors import (BadRequest, BodyTooLarge, MethodNotAllowed, NotFound, RestMQError,
-                           Unauthorized)
+from restmq.errors import (BadRequest, BodyTooLarge, MethodNotAllowed, MissingArgument, NotFound,
+                           RestMQError, Unauthorized)
 from restmq.http.accesslog import http_date, loggable_uri
 from restmq.http.args import ArgumentsMixin
 from restmq.http.compat import CoroutineHandlerMixin
@@ -21,6 +23,85 @@ from restmq.jsontext import json_text
 
 HTML = "text/html; charset=UTF-8"
 JSON = "application/json"
+
+
+EVERY_QUEUE = None  # the target of a request about every queue: an auth key needs `create`
+
+
+class QueueSource:
+    """Where a route's method finds the queue it works on. `resolve` is the first half of the
+    validation step (docs/http-api.md#processing-order): it fires with a queue name that is
+    valid or registered, or EVERY_QUEUE, and raises the request's 400 otherwise."""
+
+    names_queue = True  # False: the method touches no queue, so there is no key to judge
+    checks_acl = False  # True: the source consults the ACL file itself, once it knows how
+
+    async def resolve(self, handler: BaseHandler) -> str | None:
+        raise NotImplementedError
+
+
+class FromPath(QueueSource):
+    """The name after the route's prefix; with `or_every`, the bare prefix (`GET /q/`) is a
+    request about every queue."""
+
+    def __init__(self, or_every: bool = False):
+        self.or_every = or_every
+
+    async def resolve(self, handler):
+        if self.or_every and handler.request.path == handler.prefix:
+            return EVERY_QUEUE
+        return await handler.ctx.core.admit(handler.path_queue())
+
+
+class FromArgument(QueueSource):
+    """The argument `name`; with `or_every`, its absence addresses every queue (`GET /`)."""
+
+    def __init__(self, name: str, or_every: bool = False):
+        self.name, self.or_every = name, or_every
+
+    async def resolve(self, handler):
+        value = handler.arg(self.name)
+        if value is None:
+            if self.or_every:
+                return EVERY_QUEUE
+            raise MissingArgument(self.name)
+        return await handler.ctx.core.admit(value)
+
+
+class Fixed(QueueSource):
+    """A queue of the route's own choosing (collectd's): `pick(handler)` names it or raises."""
+
+    def __init__(self, pick):
+        self.pick = pick
+
+    async def resolve(self, handler):
+        return self.pick(handler)
+
+
+class FromBody(QueueSource):
+    """A queue known only once the body is parsed (the JSON protocol, XML-RPC): the handler's
+    `resolve_queue()` parses and checks it. It may answer the request itself, a field error or
+    a fault that touches no queue, and then nothing is left to authorize."""
+
+    def __init__(self, checks_acl: bool = False):
+        self.checks_acl = checks_acl
+
+    async def resolve(self, handler):
+        return await handler.resolve_queue()
+
+
+class NoQueue(QueueSource):
+    """The method touches no queue: a redirect, a packaged file."""
+
+    names_queue = False
+
+    async def resolve(self, handler):
+        return None
+
+
+PATH = FromPath()
+PATH_OR_EVERY = FromPath(or_every=True)
+NO_QUEUE = NoQueue()
 
 
 class _AnyMethod:
@@ -42,16 +123,22 @@ class Context:
 
 
 class BaseHandler(ArgumentsMixin, CoroutineHandlerMixin, cyclone.web.RequestHandler):
-    """Method check, body limit, ACL, argument parsing (ArgumentsMixin) and error replies for
-    every route.
+    """Method check, body limit, authorization, argument parsing (ArgumentsMixin) and error
+    replies for every route.
 
-    Subclasses list `methods`, the ACL category per method in `sections`, the route `prefix`
-    (for the queue name in the path) and the methods whose replies take JSONP.
+    Subclasses list `methods`, and declare per method the ACL category in `sections` (a method
+    without one is never checked against the ACL file) and a QueueSource in `queue_from`; the
+    base handler applies both before the method runs, which finds its queue in `self.target`.
+    A method's argument checks go in `check_<method>`, run between the two. Subclasses also
+    set the route `prefix` (for the queue name in the path) and the methods whose replies take
+    JSONP.
     """
 
     SUPPORTED_METHODS = _AnyMethod()
     methods: tuple[str, ...] = ()
-    sections: dict[str, str] = {}
+    sections: dict[str, str] | None = None  # None: undeclared, and every request is refused
+    queue_from: dict[str, QueueSource] | None = None
+    target: str | None = EVERY_QUEUE
     prefix = ""
     jsonp_methods: tuple[str, ...] = ()
     api = True
@@ -92,8 +179,32 @@ class BaseHandler(ArgumentsMixin, CoroutineHandlerMixin, cyclone.web.RequestHand
         if self.request.body_too_large:
             raise BodyTooLarge()
         self.authkey = self._presented_key()
+        return defer.ensureDeferred(self._authorize(method))
+
+    async def _authorize(self, method: str) -> None:
+        """The steps between the body size and the work (docs/http-api.md#processing-order),
+        from the route's declarations: the ACL file, the queue name, the method's arguments,
+        the auth key."""
+        source = (self.queue_from or {}).get(method)
+        if source is None or self.sections is None:
+            # A route nobody declared is refused (500) rather than served unchecked.
+            raise RuntimeError(f"{type(self).__name__} declares no authorization for {method}")
         section = self.sections.get(method)
-        if section and self.authkey is None and self.ctx.acl is not None:
+        if section:
+            self.check_acl(section)
+        self.target = await source.resolve(self)
+        if self._finished:
+            return  # the source answered, with a reply that touches no queue
+        check = getattr(self, f"check_{method.lower()}", None)
+        if check is not None:
+            check()
+        if source.names_queue:
+            await self.grant(self.target)
+
+    def check_acl(self, section: str) -> None:
+        """The ACL file's `section` decides, unless an auth key was presented: the key is
+        judged instead, once the request is validated."""
+        if self.authkey is None and self.ctx.acl is not None:
             self.ctx.acl.check(section, self.request)
 
     def _presented_key(self) -> str | None:
@@ -108,17 +219,14 @@ class BaseHandler(ArgumentsMixin, CoroutineHandlerMixin, cyclone.web.RequestHand
             return None
 
     async def grant(self, queue: str | None) -> None:
-        """With an auth key presented, judge it against its record for `queue` (None: the
-        request addresses every queue); without one the ACL file already decided."""
+        """With an auth key presented, judge it against its record for `queue` (EVERY_QUEUE:
+        the request addresses every queue); without one the ACL file already decided. Only
+        `_authorize` calls it: handlers declare, they do not remember."""
         if self.authkey is None:
             return
         record = await self.ctx.core.authkey(self.authkey)
         if acl.judge_record(record, queue) != "authorized":
             raise Unauthorized()
-
-    async def queue_name(self) -> str:
-        """The path's queue name, valid or already registered (Core.admit)."""
-        return await self.ctx.core.admit(self.path_queue())
 
     # -- replies -----------------------------------------------------------------------------
 

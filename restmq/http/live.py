@@ -9,7 +9,7 @@ from restmq.delivery import streams
 from restmq.errors import BadRequest, RestMQError
 from restmq.http import websocket
 from restmq.http.accesslog import loggable_uri
-from restmq.http.base import BaseHandler
+from restmq.http.base import PATH, BaseHandler
 
 MAX_UNSENT = 16 * 1024 * 1024  # a live consumer further behind than this is disconnected
 SSE_KEEPALIVE = 15.0
@@ -24,18 +24,20 @@ class LiveHandler(BaseHandler):
     roundrobin message. Its StallWatch cuts it when the peer stops reading."""
 
     methods = ("GET",)
+    queue_from = {"GET": PATH}
     queue: str | None = None
     done = False
     paused = False
     _producing = False  # registered as the connection's producer
     stall: streams.StallWatch | None = None
 
-    async def start_live(self) -> str | None:
-        """Validate the request and check Redis; returns the queue name, or None when the
-        client left meanwhile. The caller starts its stream and then calls `join`."""
-        name = await self.queue_name()
+    def check_get(self):
         self.jsonp = self.callback()
-        await self.grant(name)
+
+    async def start_live(self) -> str | None:
+        """Check Redis; returns the queue name, or None when the client left meanwhile. The
+        caller starts its stream and then calls `join`."""
+        name = self.target
         await self.ctx.core.ping()
         connection = self.request.connection
         if self.done or not _open(connection.transport):
@@ -219,19 +221,23 @@ class WebSocketHandler(LiveHandler):
     prefix = "/ws/"
     ws = None
 
-    async def get(self):
+    def check_get(self):
         headers = self.request.headers
-        name = await self.queue_name()
         if "websocket" not in _tokens(headers.get("Upgrade", "")):
             raise RestMQError.with_status(403, "expected WebSocket headers")
         if headers.get("Sec-WebSocket-Version", "").strip() != "13":
             raise RestMQError.with_status(426, "unsupported WebSocket version",
                                           Sec_WebSocket_Version="13")
-        key = headers.get("Sec-WebSocket-Key", "").strip()
+        self.handshake_key = headers.get("Sec-WebSocket-Key", "").strip()
         if "upgrade" not in _tokens(headers.get("Connection", "")) or \
-                not websocket.websocket_key_valid(key):
+                not websocket.websocket_key_valid(self.handshake_key):
             raise BadRequest("invalid WebSocket handshake")
-        if await self.start_live() is None:
+        super().check_get()
+
+    async def get(self):
+        key = self.handshake_key
+        name = await self.start_live()
+        if name is None:
             return
         connection = self.request.connection
         connection.transport.write(

@@ -8,7 +8,7 @@ import mimetypes
 from urllib.parse import quote, unquote_to_bytes
 
 from restmq.errors import NotFound
-from restmq.http.base import BaseHandler
+from restmq.http.base import NO_QUEUE, PATH, BaseHandler
 
 
 def queue_list_page(names: list[str]) -> str:
@@ -25,13 +25,12 @@ class JobsHandler(BaseHandler):
 
     methods = ("GET",)
     sections = {"GET": "rest:consumer"}
+    queue_from = {"GET": PATH}
     prefix = "/j/"
 
     async def get(self):
-        name = await self.queue_name()
-        await self.grant(name)
-        objects, length, latest, complete = await self.ctx.core.jobs(name)
-        self.reply(jobs_page(name, objects, length, latest, complete), crlf=False)
+        objects, length, latest, complete = await self.ctx.core.jobs(self.target)
+        self.reply(jobs_page(self.target, objects, length, latest, complete), crlf=False)
 
 
 def jobs_page(name: str, objects: int, length: int, latest: list[str],
@@ -51,6 +50,8 @@ class StaticHandler(BaseHandler):
     """The packaged static/ files, served from memory; `/favicon.ico` and `/robots.txt` too."""
 
     methods = ("GET", "HEAD")
+    sections: dict[str, str] = {}
+    queue_from = {"GET": NO_QUEUE, "HEAD": NO_QUEUE}
     api = False
 
     def get(self):
@@ -74,6 +75,8 @@ class StaticHandler(BaseHandler):
 
 class NotFoundHandler(BaseHandler):
     methods = ()
+    sections: dict[str, str] = {}
+    queue_from: dict = {}
 
     def prepare(self):
         raise NotFound()

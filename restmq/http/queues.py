@@ -7,7 +7,8 @@ from restmq import core as corelib
 from restmq.errors import BadRequest, EmptyQueue, InvalidArgument, MissingArgument, RestMQError
 from restmq.frontends import collectd
 from restmq.http.args import TTL_MAX, bounded_int
-from restmq.http.base import JSON, BaseHandler
+from restmq.http.base import (EVERY_QUEUE, JSON, PATH, PATH_OR_EVERY, BaseHandler, Fixed,
+                              FromArgument)
 from restmq.http.pages import queue_list_page
 from restmq.jsontext import json_text
 
@@ -21,37 +22,43 @@ class RootHandler(BaseHandler):
 
     methods = ("GET", "POST")
     sections = {"GET": "rest:consumer", "POST": "rest:producer"}
+    queue_from = {"GET": FromArgument("queue", or_every=True), "POST": FromArgument("queue")}
     jsonp_methods = ("GET", "POST")
 
+    def check_get(self):
+        if self.target is not EVERY_QUEUE:
+            self.jsonp = self.callback()
+
     async def get(self):
-        name = self.arg("queue")
-        if name is None:
-            await self.grant(None)
+        if self.target is EVERY_QUEUE:
             return self.redirect_to("/static/index.html")
-        name = await self.ctx.core.admit(name)
-        callback = self.callback()
-        await self.grant(name)
-        message = await self.ctx.core.hard_get(name)
-        self.reply(message_json(message), callback=callback)
+        message = await self.ctx.core.hard_get(self.target)
+        self.reply(message_json(message), callback=self.jsonp)
+
+    def check_post(self):
+        check_add(self)
 
     async def post(self):
-        await add(self, await self.ctx.core.admit(self.required("queue")))
+        await add(self)
 
 
-async def add(handler: BaseHandler, name: str) -> None:
-    """The add of `POST /` and `POST /q/<q>` after the queue name was checked."""
-    value = handler.arg("msg") or handler.arg("value")
-    if value is None:
+def check_add(handler: BaseHandler) -> None:
+    """The arguments of an add (`POST /`, `POST /q/<q>`), in their order: value, ttl, callback."""
+    handler.value = handler.arg("msg") or handler.arg("value")
+    if handler.value is None:
         raise MissingArgument("value")
     ttl = handler.arg("ttl")
     if ttl is not None:
         ttl = bounded_int(ttl, TTL_MAX)
         if ttl is None or ttl < 1:
             raise InvalidArgument("ttl")
-    callback = handler.callback()
-    await handler.grant(name)
-    key = await handler.ctx.core.add(name, value, ttl)
-    handler.reply_key(key, callback)
+    handler.ttl = ttl
+    handler.jsonp = handler.callback()
+
+
+async def add(handler: BaseHandler) -> None:
+    key = await handler.ctx.core.add(handler.target, handler.value, handler.ttl)
+    handler.reply_key(key, handler.jsonp)
 
 
 class QueueHandler(BaseHandler):
@@ -59,55 +66,67 @@ class QueueHandler(BaseHandler):
 
     methods = ("GET", "POST", "DELETE")
     sections = {"GET": "rest:consumer", "POST": "rest:producer", "DELETE": "rest:producer"}
+    queue_from = {"GET": PATH_OR_EVERY, "POST": PATH, "DELETE": PATH}
     prefix = "/q/"
     jsonp_methods = ("GET", "POST", "DELETE")
 
+    def check_get(self):
+        if self.target is not EVERY_QUEUE:
+            self.jsonp = self.callback()
+
     async def get(self):
-        if self.request.path == self.prefix:
-            await self.grant(None)
+        if self.target is EVERY_QUEUE:
             return self.reply(queue_list_page(await self.ctx.core.queues()), crlf=False)
-        name = await self.queue_name()
-        callback = self.callback()
-        await self.grant(name)
         try:
-            message = await self.ctx.core.hard_get(name)
+            message = await self.ctx.core.hard_get(self.target)
         except EmptyQueue:
             return self.no_content()
-        self.reply(message_json(message), callback=callback)
+        self.reply(message_json(message), callback=self.jsonp)
+
+    def check_post(self):
+        check_add(self)
 
     async def post(self):
-        await add(self, await self.queue_name())
+        await add(self)
+
+    def check_delete(self):
+        self.jsonp = self.callback()
 
     async def delete(self):
-        name = await self.queue_name()
-        callback = self.callback()
-        await self.grant(name)
-        existed = await self.ctx.core.purge(name)
-        self.reply(json_text({"queue": name, "status": existed}), callback=callback)
+        existed = await self.ctx.core.purge(self.target)
+        self.reply(json_text({"queue": self.target, "status": existed}), callback=self.jsonp)
+
+
+def collectd_queue(handler: BaseHandler) -> str:
+    """The queue of a collectd POST, by the kind in its path."""
+    kind = handler.path_queue()
+    if kind == "data":
+        return collectd.DATA_QUEUE
+    if kind == "event":
+        return collectd.EVENT_QUEUE
+    raise BadRequest("unknown collectd kind")
 
 
 class CollectdHandler(QueueHandler):
     """`/collectd/<x>` of the collectd plugin: GET and DELETE as `/q/<x>`, POST ingests
     collectd's write_http bodies (§10)."""
 
+    queue_from = {"GET": PATH_OR_EVERY, "POST": Fixed(collectd_queue), "DELETE": PATH}
     prefix = "/collectd/"
     raw_body = True
 
-    async def post(self):
-        kind = self.path_queue()
-        if kind == "data":
-            queue = collectd.DATA_QUEUE
-            value = collectd.data_message(self.request.body,
-                                          self.request.headers.get("Content-Type"))
-            if value is None:
+    def check_post(self):
+        if self.target == collectd.DATA_QUEUE:
+            self.value = collectd.data_message(self.request.body,
+                                               self.request.headers.get("Content-Type"))
+            if self.value is None:
                 raise RestMQError.with_status(503, "unexpected Content-Type")
-        elif kind == "event":
-            queue, value = collectd.EVENT_QUEUE, collectd.event_message(self.request.body)
         else:
-            raise BadRequest("unknown collectd kind")
-        callback = self.callback()
-        await self.grant(queue)
-        self.reply_key(await self.ctx.core.add(queue, value), callback)
+            self.value = collectd.event_message(self.request.body)
+        self.jsonp = self.callback()
+
+    async def post(self):
+        self.reply_key(await self.ctx.core.add(self.target, self.value), self.jsonp)
 
 
 class PolicyHandler(BaseHandler):
@@ -115,24 +134,26 @@ class PolicyHandler(BaseHandler):
 
     methods = ("GET", "POST")
     sections = {"GET": "rest:consumer", "POST": "rest:producer"}
+    queue_from = {"GET": PATH, "POST": PATH}
     prefix = "/p/"
     jsonp_methods = ("GET", "POST")
 
+    def check_get(self):
+        self.jsonp = self.callback()
+
     async def get(self):
-        name = await self.queue_name()
-        callback = self.callback()
-        await self.grant(name)
-        policy = await self.ctx.core.get_policy(name)
-        self.reply(json_text({"queue": name, "value": policy}), callback=callback)
+        policy = await self.ctx.core.get_policy(self.target)
+        self.reply(json_text({"queue": self.target, "value": policy}), callback=self.jsonp)
+
+    def check_post(self):
+        self.policy = self.required("policy")
+        self.jsonp = self.callback()
 
     async def post(self):
-        name = await self.queue_name()
-        policy = self.required("policy")
-        callback = self.callback()
-        await self.grant(name)
-        if policy not in corelib.POLICY_NAMES:
+        callback = self.jsonp
+        if self.policy not in corelib.POLICY_NAMES:
             return self.reply("null", callback=callback)
-        await self.ctx.core.set_policy(name, policy)
+        await self.ctx.core.set_policy(self.target, self.policy)
         self.reply(json_text("OK") if callback else "OK", callback=callback)
 
 
@@ -141,37 +162,36 @@ class ControlHandler(BaseHandler):
 
     methods = ("GET", "POST")
     sections = {"GET": "rest:consumer", "POST": "rest:producer"}
+    queue_from = {"GET": PATH_OR_EVERY, "POST": PATH}
     prefix = "/control/"
     jsonp_methods = ("POST",)
 
     async def get(self):
-        redis = self.ctx.redis_description
-        if self.request.path == self.prefix:
-            await self.grant(None)
+        redis, name = self.ctx.redis_description, self.target
+        if name is EVERY_QUEUE:
             rows = await self.ctx.core.stats()
             queues = {row.name: {"queue": row.name,
                                  "status": corelib.status_flag(row.status or None)}
                       for row in rows}
             body = {"redis": redis, "queues": queues, "count": len(rows)}
         else:
-            name = await self.queue_name()
-            await self.grant(name)
             stored = await self.ctx.core.get_status(name)
             body = {"redis": redis, "queue": name,
                     "status": {"queue": name, "status": corelib.status_flag(stored)}}
         self.reply(json_text(body), ctype=JSON)
 
+    def check_post(self):
+        self.requested = self.arg("status")
+        self.jsonp = self.callback()
+
     async def post(self):
-        name = await self.queue_name()
-        status = self.arg("status")
-        callback = self.callback()
-        await self.grant(name)
+        name, status = self.target, self.requested
         if status not in ("start", "stop"):
             body = {"stat": f"invalid status: {status}"}
         else:
             await self.ctx.core.set_status(name, status == "start")
             body = {"stat": {"queue": name, "status": 1 if status == "start" else 0}}
-        self.reply(json_text(body), callback=callback, semicolon=False)
+        self.reply(json_text(body), callback=self.jsonp, semicolon=False)
 
 
 class StatsHandler(BaseHandler):
@@ -179,14 +199,16 @@ class StatsHandler(BaseHandler):
 
     methods = ("GET",)
     sections = {"GET": "rest:consumer"}
+    queue_from = {"GET": PATH_OR_EVERY}
     prefix = "/stats/"
     jsonp_methods = ("GET",)
 
+    def check_get(self):
+        self.jsonp = self.callback()
+
     async def get(self):
         redis = self.ctx.redis_description
-        if self.request.path == self.prefix:
-            callback = self.callback()
-            await self.grant(None)
+        if self.target is EVERY_QUEUE:
             rows = await self.ctx.core.stats()
             queues = {row.name: {
                 "name": row.name, "len": row.length,
@@ -195,8 +217,6 @@ class StatsHandler(BaseHandler):
                 "policy_name": corelib.policy_name(row.policy)} for row in rows}
             body = {"queues": queues, "redis": redis, "count": len(rows)}
         else:
-            name = await self.queue_name()
-            callback = self.callback()
-            await self.grant(name)
-            body = {"redis": redis, "queue": name, "len": await self.ctx.core.length(name)}
-        self.reply(json_text(body), ctype=JSON, crlf=False, callback=callback, semicolon=False)
+            body = {"redis": redis, "queue": self.target,
+                    "len": await self.ctx.core.length(self.target)}
+        self.reply(json_text(body), ctype=JSON, crlf=False, callback=self.jsonp, semicolon=False)
