@@ -24,7 +24,8 @@ $(STAMP): setup.py Makefile
 	$(PY) -m pip install -q "twisted>=24.7" "txredisapi>=1.6,<1.7" hiredis pyopenssl service_identity \
 		pytest pytest-twisted autobahn psutil hypothesis "schemathesis>=4,<5" pyyaml
 	$(PY) -m pip install -q --no-deps "cyclone==1.3"
-	@# cyclone's bundled twistd plugin imports the reactor and `imp`: remove it (STACK.md §4).
+	@# cyclone's bundled twistd plugin imports the reactor and `imp`: remove it
+	@# (docs/stack-notes.md#plugin-files).
 	$(PY) -c "import os, twisted.plugins as p; f = os.path.join(p.__path__[0], 'cyclone_plugin.py'); os.path.exists(f) and os.remove(f)"
 	@# compat mode puts the checkout on sys.path, where twistd looks for twisted/plugins/.
 	$(PY) -m pip install -q --no-deps --config-settings editable_mode=compat -e .

@@ -1,7 +1,8 @@
 from setuptools import find_packages, setup
 
 # cyclone 1.3 is deliberately not listed: its pins (twisted==19.2.1) cannot be installed on
-# Python 3.11, so the Makefile installs it with --no-deps (see spec/STACK.md §1).
+# Python 3.11, so the Makefile installs it with --no-deps
+# (see docs/stack-notes.md#installing-cyclone).
 setup(
     name="restmq",
     version="2.0.0",

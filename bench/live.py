@@ -1,4 +1,5 @@
-"""Live delivery (PROTOCOL.md §7): add→delivery latency, fan-out, memory per consumer, drain.
+"""Live delivery (docs/live-delivery.md): add→delivery latency, fan-out, memory per consumer,
+drain.
 
 Used by run.py; every measurement runs against `twistd restmq --access-log off` and, in the
 same run and interleaved with it, against a baseline from bare_server.py:

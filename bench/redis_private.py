@@ -71,7 +71,7 @@ class RespClient:
 
 
 # Adds ARGV[2] messages with value ARGV[3] to queue ARGV[1] using RestMQ's key layout
-# (spec PROTOCOL.md §8.1/§8.3 ADD, without the PUBLISH: nobody is subscribed during a
+# (docs/redis-layout.md#add, without the PUBLISH: nobody is subscribed during a
 # prefill). QUEUESET/queuestat are idempotent, so they are set once instead of per message.
 # Returns the new pending-list length.
 _PREFILL_LUA = """

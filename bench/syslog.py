@@ -1,4 +1,5 @@
-"""syslogd (PROTOCOL.md §11): TCP ingest throughput, and back-pressure while Redis is paused.
+"""syslogd (docs/frontends.md#syslogd): TCP ingest throughput, and back-pressure while Redis is
+paused.
 
 Used by run.py, against `twistd syslogd` on its own Redis database (so each round can start
 from an empty one):

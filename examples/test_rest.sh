@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The worked example of RestMQ's protocol (PROTOCOL.md §14), steps 1-21, walked with curl
+# The worked example of docs/http-api.md#worked-example, steps 1-21, walked with curl
 # against a running server, every reply compared with what the protocol promises.
 #
 #   examples/test_rest.sh                      # against http://127.0.0.1:8888

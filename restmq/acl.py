@@ -1,4 +1,5 @@
-"""The ACL file (PROTOCOL.md §9): per route category, address prefixes and Basic credentials.
+"""The ACL file (docs/access-control.md): per route category, address prefixes and Basic
+credentials.
 
 `AclFile` holds the rules in force and reloads them when the file changes; `client_address`
 turns a request into the address the prefixes are matched against.
@@ -84,7 +85,8 @@ def resolve_path(value: str) -> str:
 
 
 def client_address(request: Any, trusted_proxy: bool) -> str:
-    """The address of §9.2: the TCP peer, or the proxy's header with --trusted-proxy."""
+    """The address the prefixes are matched against (docs/access-control.md#client-address):
+    the TCP peer, or the proxy's header with --trusted-proxy."""
     if trusted_proxy:
         candidates = [request.headers.get("X-Real-IP", "")]
         forwarded = request.headers.get("X-Forwarded-For", "")
@@ -141,8 +143,8 @@ def _same_origin(request: Any) -> bool:
 
 
 def decide(rule: Rule | None, address: str, request: Any, cookie_ok: bool = False) -> None:
-    """The decision procedure of §9.3: returns when allowed, raises Unauthorized otherwise
-    (with `challenge` set for credential failures)."""
+    """The decision of docs/access-control.md#decision: returns when allowed, raises
+    Unauthorized otherwise (with `challenge` set for credential failures)."""
     if rule is None:
         return
     matched_allow = False
@@ -165,9 +167,10 @@ def decide(rule: Rule | None, address: str, request: Any, cookie_ok: bool = Fals
 
 
 def judge_record(record: str | None, queue: str | None) -> str:
-    """An auth key record (§9.5) judged for `queue` (None: a request on every queue):
-    'authorized', 'denied' (no grant, or no record) or 'invalid' (not a JSON object with list
-    fields). `create` grants every queue and is the only grant for every-queue requests."""
+    """An auth key record (docs/access-control.md#auth-keys) judged for `queue` (None: a
+    request on every queue): 'authorized', 'denied' (no grant, or no record) or 'invalid' (not
+    a JSON object with list fields). `create` grants every queue and is the only grant for
+    every-queue requests."""
     if record is None:
         return "denied"
     try:

@@ -1,6 +1,8 @@
-"""Domain exceptions of the core and the request layer, each carrying the spec's reason.
+"""Domain exceptions of the core and the request layer, each carrying its documented reason
+(docs/http-api.md#errors).
 
-Handlers turn them into HTTP replies in one place (web.BaseHandler); the core never knows HTTP.
+Handlers turn them into HTTP replies in one place (restmq.http.base.BaseHandler); the core
+never knows HTTP.
 """
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""JSON text as PROTOCOL.md §1.3 wants it on the wire."""
+"""JSON text as it goes on the wire: ASCII only, markup characters escaped
+(docs/http-api.md#replies)."""
 from __future__ import annotations
 
 import json

@@ -1,6 +1,7 @@
-"""The ACL file end to end (PROTOCOL.md §1.5, §3, §6, §9.1-§9.4): real `twistd restmq` servers
-with ACL files, clients bound to different loopback source addresses (127.0.0.X: Linux accepts
-any 127/8 source), every route of every category with no, wrong and right credentials."""
+"""The ACL file end to end (docs/access-control.md, docs/http-api.md#processing-order): real
+`twistd restmq` servers with ACL files, clients bound to different loopback source addresses
+(127.0.0.X: Linux accepts any 127/8 source), every route of every category with no, wrong and right
+credentials."""
 from __future__ import annotations
 
 import base64
@@ -114,7 +115,8 @@ def assert_denied(reply, challenge: bool) -> None:
 # -- the ACL file of the route table -----------------------------------------------------------
 
 # Every category admits one address; four of the five want credentials. The file also uses
-# the syntax freedoms of §9.1 (`:` delimiter, option case, comments, surrounding blanks).
+# the syntax freedoms of docs/access-control.md#acl-file (`:` delimiter, option case, comments,
+# surrounding blanks).
 TABLE_ACL = """\
 # RestMQ test ACL
 ; every category restricted
@@ -418,7 +420,7 @@ def test_unchecked_routes_answer_a_denied_address(table_server, redis, method, p
 
 
 def test_route_and_method_and_size_come_before_the_acl(table_server, redis):
-    """§1.5: 404, then 405, then 413, then the ACL."""
+    """docs/http-api.md#processing-order: 404, then 405, then 413, then the ACL."""
     port = table_server.port
     reply = send(port, DENIED, "GET", "/nowhere")
     assert (reply.status, json.loads(reply.body)) == (404, {"error": "not found"})
@@ -441,7 +443,7 @@ def test_route_and_method_and_size_come_before_the_acl(table_server, redis):
 
 
 def test_acl_comes_before_argument_validation(table_server, redis):
-    """§1.5: step 3 (ACL) before step 4 (names and arguments)."""
+    """docs/http-api.md#processing-order: step 3 (ACL) before step 4 (names and arguments)."""
     port = table_server.port
     for method, path, form in (("POST", "/q/", {"value": "v"}), ("GET", "/q/bad%20name", None),
                                ("POST", "/", {"queue": "aclq"}), ("POST", "/queue", None),
@@ -459,7 +461,8 @@ def test_acl_comes_before_argument_validation(table_server, redis):
 
 
 def test_xmlrpc_parsing_comes_before_the_acl(table_server, redis):
-    """§6: a malformed document is 400 and an unknown method its fault, with no ACL check."""
+    """docs/frontends.md#xml-rpc: a malformed document is 400 and an unknown method its fault, with
+    no ACL check."""
     port = table_server.port
     reply = send(port, DENIED, "POST", "/xmlrpc", body=b"<methodCall>")
     assert (reply.status, json.loads(reply.body)) == (400, {"error": "malformed XML-RPC request"})
@@ -475,8 +478,8 @@ def test_xmlrpc_parsing_comes_before_the_acl(table_server, redis):
                                   ("policy_set", "aclq", "fifo"), ("status_set", "aclq", "go"),
                                   ("queues", "extra")], ids=str)
 def test_xmlrpc_acl_comes_before_argument_validation(table_server, redis, call):
-    """§1.5 steps 3 then 4, §6 "the ACL check runs after parsing": a denied client learns
-    nothing about its arguments."""
+    """docs/http-api.md#processing-order steps 3 then 4, and XML-RPC checks the ACL after
+    parsing: a denied client learns nothing about its arguments."""
     reply = send(table_server.port, DENIED, "POST", "/xmlrpc", body=xml_call(*call))
     assert_denied(reply, challenge=False)
 
@@ -593,7 +596,7 @@ def test_headers_of_a_proxy_are_ignored_without_the_flag(table_server, redis):
         assert reply.status == 200
 
 
-# -- the decision procedure (§9.3) with one server per ACL file --------------------------------
+# -- the decision (docs/access-control.md#decision) with one server per ACL file ---------------
 
 
 def _allowed(port: int, source: str, headers=None) -> bool:
@@ -687,8 +690,9 @@ def test_credential_rules(redis_proc, redis):
 
 
 def test_ini_syntax(redis_proc, redis):
-    """§9.1: exact section names, case-insensitive option names, `:` delimiter, whole-line
-    comments, unknown sections and options ignored, empty file allows everything."""
+    """docs/access-control.md#acl-file: exact section names, case-insensitive option names, `:`
+    delimiter, whole-line comments, unknown sections and options ignored, empty file allows
+    everything."""
     cases = [
         ("", True),
         ("# [rest:consumer]\n; hosts_deny = all\n", True),
@@ -714,7 +718,7 @@ def test_packaged_acl_file_allows_everything(redis_proc, redis):
         server.stop()
 
 
-# -- --trusted-proxy (§9.2) --------------------------------------------------------------------
+# -- --trusted-proxy (docs/access-control.md#client-address) -----------------------------------
 
 
 PROXY_CASES = [
@@ -767,7 +771,7 @@ def test_ipv6_addresses_are_compressed_lower_case(redis_proc, redis):
         assert _allowed(server.port, "127.0.0.9", {"X-Real-IP": "2001:db8::2"}) is False
 
 
-# -- hot reload (§9.1: checked every 5 s, a failed reload keeps the rules) ---------------------
+# -- hot reload (checked every 5 s, a failed reload keeps the rules) ---------------------------
 
 
 def write_atomically(path: str, text: str) -> None:

@@ -1,6 +1,6 @@
-"""Auth keys (PROTOCOL.md §9.5, §1.5): `X-Auth-Key` or `authkey=`, judged by the Redis record
-`AUTHKEY:<k>` instead of the ACL file, on every route kind (REST, JSON protocol, XML-RPC, comet,
-SSE, WebSocket)."""
+"""Auth keys (docs/access-control.md#auth-keys): `X-Auth-Key` or `authkey=`, judged by the Redis
+record `AUTHKEY:<k>` instead of the ACL file, on every route kind (REST, JSON protocol, XML-RPC,
+comet, SSE, WebSocket)."""
 from __future__ import annotations
 
 import contextlib
@@ -424,7 +424,7 @@ def test_a_refused_key_gets_no_challenge_where_the_acl_would(locked, redis):
     assert request(locked, "GET", "/stats/kq", headers={"X-Auth-Key": "good"}).status == 200
 
 
-# -- processing order (§1.5): validation (4) before the key check (5) --------------------------
+# -- docs/http-api.md#processing-order: validation (4) before the key check (5) ----------------
 
 
 def test_validation_comes_before_the_key_check(H, redis):

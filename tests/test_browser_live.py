@@ -1,5 +1,6 @@
 """One headless Chromium page consuming a queue by EventSource and by WebSocket at once, while
-the test adds messages and purges the queue (PROTOCOL.md §7.3, §7.4, §7.6 purge).
+the test adds messages and purges the queue (docs/live-delivery.md#websocket,
+#server-sent-events, #purge).
 
 How the browser is driven (nothing is written to the product's static directory):
 * the page is a temporary file loaded as file://, with `--disable-web-security` (a throw-away

@@ -1,6 +1,6 @@
 """Browser security, checked with raw sockets and in a real headless Chromium
-(PROTOCOL.md §1.3 reply headers, §1.4 JSONP, §4.3 / §4.9 / §4.10 pages, §7.3 / §7.4 / §9.4 the
-`auth` cookie of /ws/ and /sse/).
+(reply headers and JSONP of docs/http-api.md#replies and #jsonp, the HTML pages, and the `auth`
+cookie of /ws/ and /sse/ in docs/access-control.md#credentials).
 
 * Hostile queue names render as text on the dashboard, the `/q/` list and the `/j/<q>` jobs
   page: each page is loaded live (where the CSP sandbox would stop a script anyway) and again
@@ -38,7 +38,8 @@ from tests.http_client import request
 CSP = "default-src 'none'; sandbox"
 EVIL = "http://evil.example"
 
-# Every payload tries to rename the document; names contain no whitespace (§1.1).
+# Every payload tries to rename the document; names contain no whitespace
+# (docs/http-api.md#queue-names).
 NAMES = [
     "<img/src=x/onerror=document.title='pwned'>",
     "<script>document.title='pwned'</script>",
@@ -200,8 +201,9 @@ def assert_no_cors(headers: dict[str, list[str]], where: str) -> None:
 
 def assert_api_headers(headers: dict[str, list[str]], where: str,
                        jsonp: bool | None = False) -> None:
-    """§1.3 plus nosniff, which a JSONP reply goes without (a browser would refuse to run it
-    as a script under its JSON or HTML type); `jsonp` None: either is fine."""
+    """The headers of docs/http-api.md#replies, nosniff included, which a JSONP reply goes without
+    (a browser would refuse to run it as a script under its JSON or HTML type); `jsonp` None:
+    either is fine."""
     if jsonp is False:
         assert headers.get("x-content-type-options") == ["nosniff"], f"{where}: {headers}"
     elif jsonp:
@@ -279,7 +281,7 @@ GOOD_CALLBACKS = ["__proto__.x", "$", "_", "a.b.c", "$a_1.$b2._", "A" * 128, "co
 
 
 def jsonp_requests(callback: str) -> list[tuple[str, str, dict | None]]:
-    """One request per JSONP route and method of the §3 table, with `callback`."""
+    """One request per JSONP route and method of docs/http-api.md#route-table, with `callback`."""
     q = urlencode({"callback": callback})
     return [
         ("GET", f"/?queue=jq&{q}", None),
@@ -322,7 +324,7 @@ def test_jsonp_refuses_callbacks_outside_the_grammar(H, redis):
         assert_api_headers(header_map(reply.headers), where)
     redis("FLUSHALL")  # those POSTs set a policy
 
-    # routes without JSONP ignore it (§1.4): never reflected, never wrapped
+    # routes without JSONP ignore it (docs/http-api.md#jsonp): never reflected, never wrapped
     for path in ("/control/jq", "/control/", "/j/jq"):
         reply = request(H, "GET", f"{path}?{urlencode({'callback': 'alert(1)//'})}")
         assert reply.status == 200 and b"alert" not in reply.body, (path, reply.body)

@@ -1,6 +1,6 @@
-"""The collectd frontend (PROTOCOL.md §10), through HTTP against a real `twistd collectd`
-process, then with the real collectd daemon: write_http in both formats and a notification
-posted by the exec plugin's NotificationExec script."""
+"""The collectd frontend (docs/frontends.md#collectd), through HTTP against a real `twistd
+collectd` process, then with the real collectd daemon: write_http in both formats and a
+notification posted by the exec plugin's NotificationExec script."""
 from __future__ import annotations
 
 import json
@@ -114,7 +114,7 @@ def test_spec_example_putval(C, redis):
     assert data_items(C, redis, body) == [{
         "host": "srv1", "plugin_instance": "df", "type_instance": "df-boot", "interval": "10",
         "value": "1288548767:116497408.000000:391246848.000000"}]
-    # Registered like any added queue (ADD, §8.3).
+    # Registered like any added queue (docs/redis-layout.md#add).
     assert redis("SMEMBERS", "QUEUESET") == ["collectd_data"]
     assert redis("GET", "queuestat::collectd_data") == "1"
     assert redis("GET", "collectd_data:UUID") == "1"
@@ -799,8 +799,8 @@ def test_real_collectd_notification(cserver, redis):
 
 
 def test_a_form_encoded_event_body_is_not_read_as_arguments(C, redis):
-    """§1.2: /collectd/ reads the raw body, so curl's default Content-Type does not matter,
-    even for a body that would be an undecodable form."""
+    """docs/http-api.md#arguments: /collectd/ reads the raw body, so curl's default Content-Type
+    does not matter, even for a body that would be an undecodable form."""
     from tests.http_client import request
     body = "Severity: FAILURE\nHost: h%ff\n\nvalue=%ff&callback=1x\n"
     reply = request(C, "POST", "/collectd/event", body=body,

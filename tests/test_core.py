@@ -1,7 +1,7 @@
 """restmq.core.Core against a real redis-server: the exact Redis state after every operation of
-PROTOCOL.md §8 (keys of §8.1, scripts of §8.2/§8.3, plain commands of §8.4), dead-entry skipping,
-string values, name validation (§1.1) and compatibility with databases written by the original
-RestMQ."""
+docs/redis-layout.md (#keys, #scripts, #operations, #plain-commands), dead-entry skipping, string
+values, name validation (docs/http-api.md#queue-names) and compatibility with databases written by
+the original RestMQ."""
 from __future__ import annotations
 
 import json

@@ -1,5 +1,5 @@
-"""`restmq-engine` (PROTOCOL.md §13): every flag, the fixed order, exit codes, and that its
-adds wake live consumers of a running server."""
+"""`restmq-engine` (docs/frontends.md#restmq-engine): every flag, the fixed order, exit codes, and
+that its adds wake live consumers of a running server."""
 from __future__ import annotations
 
 import json

@@ -1,4 +1,5 @@
-"""PROTOCOL.md §12.1 error replies, §1.5 processing order and §3 routing, against a real server.
+"""Error replies, the processing order and routing (docs/http-api.md#errors, #processing-order,
+#route-table), against a real server.
 
 Every error is checked for its exact status, `Content-Type: application/json`, the body
 `{"error": reason}` without a trailing CRLF, and that the rejected request left Redis untouched.

@@ -70,7 +70,7 @@ def consumers(redis, queue: str, count: int = 1) -> None:
     wait_until(lambda: numsub(redis, queue) >= count, TIMEOUT, f"a consumer of {queue}")
 
 
-# -- test_rest.sh: PROTOCOL.md §14 with curl --------------------------------------------------
+# -- test_rest.sh: docs/http-api.md#worked-example with curl ----------------------------------
 
 
 def rest_tour(url: str) -> tuple[int, str, str]:

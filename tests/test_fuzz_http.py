@@ -2,9 +2,9 @@
 (any bytes, percent-encoded or raw in the request target) on every route with a name in its
 path, and arbitrary query strings and form bodies.
 
-Invariants (PROTOCOL.md §1.1, §1.5, §12.1): never a 5xx and never a hang; every error is
-`Content-Type: application/json` with the body `{"error": "<reason>"}`; a request refused with
-400 wrote nothing to Redis. The server must not log an internal error.
+Invariants (docs/http-api.md#queue-names, #processing-order, #errors): never a 5xx and never a
+hang; every error is `Content-Type: application/json` with the body `{"error": "<reason>"}`; a
+request refused with 400 wrote nothing to Redis. The server must not log an internal error.
 
 Shrinking is off (a hang costs the socket timeout per attempt); the explicit tests at the end
 are the minimal reproducers of what the fuzzing found.
@@ -73,7 +73,7 @@ def raw_request(url: str, method: str, target: bytes, body: bytes | None = None,
 
 
 def assert_error_shape(status, headers, body, what):
-    """§12.1: no 5xx; an error is application/json `{"error": "<reason>"}`."""
+    """docs/http-api.md#errors: no 5xx; an error is application/json `{"error": "<reason>"}`."""
     assert status < 500, f"{status} {body!r} for {what}"
     if status >= 400 and headers is not None:
         assert headers.get("Content-Type") == "application/json", (status, headers, what)
@@ -139,7 +139,7 @@ ROUTES = [("/q/", "GET", None, True), ("/q/", "POST", b"value=v", False),
           ("/j/", "GET", None, False), ("/c/", "GET", None, False)]
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 JSONP = {("/q/", "GET"), ("/q/", "POST"), ("/q/", "DELETE"), ("/p/", "GET"), ("/p/", "POST"),
-         ("/control/", "POST"), ("/stats/", "GET"), ("/c/", "GET")}  # §3
+         ("/control/", "POST"), ("/stats/", "GET"), ("/c/", "GET")}  # the route table
 
 
 @bounded(400)
@@ -185,7 +185,7 @@ def test_rejected_name_on_post_root_writes_nothing(H, redis, quiet_log, name):
         try:
             raw.decode("utf-8")
             reason = "invalid queue name"
-        except UnicodeDecodeError:  # a form value is strict UTF-8 first (§1.2)
+        except UnicodeDecodeError:  # a form value is strict UTF-8 (docs/http-api.md#arguments)
             reason = "invalid argument: queue"
         assert (status, json.loads(reply)) == (400, {"error": reason})
         assert redis("DBSIZE") == 0

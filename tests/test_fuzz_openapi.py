@@ -65,8 +65,9 @@ HTTP_METHODS = ("get", "post", "delete", "put", "patch", "head", "options")
 
 
 def test_undescribed_methods_are_405_with_the_described_ones_in_allow(H, redis):
-    """§3: every method the description leaves out answers 405, and `Allow` lists exactly the
-    described methods: the description and the server agree on the route table."""
+    """docs/http-api.md#route-table: every method the description leaves out answers 405, and
+    `Allow` lists exactly the described methods: the description and the server agree on the route
+    table."""
     for path, item in document()["paths"].items():
         described = {m.upper() for m in item if m in HTTP_METHODS}
         concrete = path.replace("{q}", "test").replace("{path}", "index.html")
@@ -101,7 +102,7 @@ def header(response, name: str) -> str | None:
 
 
 def check_reply(case, response) -> None:
-    """What the generic checks do not know: the error shape of §12.1."""
+    """What the generic checks do not know: the error shape of docs/http-api.md#errors."""
     status = response.status_code
     ctype = header(response, "Content-Type")
     assert status < 500, (status, response.content)

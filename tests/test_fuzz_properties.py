@@ -1,9 +1,9 @@
 """Property tests (hypothesis), pure and fast: no Redis, no sockets.
 
 * queue names: the Redis keys of two different accepted names never meet, nor the fixed keys
-  (PROTOCOL.md §1.1, §8.1);
-* the JSON protocol's parse and field checks (§5), the XML-RPC document check (§6), the
-  collectd body parser (§10) and the syslog framing and priority (§11) never fail with
+  (docs/http-api.md#queue-names, docs/redis-layout.md#keys);
+* the JSON protocol's parse and field checks, the XML-RPC document check, the collectd body
+  parser and the syslog framing and priority (docs/frontends.md) never fail with
   anything but their documented BadRequest.
 
 Each test is bounded by `max_examples` so that it runs in a few seconds; set RESTMQ_FUZZ_SCALE
@@ -41,7 +41,7 @@ FAST = bounded(300)
 SLOW = bounded(150)
 
 
-# -- queue names and the key layout (§8.1) ---------------------------------------------------
+# -- queue names and the key layout (docs/redis-layout.md#keys) ------------------------------
 
 # Pieces that make key names meet when concatenated: the separators, counters, the reserved
 # words with and without their colon, and some text that is not ASCII.
@@ -155,7 +155,7 @@ def test_keys_of_two_accepted_names_never_meet(pair):
 @pytest.mark.parametrize("a, b", [("queuestat:", "UUID"), ("queuestat:", "5"),
                                   ("AUTHKEY", "x")])
 def test_the_check_finds_the_collisions_the_reserved_names_prevent(a, b):
-    """Not vacuous: without the reservations of §1.1 the counter of `queuestat:` would be the
+    """Not vacuous: without the reserved names the counter of `queuestat:` would be the
     status of queue `UUID` (`queuestat::UUID`), its message 5 the status of queue `5`, and
     message 1 of `AUTHKEY` the auth record of key `1`."""
     assert not core.is_valid_name(a)
@@ -191,7 +191,7 @@ def test_accepted_names_are_those_of_section_1_1(name):
     assert core.is_valid_name(name) == expected
 
 
-# -- the JSON protocol (§5) --------------------------------------------------------------------
+# -- the JSON protocol (docs/frontends.md#json-protocol) ---------------------------------------
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
@@ -255,7 +255,7 @@ def test_field_error_for_del_keys(queue, key):
         assert error == "invalid argument: key"
 
 
-# -- XML-RPC documents (§6) ------------------------------------------------------------------
+# -- XML-RPC documents (docs/frontends.md#xml-rpc) -------------------------------------------
 
 def assert_call_or_bad_request(body: bytes):
     try:
@@ -379,7 +379,7 @@ def test_xmlrpc_undefined_or_invalid_entity_references_are_refused(ref, method):
     raise AssertionError(body)
 
 
-# -- collectd bodies (§10) -------------------------------------------------------------------
+# -- collectd bodies (docs/frontends.md#line-parsing) ----------------------------------------
 
 COLLECTD_PIECES = ["PUTVAL", "PUTVAL ", " ", "  ", "\n", "\r\n", "\r", '"', "/", "=",
                    "interval=10", "a/b/c", '"h/p/t"', "Severity:", "Severity", "Time:",
@@ -505,7 +505,7 @@ def test_collectd_events_round_trip(data):
     assert items == [d for _, d in headers] + [{"event_text": text}]
 
 
-# -- syslog framing and priority (§11) -------------------------------------------------------
+# -- syslog framing and priority (docs/frontends.md#syslogd) ---------------------------------
 
 class Collect:
     def __init__(self, max_line: int):

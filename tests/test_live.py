@@ -1,4 +1,4 @@
-"""Live delivery semantics (PROTOCOL.md §7.5, §7.6) over real sockets: policies, flow control,
+"""Live delivery semantics (docs/live-delivery.md) over real sockets: policies, flow control,
 purge, the safety sweep, slow consumers and several server processes on one Redis."""
 from __future__ import annotations
 

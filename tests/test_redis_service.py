@@ -1,6 +1,7 @@
-"""restmq.redis.RedisService against real redis-servers: EVALSHA with the NOSCRIPT fallback (§8.2),
-error replies, lost / paused / restarted Redis (§12.1, §12.2: no usable connection or a 5 s
-timeout is `redis unavailable`; reconnect at most every 5 s) and a clean stopService."""
+"""restmq.redis.RedisService against real redis-servers: EVALSHA with the NOSCRIPT fallback,
+error replies, lost / paused / restarted Redis (docs/redis-layout.md#connections: no usable
+connection or a 5 s timeout is `redis unavailable`; reconnect at most every 5 s) and a clean
+stopService."""
 from __future__ import annotations
 
 import os

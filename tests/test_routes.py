@@ -1,6 +1,7 @@
-"""PROTOCOL.md §1.1-§1.4, §4 (except 4.5), §5 and dead entries (§8.2), against a real server.
+"""The conventions and routes of docs/http-api.md (live streams aside), the JSON protocol and
+dead entries (docs/redis-layout.md#dead-entries), against a real server.
 
-Replies are checked byte for byte where the spec fixes the bytes (CRLF, JSONP wrapping, the
+Replies are checked byte for byte where the reference fixes the bytes (CRLF, JSONP wrapping, the
 queue list page) and after parsing where it leaves JSON layout free.
 """
 from __future__ import annotations
@@ -43,7 +44,7 @@ def app_json(reply: Reply, crlf: bool):
 
 
 def ascii_json(body: bytes) -> None:
-    """§1.3: non-ASCII escaped as \\uXXXX, and <, >, & never raw."""
+    """docs/http-api.md#replies: non-ASCII escaped as \\uXXXX, and <, >, & never raw."""
     assert body.isascii(), body
     assert not re.search(rb"[<>&]", body), body
 
@@ -101,7 +102,7 @@ def multipart(fields, boundary: str = "b0uNd4ry") -> tuple[bytes, str]:
     return out, f"multipart/form-data; boundary={boundary}"
 
 
-# -- §4.1-§4.4 REST basics -----------------------------------------------------------------
+# -- REST basics (docs/http-api.md#root, #add, #hard-get, #purge) --------------------------
 
 
 def test_post_root_and_get_root(H, redis):
@@ -180,7 +181,7 @@ def test_purge_of_unknown_queue_writes_nothing(H, redis):
     assert snapshot(redis) == {}
 
 
-# -- §5 JSON protocol ----------------------------------------------------------------------
+# -- JSON protocol (docs/frontends.md#json-protocol) ---------------------------------------
 
 FIELD_CASES = [
     ({"cmd": "add"}, "missing argument: queue"),
@@ -402,7 +403,7 @@ def test_json_reply_escaping(H, redis):
     assert redis("GET", "t:1") == value
 
 
-# -- §1.2 arguments ------------------------------------------------------------------------
+# -- arguments (docs/http-api.md#arguments) ------------------------------------------------
 
 
 def stored_value(H, redis, **kw) -> str | None:
@@ -533,7 +534,7 @@ def test_values_stay_strings(H, redis, value):
     assert jp_ok(H, {"cmd": "take", "queue": "t"})["value"] == value
 
 
-# -- §1.1 names ----------------------------------------------------------------------------
+# -- names (docs/http-api.md#queue-names) --------------------------------------------------
 
 
 def test_slash_in_name(H, redis):
@@ -648,7 +649,7 @@ def test_json_escapes_lt_gt_amp_raw_bytes(H, redis):
     assert b"invalid status: \\u003cx\\u003e\\u0026" in reply.body
 
 
-# -- §1.4 JSONP ----------------------------------------------------------------------------
+# -- JSONP (docs/http-api.md#jsonp) --------------------------------------------------------
 
 
 def test_jsonp_rest(H, redis):
@@ -714,7 +715,7 @@ def test_jsonp_never_wraps_errors_204_302(H, redis):
     assert_error(post(H, "/queue?callback=cb", form={"body": "x"}), 400, "malformed JSON")
 
 
-# -- §4.6 policy ---------------------------------------------------------------------------
+# -- policy (docs/http-api.md#policy) ------------------------------------------------------
 
 
 def test_policy(H, redis):
@@ -747,7 +748,7 @@ def test_policy_unknown_value_stores_nothing(H, redis, value):
     assert snapshot(redis) == before
 
 
-# -- §4.7 control --------------------------------------------------------------------------
+# -- control (docs/http-api.md#control) ----------------------------------------------------
 
 
 def test_control_get(H, redis, R):
@@ -802,7 +803,7 @@ def test_control_all(H, redis, R):
         "c": {"queue": "c", "status": None}, "x y": {"queue": "x y", "status": None}}}
 
 
-# -- §4.8 stats ----------------------------------------------------------------------------
+# -- stats (docs/http-api.md#stats) --------------------------------------------------------
 
 
 def test_stats_all(H, redis, R):
@@ -838,7 +839,7 @@ def test_stats_queue(H, redis, R):
     assert app_json(get(H, "/stats/t"), crlf=False)["len"] == 1
 
 
-# -- §4.9 jobs page ------------------------------------------------------------------------
+# -- jobs page (docs/http-api.md#jobs-page) ------------------------------------------------
 
 
 def test_jobs_page(H, redis):
@@ -881,7 +882,7 @@ def test_jobs_page_empty_and_glob_and_escaping(H, redis):
     assert re.search(r"<li>&lt;b&gt;&amp;(&quot;|&#34;|&#x22;)(&#x27;|&#39;|&apos;):1</li>", page)
 
 
-# -- §4.10 redirects and static files --------------------------------------------------------
+# -- redirects and static files (docs/http-api.md#static-files) ------------------------------
 
 
 def test_queue_redirect(H, redis):
@@ -912,7 +913,7 @@ def test_static_files(H, path, file, ctype):
     assert head.body == b""
 
 
-# -- dead entries (§1, §8.2) ----------------------------------------------------------------
+# -- dead entries (docs/redis-layout.md#dead-entries) ---------------------------------------
 
 
 def test_dead_entries_skipped_by_hard_get(H, redis):
@@ -975,7 +976,7 @@ def test_expired_entry_skipped(H, redis):
     assert redis("EXISTS", "t:1:refcount") == 0
 
 
-# -- §1.3 headers of API replies -------------------------------------------------------------
+# -- headers of API replies (docs/http-api.md#replies) ---------------------------------------
 
 
 def test_api_headers_on_every_kind_of_reply(H, redis):

@@ -1,6 +1,7 @@
-"""Server-Sent Events and comet streams over raw sockets (PROTOCOL.md §4.5, §7.1, §7.2, §7.4,
-§7.6 purge): the chunked framing is decoded here byte by byte, SSE is parsed the way a
-browser's EventSource does (WHATWG event-stream rules), and §14 step 12 runs with real curl."""
+"""Server-Sent Events and comet streams over raw sockets (docs/live-delivery.md#comet,
+#server-sent-events, #purge): the chunked framing is decoded here byte by byte, SSE is parsed
+the way a browser's EventSource does (WHATWG event-stream rules), and step 12 of
+docs/http-api.md#worked-example runs with real curl."""
 from __future__ import annotations
 
 import codecs
@@ -39,7 +40,8 @@ def numsub(redis, queue: str) -> int:
 
 
 def wait_subscribed(redis, queue: str) -> None:
-    """The server subscribes to `<q>:PUBSUB` when its first consumer of `q` registers (§7.6)."""
+    """The server subscribes to `<q>:PUBSUB` when its first consumer of `q` registers
+    (docs/live-delivery.md#several-processes)."""
     wait_for(lambda: numsub(redis, queue) >= 1, what=f"a subscription to {queue}:PUBSUB")
 
 
@@ -54,7 +56,8 @@ def add(base: str, queue: str, value: str) -> str:
 
 
 def message_object(text: str | bytes) -> dict:
-    """A delivered message object: exactly the fields key and value, ASCII-only JSON (§1.3)."""
+    """A delivered message object: exactly the fields key and value, ASCII-only JSON
+    (docs/http-api.md#replies)."""
     raw = text.encode() if isinstance(text, str) else text
     assert all(b < 0x80 for b in raw), raw
     assert b"<" not in raw and b">" not in raw and b"&" not in raw, raw
@@ -302,7 +305,8 @@ def connect():
 
 
 def assert_error(stream: RawStream, status: int, reason: str) -> None:
-    """§12.1: status, application/json, `{"error": reason}` without CRLF, a complete reply."""
+    """docs/http-api.md#errors: status, application/json, `{"error": reason}` without CRLF, a
+    complete reply."""
     stream.wait_end()
     assert stream.status == status, (stream.status_line, stream.body)
     assert stream.headers["content-type"] == "application/json"
@@ -356,7 +360,8 @@ def test_sse_message_bytes_exact(H, redis, connect):
 def test_sse_events_parsed_like_eventsource_pending_first(H, redis, connect):
     values = ["first", "line\nbreak\r\nand\rcr", "\u2028\u2029 sep", " ", "123", "data: x\n\nid: y"]
     keys = [add(H, "ev", v) for v in values[:3]]
-    # Last-Event-ID is ignored (§7.4): the pending messages are delivered from the oldest
+    # Last-Event-ID is ignored (docs/live-delivery.md#server-sent-events): the pending messages are
+    # delivered from the oldest
     s = connect(H, "/sse/ev", headers={"Last-Event-ID": "ev:2", "Accept": SSE_TYPE})
     assert s.status == 200
     s.wait(lambda st: len(sse_events(st).events) == 3, what="the three pending messages")
@@ -393,7 +398,7 @@ def test_sse_purge_sends_null_then_ends_the_response(H, redis, connect):
     add(H, "pq", "after")
     assert s.idle(1.5) == b""
     assert redis("LLEN", "pq:queue") == 1
-    # HTTP/1.1 keep-alive (§1.3): the ended stream leaves a usable connection
+    # HTTP/1.1 keep-alive: the ended stream leaves a usable connection
     assert not s.eof
     s.sock.sendall(f"GET /stats/pq HTTP/1.1\r\nHost: {s.host}\r\n\r\n".encode())
     s.wait(lambda st: b"\r\n\r\n" in st.buf, what="a second reply on the kept-alive connection")

@@ -1,5 +1,5 @@
-"""The syslog frontend (PROTOCOL.md §11) against a real `twistd syslogd` process: framing,
-priorities, garbage, concurrency, the real `logger` and rsyslog clients, and TCP
+"""The syslog frontend (docs/frontends.md#syslogd) against a real `twistd syslogd` process:
+framing, priorities, garbage, concurrency, the real `logger` and rsyslog clients, and TCP
 back-pressure while Redis is unavailable."""
 from __future__ import annotations
 
@@ -143,7 +143,7 @@ def test_message_json(S, redis):
     assert isinstance(rec["tstamp"], float)
     assert before - 1 <= rec["tstamp"] <= after + 1
     assert rec["facility"] == "mail" and rec["severity"] == "info"
-    # Added like any message (§8.3).
+    # Added like any message (docs/redis-layout.md#add).
     assert redis("SMEMBERS", "QUEUESET") == [QUEUE]
     assert redis("GET", f"queuestat::{QUEUE}") == "1"
     assert redis("GET", f"{QUEUE}:1") is not None

@@ -1,4 +1,5 @@
-"""PROTOCOL.md §14, steps 1-11 and 13-21, driven with curl against a real server and Redis."""
+"""The worked example of docs/http-api.md#worked-example, steps 1-11 and 13-21, driven with
+curl against a real server and Redis."""
 from __future__ import annotations
 
 import json

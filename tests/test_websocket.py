@@ -1,4 +1,4 @@
-"""WebSocket consumers, `GET /ws/<q>` (PROTOCOL.md §7.1, §7.3, §7.6 purge, §12.1).
+"""WebSocket consumers, `GET /ws/<q>` (docs/live-delivery.md#websocket, #consumers, #purge).
 
 Three independent views of the server's RFC 6455 codec (restmq/_cyclone_py3.py):
 * autobahn's asyncio client, run in a fresh asyncio loop inside plain synchronous tests (the
@@ -135,7 +135,8 @@ class WSClient:
 
 
 def parse_delivery(payload: bytes):
-    """A delivered message object: ASCII-only JSON (§1.3 escapes), no CRLF (§7.3)."""
+    """A delivered message object: ASCII-only JSON, no CRLF
+    (docs/live-delivery.md#websocket)."""
     text = payload.decode("ascii")  # raises on any raw non-ASCII byte
     assert not text.endswith("\n"), payload
     return json.loads(text)
@@ -168,7 +169,7 @@ async def http(fn, *args, **kw):
     return await asyncio.to_thread(fn, *args, **kw)
 
 
-# -- §7.3 / §7.1 with autobahn -------------------------------------------------------------------
+# -- docs/live-delivery.md#websocket with autobahn -----------------------------------------------
 
 
 def test_messages_arrive_as_text_frames(H, redis):
@@ -216,7 +217,8 @@ def test_pending_messages_delivered_on_connect(H, redis):
 
     run(body)
     assert redis("LLEN", "early:queue") == 0
-    # delivery is at most once: the value is deleted before it is written (§7.1)
+    # delivery is at most once: the value is deleted before it is written
+    # (docs/live-delivery.md#delivery-guarantees)
     assert redis("EXISTS", "early:1") == 0
 
 
@@ -321,7 +323,8 @@ def test_purge_sends_null_then_close_1000(H, redis):
 
 
 def test_purge_with_pending_list(H, redis):
-    """A stopped queue with a backlog: purge ends the consumer all the same (§4.4)."""
+    """A stopped queue with a backlog: purge ends the consumer all the same
+    (docs/http-api.md#purge)."""
     assert post(H, "/control/held", form={"status": "stop"}).status == 200
     add(H, "held", "waiting")
 
@@ -350,7 +353,7 @@ def test_client_messages_are_not_enqueued(H, redis):
     assert redis("SISMEMBER", "QUEUESET", "quiet") == 0
 
 
-# -- handshake over raw sockets (§7.3, §12.1) ---------------------------------------------------
+# -- handshake over raw sockets -----------------------------------------------------------------
 
 
 class Raw:
@@ -466,7 +469,7 @@ def assert_error(base: str, request: bytes, status: int, reason: str) -> dict[st
     assert line == expected, (line, body)
     assert headers["content-type"] == ["application/json"], headers
     assert json.loads(body) == {"error": reason}, body
-    assert not body.endswith(b"\r\n"), body  # §12.1: no trailing CRLF
+    assert not body.endswith(b"\r\n"), body  # an error reply has no trailing CRLF
     return headers
 
 
@@ -560,7 +563,7 @@ def test_autobahn_sees_no_subprotocol(H, redis):
     run(body)
 
 
-# -- hand-built frames (§7.3) --------------------------------------------------------------------
+# -- hand-built frames ---------------------------------------------------------------------------
 
 
 def frame(opcode: int, payload: bytes = b"", fin: bool = True, mask: bool = True,
@@ -710,7 +713,7 @@ def test_raw_client_receives_deliveries(H, redis):
         assert parse_delivery(payload) == {"key": "rawq:1", "value": "value ☃"}
 
 
-# -- --max-body (§7.3, §12.2) -------------------------------------------------------------------
+# -- --max-body (docs/limits.md#sizes) ----------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -762,7 +765,7 @@ def test_control_frames_do_not_count_toward_max_body(small, redis):
         assert raw.read_frame()[1:3] == (OP_BINARY, b"a" * 990 + b"b" * 10)
 
 
-# -- §7.1: abrupt disconnects ---------------------------------------------------------------
+# -- abrupt disconnects ---------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("how", ["fin", "reset"])
@@ -805,7 +808,7 @@ def test_abrupt_disconnect_of_one_of_two(H, redis):
         assert got == [{"key": f"pair:{n}", "value": f"m{n}"} for n in range(1, 4)]
 
 
-# -- §7.1/§7.5: mixed consumers under broadcast ------------------------------------------------
+# -- mixed consumers under broadcast (docs/live-delivery.md#policies) --------------------------
 
 
 async def comet_open(base: str, queue: str):

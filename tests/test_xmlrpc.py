@@ -1,6 +1,6 @@
-"""XML-RPC at `POST /xmlrpc` (PROTOCOL.md §6, §12.1) with the standard library's real client,
-`xmlrpc.client.ServerProxy`, plus hostile documents posted raw: every one is refused before
-anything reaches Redis, and nothing is ever fetched."""
+"""XML-RPC at `POST /xmlrpc` (docs/frontends.md#xml-rpc, docs/http-api.md#xml-rpc-faults) with the
+standard library's real client, `xmlrpc.client.ServerProxy`, plus hostile documents posted raw:
+every one is refused before anything reaches Redis, and nothing is ever fetched."""
 from __future__ import annotations
 
 import json
@@ -277,7 +277,7 @@ def test_status_set_start_wakes_a_stopped_comet_consumer(rpc, redis, redis_proc,
             data = comet.sock.recv(65536)
             raise AssertionError(f"delivered while stopped: {data!r}")
         assert rpc.status_set("live", "start") == "start"
-        # the start published `wake` (§7.6) ...
+        # the start published `wake` (docs/live-delivery.md#notifications) ...
         kind, channel, payload = watcher.next_message()
         assert (kind, channel) == ("message", "live:PUBSUB")
         assert json.loads(payload) == {"type": "wake", "db": 0}
@@ -441,7 +441,7 @@ def test_body_over_max_body_is_413(H, redis):
     assert reply.status == 200
     assert xmlrpc.client.loads(reply.body) == (("big:1",), None)
     before = snapshot(redis)
-    # one byte more, declared up front: refused before the body is read (§12.1)
+    # one byte more, declared up front: refused before the body is read (docs/limits.md#sizes)
     status, ctype, body = declared_length_only(H, "/xmlrpc", limit + 1)
     assert (status, ctype) == (413, "application/json")
     assert json.loads(body) == {"error": "request body too large"}
@@ -529,7 +529,8 @@ HOSTILE = {
                        "<string>hostile</string></value></param></params></methodResponse>",
     "fault_response": xmlrpc.client.dumps(xmlrpc.client.Fault(1, "x"), methodresponse=True),
     "other_root": "<foo><methodName>set</methodName></foo>",
-    # §6 "a document that is not a methodCall": the root decides, not a methodName somewhere
+    # "a document that is not a methodCall" (docs/frontends.md#xml-rpc): the root decides, not a
+    # methodName somewhere
     "method_call_wrapped": "<wrapper>" + _set_with("v").split("?>\n", 1)[1] + "</wrapper>",
     "method_response_with_method_name": "<methodResponse><methodName>set</methodName><params>"
                                         "<param><value>hostile</value></param><param><value>v"

@@ -1,8 +1,8 @@
 """The Core class and its message operations: add, the gets, delete, purge, the live
 delivery's batch pop and put-back. Every method returns a Deferred, no HTTP in sight.
 
-Key names follow the original RestMQ layout (PROTOCOL.md §8.1); multi-step operations are the Lua
-scripts in restmq/scripts, each one atomic round trip.
+Key names follow the original RestMQ layout (docs/redis-layout.md#keys); multi-step operations are
+the Lua scripts in restmq/scripts, each one atomic round trip.
 """
 from __future__ import annotations
 
@@ -31,9 +31,9 @@ class Message:
 
 
 class Core(PolicyMixin, StatsMixin, StepsMixin):
-    """The queue operations of PROTOCOL.md §8 on one Redis database: the message operations
-    here, policy and status in restmq.core.policy, the queue list and stats in
-    restmq.core.stats, the running of scripts in steps in restmq.core.steps.
+    """The queue operations of docs/redis-layout.md#operations on one Redis database: the
+    message operations here, policy and status in restmq.core.policy, the queue list and stats
+    in restmq.core.stats, the running of scripts in steps in restmq.core.steps.
 
     `redis` is a restmq.redis.RedisService (or anything with `execute`, `run_script`, `db`).
     Every method fails with RedisUnavailable or RedisFailure when Redis does, and with

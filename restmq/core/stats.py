@@ -37,8 +37,8 @@ class StatsMixin:
 
     def stats(self) -> defer.Deferred:
         """Fires with a list of QueueStats for every QUEUESET member, sorted by name. Read a
-        page of STATS_PAGE queues per script (not atomic, as the spec's pipelined reads are
-        not); RedisUnavailable when all pages are not read within the command timeout."""
+        page of STATS_PAGE queues per script (not one atomic picture, docs/redis-layout.md#stats);
+        RedisUnavailable when all pages are not read within the command timeout."""
         return defer.ensureDeferred(self._stats())
 
     async def _stats(self) -> list[QueueStats]:

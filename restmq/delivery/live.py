@@ -1,4 +1,5 @@
-"""Live delivery (PROTOCOL.md §7): who is connected to which queue, and who gets which message.
+"""Live delivery (docs/live-delivery.md): who is connected to which queue, and who gets which
+message.
 
 Consumers (comet, WebSocket, SSE) register here; `dispatch` pops batches with POP_BATCH and
 hands roundrobin messages out in rotation, while broadcast batches come back through the

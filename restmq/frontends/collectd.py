@@ -1,5 +1,6 @@
-"""The collectd frontend (PROTOCOL.md §10): collectd's write_http bodies become messages of
-the queues `collectd_data` and `collectd_event`, through the same core and delivery.
+"""The collectd frontend (docs/frontends.md#collectd): collectd's write_http bodies become
+messages of the queues `collectd_data` and `collectd_event`, through the same core and
+delivery.
 """
 from __future__ import annotations
 
@@ -62,7 +63,7 @@ def decode(body: bytes) -> str:
 
 def data_message(body: bytes, content_type: str | None) -> str | None:
     """The value stored for POST /collectd/data, or None when the media type is unexpected
-    (the caller answers 503, as the spec says)."""
+    (the caller answers 503, docs/http-api.md#collectd-ingest)."""
     text = decode(body)
     media = (content_type or "").split(";", 1)[0].strip().lower()
     if media == "application/json":

@@ -1,4 +1,5 @@
-"""The JSON protocol of `POST /queue` (PROTOCOL.md §5): add, get, take and del commands.
+"""The JSON protocol of `POST /queue` (docs/frontends.md#json-protocol): add, get, take and
+del commands.
 
 `check` then `execute` fire with the reply object; a command's field errors and an empty queue
 are reply objects too (status 200), only malformed JSON and Redis trouble are exceptions.

@@ -1,5 +1,5 @@
-"""The syslog frontend (PROTOCOL.md §11): a TCP receiver whose messages become messages of the
-queue `syslogd:<peer ip>`, through the same core.
+"""The syslog frontend (docs/frontends.md#syslogd): a TCP receiver whose messages become
+messages of the queue `syslogd:<peer ip>`, through the same core.
 
 Framing is decided per message: RFC 6587 octet counting (`<len> <msg>`) or LF-terminated.
 Nothing is ever written back. While Redis is unavailable a connection stops reading (TCP

@@ -1,4 +1,4 @@
-"""XML-RPC at `/xmlrpc` (PROTOCOL.md §6): a hardened parse, then the standard library's
+"""XML-RPC at `/xmlrpc` (docs/frontends.md#xml-rpc): a hardened parse, then the standard library's
 marshalling; every method maps to one core operation.
 
 cyclone's own xmlrpc module does not import on Python 3, and it would parse with whatever the
@@ -29,7 +29,7 @@ class Fault(Exception):
 class Method:
     arity: int
     section: str  # ACL category
-    all_queues: bool = False  # the method addresses every queue (auth keys, §9.5)
+    all_queues: bool = False  # the method addresses every queue: a key needs `create`
 
 
 METHODS = {

@@ -49,7 +49,8 @@ class ArgumentsMixin:
 
     @property
     def args(self) -> dict[str, str]:
-        """Query and form arguments (§1.2), parsed on first use; BadRequest when undecodable."""
+        """Query and form arguments (docs/http-api.md#arguments), parsed on first use;
+        BadRequest when undecodable."""
         if self._args is None:
             args: dict[str, str] = {}
             parse_urlencoded(self.request.query.encode("latin-1"), args)
@@ -92,7 +93,8 @@ class ArgumentsMixin:
         return value
 
     def path_queue(self) -> str:
-        """The queue name after the route prefix, percent-decoded, then UTF-8 (§1.1)."""
+        """The queue name after the route prefix, percent-decoded, then UTF-8
+        (docs/http-api.md#queue-names)."""
         raw = unquote_to_bytes(self.request.path[len(self.prefix):].encode("latin-1"))
         try:
             return raw.decode("utf-8")

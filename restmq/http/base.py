@@ -208,7 +208,8 @@ class BaseHandler(ArgumentsMixin, CoroutineHandlerMixin, cyclone.web.RequestHand
             self.ctx.acl.check(section, self.request)
 
     def _presented_key(self) -> str | None:
-        """`X-Auth-Key`, else the `authkey` argument (§9.5); empty means none. Undecodable
+        """`X-Auth-Key`, else the `authkey` argument (docs/access-control.md#auth-keys); empty
+        means none. Undecodable
         arguments are reported later, at the validation step."""
         key = self.request.headers.get("X-Auth-Key", "")
         if key:
@@ -236,7 +237,7 @@ class BaseHandler(ArgumentsMixin, CoroutineHandlerMixin, cyclone.web.RequestHand
         if callback:
             body = f"{callback}({body}){';' if semicolon else ''}"
             # A JSONP reply is loaded as a <script>: with nosniff a browser refuses to run it
-            # under the route's JSON or HTML type, which the spec keeps (§1.4).
+            # under the route's JSON or HTML type, which it keeps (docs/http-api.md#jsonp).
             self.clear_header("X-Content-Type-Options")
         self.set_header("Content-Type", ctype)
         self.finish(body + "\r\n" if crlf else body)

@@ -10,7 +10,8 @@ from restmq.jsontext import json_text
 
 
 class JsonProtocolHandler(BaseHandler):
-    """`/queue`: GET redirects to the help page, POST runs a JSON command (§5)."""
+    """`/queue`: GET redirects to the help page, POST runs a JSON command
+    (docs/frontends.md#json-protocol)."""
 
     methods = ("GET", "POST")
     sections = {"POST": "rest:producer"}
@@ -39,8 +40,8 @@ class JsonProtocolHandler(BaseHandler):
 
 
 class XmlRpcHandler(BaseHandler):
-    """`POST /xmlrpc` (§6): the ACL check waits until the method is known, so the section is
-    the called method's rather than the route's."""
+    """`POST /xmlrpc` (docs/frontends.md#xml-rpc): the ACL check waits until the method is
+    known, so the section is the called method's rather than the route's."""
 
     methods = ("POST",)
     sections: dict[str, str] = {}

@@ -1,7 +1,8 @@
 """The few fixes cyclone 1.3 needs on Python 3 besides the connection: an Application on our
 HTTPConnection, a chunked transform that builds bytes, and handlers written as `async def`.
 
-See ../shared/spec/STACK.md §2: cyclone's leftovers of Python 2 break at str/bytes boundaries.
+See docs/stack-notes.md#cyclone-on-python-3: cyclone's leftovers of Python 2 break at
+str/bytes boundaries.
 """
 from __future__ import annotations
 

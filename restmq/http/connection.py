@@ -40,7 +40,8 @@ class HTTPConnection(cyclone.httpserver.HTTPConnection):
 
     * A body whose declared length exceeds `max_body` is never read: the request is
       dispatched at once with `request.body_too_large` set, so routing and the method check
-      still come first (PROTOCOL.md §1.5), and the connection is closed after the reply.
+      still come first (docs/http-api.md#processing-order), and the connection is closed
+      after the reply.
     * Chunked request bodies are decoded and limited like others; a malformed, negative,
       repeated or conflicting Content-Length, or a transfer coding other than chunked, is
       answered 400 or 501 and the connection closed: never a 200 with the body dropped.
@@ -275,7 +276,7 @@ class HTTPConnection(cyclone.httpserver.HTTPConnection):
         self.request_callback(self._request)
 
     def _reject(self, error: _Reject) -> None:
-        """Answer at the connection level with the spec's error shape, then close."""
+        """Answer at the connection level with the usual `{"error": reason}` reply, then close."""
         if self._rejected:
             return
         self._rejected = True

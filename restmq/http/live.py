@@ -155,7 +155,8 @@ def _open(transport) -> bool:
 
 
 class CometHandler(LiveHandler):
-    """`GET /c/<q>`: one line per message on a never-ending response (§7.2)."""
+    """`GET /c/<q>`: one line per message on a never-ending response
+    (docs/live-delivery.md#comet)."""
 
     sections = {"GET": "comet:consumer"}
     prefix = "/c/"
@@ -215,7 +216,8 @@ class SSEHandler(LiveHandler):
 
 
 class WebSocketHandler(LiveHandler):
-    """`GET /ws/<q>`: RFC 6455; messages out as text frames, client messages echoed (§7.3)."""
+    """`GET /ws/<q>`: RFC 6455; messages out as text frames, client messages echoed
+    (docs/live-delivery.md#websocket)."""
 
     sections = {"GET": "websocket:consumer"}
     prefix = "/ws/"

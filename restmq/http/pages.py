@@ -20,8 +20,9 @@ def queue_list_page(names: list[str]) -> str:
 
 
 class JobsHandler(BaseHandler):
-    """`/j/<q>`: an HTML page of a queue's newest pending keys (§4.9). It shows pending keys
-    and scans the keyspace, so it is a consumer's read like the others (the spec had no ACL)."""
+    """`/j/<q>`: an HTML page of a queue's newest pending keys (docs/http-api.md#jobs-page). It
+    shows pending keys and scans the keyspace, so it is a consumer's read like the others (the
+    original RestMQ checked no ACL here)."""
 
     methods = ("GET",)
     sections = {"GET": "rest:consumer"}

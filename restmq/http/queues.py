@@ -18,7 +18,7 @@ def message_json(message: corelib.Message) -> str:
 
 
 class RootHandler(BaseHandler):
-    """`/`: hard get by `queue=`, the redirect to the dashboard, and add (§4.1, §4.2)."""
+    """`/`: hard get by `queue=`, the redirect to the dashboard, and add (docs/http-api.md#root)."""
 
     methods = ("GET", "POST")
     sections = {"GET": "rest:consumer", "POST": "rest:producer"}
@@ -62,7 +62,8 @@ async def add(handler: BaseHandler) -> None:
 
 
 class QueueHandler(BaseHandler):
-    """`/q/<q>`: hard get, add, purge; `/q/` lists the queues (§4.2-§4.4)."""
+    """`/q/<q>`: hard get, add, purge; `/q/` lists the queues (docs/http-api.md#hard-get,
+    #add, #purge, #queue-list)."""
 
     methods = ("GET", "POST", "DELETE")
     sections = {"GET": "rest:consumer", "POST": "rest:producer", "DELETE": "rest:producer"}
@@ -109,7 +110,7 @@ def collectd_queue(handler: BaseHandler) -> str:
 
 class CollectdHandler(QueueHandler):
     """`/collectd/<x>` of the collectd plugin: GET and DELETE as `/q/<x>`, POST ingests
-    collectd's write_http bodies (§10)."""
+    collectd's write_http bodies (docs/http-api.md#collectd-ingest)."""
 
     queue_from = {"GET": PATH_OR_EVERY, "POST": Fixed(collectd_queue), "DELETE": PATH}
     prefix = "/collectd/"
@@ -130,7 +131,7 @@ class CollectdHandler(QueueHandler):
 
 
 class PolicyHandler(BaseHandler):
-    """`/p/<q>`: read and set the delivery policy (§4.6)."""
+    """`/p/<q>`: read and set the delivery policy (docs/http-api.md#policy)."""
 
     methods = ("GET", "POST")
     sections = {"GET": "rest:consumer", "POST": "rest:producer"}
@@ -158,7 +159,8 @@ class PolicyHandler(BaseHandler):
 
 
 class ControlHandler(BaseHandler):
-    """`/control/<q>`: flow control, start and stop live delivery (§4.7)."""
+    """`/control/<q>`: flow control, start and stop live delivery
+    (docs/http-api.md#control)."""
 
     methods = ("GET", "POST")
     sections = {"GET": "rest:consumer", "POST": "rest:producer"}
@@ -195,7 +197,7 @@ class ControlHandler(BaseHandler):
 
 
 class StatsHandler(BaseHandler):
-    """`/stats/` and `/stats/<q>` (§4.8)."""
+    """`/stats/` and `/stats/<q>` (docs/http-api.md#stats)."""
 
     methods = ("GET",)
     sections = {"GET": "rest:consumer"}

@@ -86,7 +86,7 @@ class _Protocol(txredisapi.RedisProtocol):
 
 class _Factory(txredisapi.RedisFactory):
     protocol = _Protocol
-    # The spec asks for a reconnect attempt at least every 5 s.
+    # A reconnect attempt at least every 5 s (docs/redis-layout.md#connections).
     maxDelay = RECONNECT_MAX_DELAY
     initialDelay = 0.5
     settled = False  # a connection attempt has succeeded or failed at least once

@@ -35,7 +35,8 @@ class _SubscriberFactory(txredisapi.RedisFactory):
 
 
 class PubSubService(service.Service):
-    """The dedicated pub/sub connection of an HTTP process (PROTOCOL.md §7.6).
+    """The dedicated pub/sub connection of an HTTP process
+    (docs/live-delivery.md#several-processes).
 
     Keeps the set of wanted channels, subscribes them again after every reconnect, and tells
     `listener` (an object with `confirmed(channel)`, `lost()` and `message(channel, text)`)

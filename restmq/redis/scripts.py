@@ -1,5 +1,5 @@
-"""The Lua scripts of PROTOCOL.md §8, read from restmq/scripts/ (no Twisted needed, so the
-restmq-engine CLI runs exactly the same scripts as the server)."""
+"""The Lua scripts of docs/redis-layout.md#operations, read from restmq/scripts/ (no Twisted
+needed, so the restmq-engine CLI runs exactly the same scripts as the server)."""
 from __future__ import annotations
 
 import hashlib

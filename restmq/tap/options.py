@@ -49,7 +49,7 @@ def port(name: str):
 
 
 class RedisOptions(usage.Options):
-    """The Redis options every plugin shares (PROTOCOL.md §2)."""
+    """The Redis options every plugin shares (docs/options.md#options)."""
 
     optParameters = [
         ["redis-host", None, "127.0.0.1", "Redis host."],

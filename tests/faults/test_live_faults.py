@@ -9,7 +9,7 @@ from tests.faults.history import History
 from tests.faults.load import (Load, RSSSampler, Stream, Target, assert_replies_clean, figures,
                                ident_of, pending_values, post, redis_client, rss_mb, wait_for)
 
-BATCH = 10  # live-delivery batch size (PROTOCOL.md §7.5)
+BATCH = 10  # live-delivery batch size (docs/live-delivery.md#dispatch)
 
 
 def test_roundrobin_consumers_reset_mid_stream(procs):

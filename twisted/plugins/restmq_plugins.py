@@ -1,5 +1,5 @@
 # One line per plugin: importing cyclone or txredisapi here would install a reactor while
-# twistd scans plugins and break --reactor (see spec/STACK.md §4).
+# twistd scans plugins and break --reactor (see docs/stack-notes.md#plugin-files).
 from twisted.application.service import ServiceMaker
 
 restmq = ServiceMaker("restmq", "restmq.tap.restmq",
