@@ -11,7 +11,7 @@ from twisted.logger import Logger
 
 from restmq.clock import reactor_clock, wall_time
 
-_date_cache = [0, ""]
+_date_cache: list = [None, ""]  # the second it was formatted for, and the text
 
 
 def http_date(wall: Callable[[], float] | None = None) -> str:
