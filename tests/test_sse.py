@@ -83,7 +83,6 @@ class RawStream:
         self.chunks: list[bytes] = []
         self.ended = False      # end of the response (terminator, length reached or close)
         self.eof = False        # the server closed the connection
-        self.head_at: float | None = None
         self._read_head(head_timeout)
 
     def _send_request(self, path, version, method, headers, body):
@@ -118,7 +117,6 @@ class RawStream:
             if self.eof or time.monotonic() > deadline:
                 raise AssertionError(f"no complete response head: {self.buf!r}")
             self._recv(deadline - time.monotonic())
-        self.head_at = time.monotonic()
         head, self.buf = self.buf.split(b"\r\n\r\n", 1)
         self.head = head
         lines = head.decode("latin-1").split("\r\n")
@@ -466,22 +464,6 @@ def test_sse_ignores_callback(H, redis, connect, callback):
     assert s.body.endswith(b"\n\ndata: null\n\n")
 
 
-def test_sse_keepalive_comment_every_15_seconds(H, redis, connect):
-    s = connect(H, "/sse/ka")
-    wait_subscribed(redis, "ka")
-    s.wait(lambda st: st.body, timeout=20, what="the keepalive")
-    elapsed = time.monotonic() - s.head_at
-    s.wait(lambda st: st.body.endswith(b"\n\n"), timeout=2, what="the complete keepalive")
-    assert s.body == b": keepalive\n\n"
-    assert 13 <= elapsed <= 20, elapsed
-    parsed = sse_events(s)
-    assert parsed.comments == [" keepalive"] and parsed.events == []
-    # the stream still delivers afterwards
-    add(H, "ka", "after")
-    s.wait(lambda st: sse_events(st).events, what="a message after the keepalive")
-    assert message_object(sse_events(s).events[0].data) == {"key": "ka:1", "value": "after"}
-
-
 # -- comet ----------------------------------------------------------------------------------
 
 def comet_line(raw: bytes, callback: str | None = None) -> dict | None:
@@ -518,7 +500,6 @@ def test_comet_one_line_per_message_each_in_its_own_chunk(H, redis, connect):
     s.wait(lambda st: len(st.chunks) == 5, what="five chunks")
     assert [comet_line(c) for c in s.chunks] == [{"key": k, "value": v}
                                                  for k, v in zip(keys, values)]
-    assert s.idle(1.2) == b""   # no keepalive bytes on comet
     assert redis("LLEN", "lines:queue") == 0
     assert redis("EXISTS", *keys) == 0
 

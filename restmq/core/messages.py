@@ -46,7 +46,8 @@ class Core(PolicyMixin, StatsMixin, StepsMixin):
         if clock is None:
             clock = getattr(redis, "reactor", None)
         if clock is None:
-            from twisted.internet import reactor as clock
+            from restmq.clock import reactor_clock
+            clock = reactor_clock()
         self.redis = redis
         self.consumed_ttl = consumed_ttl
         self.clock = clock

@@ -16,6 +16,7 @@ from twisted.application import service
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
+from restmq.clock import reactor_clock
 from restmq.core import BATCH_BYTES, BATCH_COUNT, Core, Message
 from restmq.errors import RestMQError
 from restmq.jsontext import json_text
@@ -93,7 +94,7 @@ class Delivery(service.Service):
     def __init__(self, core: Core, pubsub: Any, db: int = 0, clock: Any = None,
                  stall_timeout: float = 20.0):
         if clock is None:
-            from twisted.internet import reactor as clock
+            clock = reactor_clock()
         self.core = core
         self.pubsub = pubsub
         self.db = db

@@ -8,7 +8,6 @@ back-pressure) and retries; it never drops a message it has received because of 
 from __future__ import annotations
 
 import json
-import time
 from collections import deque
 from typing import Any, Callable
 
@@ -16,6 +15,7 @@ from twisted.internet import defer, protocol
 from twisted.logger import Logger
 
 from restmq.acl import normal_ip
+from restmq.clock import reactor_clock, wall_time
 from restmq.errors import RedisFailure, RedisUnavailable
 
 SEVERITIES = ("emerg", "alert", "crit", "err", "warn", "notice", "info", "debug")
@@ -143,13 +143,16 @@ class Framer:
 
 
 class SyslogProtocol(protocol.Protocol):
-    """One sender: frames its messages and adds them, in order, to `syslogd:<ip>`."""
+    """One sender: frames its messages and adds them, in order, to `syslogd:<ip>`. `clock` (an
+    IReactorTime) times the retries, `wall()` stamps each message with its date."""
 
     log = Logger()
 
-    def __init__(self, core: Any, max_line: int, clock: Any):
+    def __init__(self, core: Any, max_line: int, clock: Any,
+                 wall: Callable[[], float] = wall_time):
         self.core = core
         self.clock = clock
+        self.wall = wall
         self.framer = Framer(max_line, self._message, self._discard)
         self.pending: deque[str] = deque()
         self.busy = False
@@ -174,7 +177,7 @@ class SyslogProtocol(protocol.Protocol):
         line = raw.decode("utf-8", "replace").strip()
         if not line:
             return
-        self.pending.append(message_json(line, self.host, time.time()))
+        self.pending.append(message_json(line, self.host, self.wall()))
         if len(self.pending) >= HIGH_WATER:
             self._pause()
         if not self.busy:
@@ -232,12 +235,13 @@ def _sleep(clock: Any, seconds: float) -> defer.Deferred:
 
 
 class SyslogFactory(protocol.Factory):
-    def __init__(self, core: Any, max_line: int, clock: Any = None):
-        if clock is None:
-            from twisted.internet import reactor as clock
-        self.core, self.max_line, self.clock = core, max_line, clock
+    def __init__(self, core: Any, max_line: int, clock: Any = None,
+                 wall: Callable[[], float] = wall_time):
+        self.core, self.max_line = core, max_line
+        self.clock = reactor_clock() if clock is None else clock
+        self.wall = wall
 
     def buildProtocol(self, addr):
-        p = SyslogProtocol(self.core, self.max_line, self.clock)
+        p = SyslogProtocol(self.core, self.max_line, self.clock, self.wall)
         p.factory = self
         return p

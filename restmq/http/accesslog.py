@@ -2,21 +2,22 @@
 in the URI redacted; and the Date header, formatted once a second."""
 from __future__ import annotations
 
-import time
 from email.utils import formatdate
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import unquote_to_bytes
 
 import cyclone.web
 from twisted.logger import Logger
 
+from restmq.clock import reactor_clock, wall_time
 
-_date_cache = [0, ""]
+_date_cache: list = [None, ""]  # the second it was formatted for, and the text
 
 
-def http_date() -> str:
-    """The Date header, formatted once per second instead of once per reply."""
-    now = int(time.time())
+def http_date(wall: Callable[[], float] | None = None) -> str:
+    """The Date header at `wall()` (restmq.clock.wall_time by default), formatted once per
+    second instead of once per reply."""
+    now = int((wall or wall_time)())
     if _date_cache[0] != now:
         _date_cache[:] = [now, formatdate(now, usegmt=True)]
     return _date_cache[1]
@@ -24,14 +25,14 @@ def http_date() -> str:
 
 class AccessLog:
     """The access log, buffered: lines are collected and written as one log event per second
-    (or per 256 requests), which costs far less than one event per request."""
+    (or per 256 requests), which costs far less than one event per request. `clock` is an
+    IReactorTime."""
 
     log = Logger(namespace="restmq.access")
 
     def __init__(self, clock: Any = None, limit: int = 256):
-        if clock is None:
-            from twisted.internet import reactor as clock
-        self.clock, self.limit = clock, limit
+        self.clock = reactor_clock() if clock is None else clock
+        self.limit = limit
         self.lines: list[str] = []
         self._flush_call = None
 

@@ -4,13 +4,15 @@ the packaged static files the pages serve.
 from __future__ import annotations
 
 from importlib import resources
-from typing import Any
+from typing import Any, Callable
 
+from restmq.clock import reactor_clock, wall_time
 from restmq.http.accesslog import AccessLog
 from restmq.http.base import Context
 from restmq.http.commands import JsonProtocolHandler, XmlRpcHandler
 from restmq.http.compat import Application, ChunkedTransferEncoding
-from restmq.http.live import CometHandler, SSEHandler, WebSocketHandler
+from restmq.http.connection import BODY_TIMEOUT, HEAD_TIMEOUT
+from restmq.http.live import SSE_KEEPALIVE, CometHandler, SSEHandler, WebSocketHandler
 from restmq.http.pages import JobsHandler, NotFoundHandler, StaticHandler
 from restmq.http.queues import (CollectdHandler, ControlHandler, PolicyHandler, QueueHandler,
                                 RootHandler, StatsHandler)
@@ -54,10 +56,17 @@ def routes(ctx: Context, collectd_frontend: bool = False) -> list:
 
 def make_application(ctx: Context, max_body: int = 1024 * 1024,
                      access_log: AccessLog | None = None,
-                     collectd_frontend: bool = False) -> Application:
-    """The Application; `access_log` None means no access log at all."""
+                     collectd_frontend: bool = False, clock: Any = None,
+                     wall: Callable[[], float] = wall_time, head_timeout: float = HEAD_TIMEOUT,
+                     body_timeout: float = BODY_TIMEOUT,
+                     sse_keepalive: float = SSE_KEEPALIVE) -> Application:
+    """The Application; `access_log` None means no access log at all. `clock` (an
+    IReactorTime) runs every timer of the connections and streams, `wall` gives the date."""
     settings: dict[str, Any] = {"max_body": max_body,
-                                "log_function": access_log or (lambda handler: None)}
+                                "log_function": access_log or (lambda handler: None),
+                                "clock": reactor_clock() if clock is None else clock,
+                                "wall_time": wall, "head_timeout": head_timeout,
+                                "body_timeout": body_timeout, "sse_keepalive": sse_keepalive}
     app = Application(routes(ctx, collectd_frontend), **settings)
     app.transforms = [ChunkedTransferEncoding]
     return app

@@ -151,7 +151,8 @@ class BaseHandler(ArgumentsMixin, CoroutineHandlerMixin, cyclone.web.RequestHand
 
     def clear(self):
         # cyclone's clear() formats the date with strftime on every call (twice a request).
-        self._headers = {"Server": "RestMQ", "Content-Type": HTML, "Date": http_date()}
+        self._headers = {"Server": "RestMQ", "Content-Type": HTML,
+                         "Date": http_date(self.settings.get("wall_time"))}
         if self.api:
             self._headers["Cache-Control"] = "no-store"
             self._headers["Content-Security-Policy"] = "default-src 'none'; sandbox"

@@ -8,7 +8,8 @@ import re
 
 import cyclone.httpserver
 from cyclone import httputil
-from twisted.internet import reactor
+
+from restmq.clock import reactor_clock
 
 # How long a connection whose request body was refused may keep sending before it is cut.
 DISCARD_GRACE = 5.0
@@ -49,7 +50,8 @@ class HTTPConnection(cyclone.httpserver.HTTPConnection):
     * Slow clients (slowloris): the head must arrive within HEAD_TIMEOUT of the connection
       or of the previous reply (which is also the keep-alive idle timeout), the body within
       BODY_TIMEOUT of the head; then 408 and close. Streams (comet, SSE, WebSocket) are
-      past their head and never time out this way.
+      past their head and never time out this way. The Application's settings may give
+      `clock` (an IReactorTime), `head_timeout` and `body_timeout`.
     * The request line and headers are decoded as Latin-1 so that no byte can make the parser
       raise; handlers decode paths and arguments as UTF-8 themselves.
     """
@@ -58,14 +60,18 @@ class HTTPConnection(cyclone.httpserver.HTTPConnection):
 
     def connectionMade(self):
         super().connectionMade()
-        self.max_body = self.factory.settings.get("max_body", 1024 * 1024)
+        settings = self.factory.settings
+        self.max_body = settings.get("max_body", 1024 * 1024)
+        self.clock = settings.get("clock") or reactor_clock()
+        self.head_timeout = settings.get("head_timeout", HEAD_TIMEOUT)
+        self.body_timeout = settings.get("body_timeout", BODY_TIMEOUT)
         self._chunked = None  # bytearray of undecoded chunked input while reading such a body
         self._discarding = False
         self._rejected = False
         self._head_bytes = 0
         self.upgrade_buffer: bytearray | None = None  # bytes after an Upgrade request's headers
         self._timer = None
-        self._arm(HEAD_TIMEOUT)
+        self._arm(self.head_timeout)
 
     def connectionLost(self, reason):
         self._disarm()
@@ -75,7 +81,7 @@ class HTTPConnection(cyclone.httpserver.HTTPConnection):
 
     def _arm(self, seconds: float) -> None:
         self._disarm()
-        self._timer = reactor.callLater(seconds, self._timed_out)
+        self._timer = self.clock.callLater(seconds, self._timed_out)
 
     def _disarm(self) -> None:
         if self._timer is not None:
@@ -173,7 +179,7 @@ class HTTPConnection(cyclone.httpserver.HTTPConnection):
             self._chunked = bytearray()
             self._contentbuffer = io.BytesIO()
             self._chunk_left = None
-            self._arm(BODY_TIMEOUT)
+            self._arm(self.body_timeout)
             self.setRawMode()
             return
         if lengths:
@@ -191,7 +197,7 @@ class HTTPConnection(cyclone.httpserver.HTTPConnection):
                 self._expect_continue()
                 self._contentbuffer = io.BytesIO()
                 self.content_length = length
-                self._arm(BODY_TIMEOUT)
+                self._arm(self.body_timeout)
                 self.setRawMode()
                 return
         if "Upgrade" in headers and method == "GET":
@@ -296,7 +302,7 @@ class HTTPConnection(cyclone.httpserver.HTTPConnection):
         if not self._discarding:
             super()._finish_request()
             if self.connected and not self._rejected:
-                self._arm(HEAD_TIMEOUT)  # keep-alive: the next head, or idle close
+                self._arm(self.head_timeout)  # keep-alive: the next head, or idle close
             return
         # The refused body may still be arriving: close our side only, so the client reads
         # the 413 instead of a reset, and cut the connection a little later.
@@ -308,6 +314,6 @@ class HTTPConnection(cyclone.httpserver.HTTPConnection):
         transport = self.transport
         if hasattr(transport, "loseWriteConnection"):
             transport.loseWriteConnection()
-            reactor.callLater(DISCARD_GRACE, transport.loseConnection)
+            self.clock.callLater(DISCARD_GRACE, transport.loseConnection)
         else:
             transport.loseConnection()

@@ -56,6 +56,11 @@ class LiveHandler(BaseHandler):
         self._auto_finish = False
 
     @property
+    def clock(self):
+        """The process's clock (an IReactorTime), from the Application's settings."""
+        return self.settings.get("clock") or self.ctx.delivery.clock
+
+    @property
     def ready(self) -> bool:
         return not self.done and not self.paused
 
@@ -68,7 +73,7 @@ class LiveHandler(BaseHandler):
         transport.registerProducer(self, True)
         delivery = self.ctx.delivery
         streams.tune_stream(transport, delivery.stall_timeout)
-        self.stall = streams.StallWatch(transport, delivery.clock, delivery.stall_timeout,
+        self.stall = streams.StallWatch(transport, self.clock, delivery.stall_timeout,
                                         self._stalled)
         delivery.register(name, self)
 
@@ -197,7 +202,8 @@ class SSEHandler(LiveHandler):
         self.start_stream("text/event-stream")
         self.join(name)
         self.keepalive = task.LoopingCall(self.write_stream, [b": keepalive\n\n"])
-        self.keepalive.start(SSE_KEEPALIVE, now=False)
+        self.keepalive.clock = self.clock
+        self.keepalive.start(self.settings.get("sse_keepalive", SSE_KEEPALIVE), now=False)
 
     def send(self, batch: list[tuple[str, str]]) -> bool:
         return self.write_stream([f"id: {key}\ndata: {text}\n\n".encode("utf-8")
@@ -249,7 +255,7 @@ class WebSocketHandler(LiveHandler):
         self._headers_written = True
         self.ws = websocket.WebSocketConnection(
             connection.transport, self.application.settings.get("max_body", 1024 * 1024),
-            on_message=self._echo, on_close=self.leave)
+            on_message=self._echo, on_close=self.leave, clock=self.clock)
         pending, connection.upgrade_buffer = connection.upgrade_buffer or b"", None
         connection.rawDataReceived = self.ws.data_received
         self.join(name)

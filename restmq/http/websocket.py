@@ -6,7 +6,7 @@ codec of our own, working in bytes.
 """
 from __future__ import annotations
 
-from twisted.internet import reactor
+from restmq.clock import reactor_clock
 
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
@@ -52,12 +52,12 @@ class WebSocketConnection:
     `on_message(opcode, payload)` is called with each complete client message (fragments
     reassembled, text validated as UTF-8); `on_close()` once the connection is finished.
     Protocol violations close with 1002, invalid UTF-8 with 1007, messages over `max_message`
-    bytes with 1009.
+    bytes with 1009. `clock` (an IReactorTime) times the wait for the peer's close frame.
     """
 
     def __init__(self, transport, max_message: int, on_message, on_close, clock=None):
         if clock is None:
-            clock = reactor
+            clock = reactor_clock()
         self.transport = transport
         self.max_message = max_message
         self.on_message = on_message

@@ -5,7 +5,6 @@ which never wait longer than the command timeout and fail with the core's domain
 """
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import txredisapi
@@ -14,7 +13,7 @@ from twisted.internet import defer, task
 from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint
 from twisted.logger import Logger
 
-from restmq.clock import RedisClock
+from restmq.clock import RedisClock, reactor_clock
 from restmq.errors import RedisFailure, RedisUnavailable
 from restmq.redis.scripts import Script
 
@@ -119,8 +118,9 @@ class RedisService(service.Service):
 
     `description` is the text the stats and control routes show. `redis_clock` is Redis's
     clock as seen from here (read with TIME on every new connection and every CLOCK_INTERVAL
-    seconds). Time here is `now()`, a monotonic clock: steps of the wall clock change neither
-    when a command counts as stalled nor the deadlines sent to Redis.
+    seconds). Time here is `now()`, the reactor's clock (monotonic, see restmq.clock): steps of
+    the wall clock change neither when a command counts as stalled nor the deadlines sent to
+    Redis. `reactor` connects and keeps time; a task.Clock will do for the timers alone.
     """
 
     log = Logger()
@@ -128,14 +128,11 @@ class RedisService(service.Service):
     def __init__(self, host: str = "127.0.0.1", port: int = 6379, unix_socket: str | None = None,
                  password: str | None = None, db: int = 0, poolsize: int = 10,
                  timeout: float = COMMAND_TIMEOUT, reactor: Any = None):
-        if reactor is None:
-            from twisted.internet import reactor
-        self.reactor = reactor
+        self.reactor = reactor_clock() if reactor is None else reactor
         self.host, self.port, self.unix_socket = host, port, unix_socket
         self.password, self.db, self.poolsize = password, db, poolsize
         self.timeout = timeout
         self.redis_clock = RedisClock()
-        self.now = time.monotonic
         self._factory: _Factory | None = None
         self._next = 0
         self._watchdog = None
@@ -145,6 +142,9 @@ class RedisService(service.Service):
         self._waiting: list[tuple[defer.Deferred, tuple, Any]] = []
         where = f"unix:{unix_socket}" if unix_socket else f"{host}:{port}"
         self.description = f"<Redis Connection: {where} - {poolsize} connection(s)>"
+
+    def now(self) -> float:
+        return self.reactor.seconds()
 
     def endpoint(self):
         if self.unix_socket:

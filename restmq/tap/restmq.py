@@ -56,17 +56,19 @@ class Options(RedisOptions, ListenOptions):
 def makeService(options: Options, collectd_frontend: bool = False) -> service.IService:
     from twisted.internet import reactor
 
+    from restmq.clock import use_monotonic_time, wall_time
     from restmq.core import Core
     from restmq.delivery import Delivery
     from restmq.http import AccessLog, Context, load_static, make_application
     from restmq.redis import PubSubService
 
+    clock = use_monotonic_time(reactor)  # every timer below runs on it
     top = StopInOrder()
-    redis = redis_service(options)
+    redis = redis_service(options, clock)
     redis.setServiceParent(top)
-    core = Core(redis, consumed_ttl=options["consumed-ttl"])
-    pubsub = PubSubService(redis, timeout=options["pubsub-timeout"])
-    delivery = Delivery(core, pubsub, db=options["redis-db"],
+    core = Core(redis, consumed_ttl=options["consumed-ttl"], clock=clock)
+    pubsub = PubSubService(redis, timeout=options["pubsub-timeout"], clock=clock)
+    delivery = Delivery(core, pubsub, db=options["redis-db"], clock=clock,
                         stall_timeout=options["live-stall-timeout"])
     pubsub.listener = delivery
     pubsub.setServiceParent(top)
@@ -74,12 +76,14 @@ def makeService(options: Options, collectd_frontend: bool = False) -> service.IS
     acl = options.acl
     ctx = Context(core=core, acl=acl, delivery=delivery, redis_description=redis.description,
                   static=load_static())
-    access_log = AccessLog() if options["access-log"] else None
+    access_log = AccessLog(clock) if options["access-log"] else None
     app = make_application(ctx, max_body=options["max-body"], access_log=access_log,
-                           collectd_frontend=collectd_frontend)
+                           collectd_frontend=collectd_frontend, clock=clock, wall=wall_time)
     if access_log is not None:
         top.addService(OnStop(access_log.flush))
-    internet.TimerService(5, acl.check_for_change).setServiceParent(top)
+    acl_reload = internet.TimerService(5, acl.check_for_change)
+    acl_reload.clock = clock
+    acl_reload.setServiceParent(top)
     internet.StreamServerEndpointService(options.server_endpoint(reactor), app).setServiceParent(
         top)
     return top

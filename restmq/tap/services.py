@@ -2,17 +2,19 @@
 stops its children one after the other, and a service that runs a function at shutdown."""
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.application import service
 from twisted.internet import defer
 from twisted.python import usage
 
 
-def redis_service(options: usage.Options):
+def redis_service(options: usage.Options, reactor: Any):
     from restmq.redis import RedisService
     return RedisService(host=options["redis-host"], port=options["redis-port"],
                         unix_socket=options["redis-unix-socket"],
                         password=options["redis-password"], db=options["redis-db"],
-                        poolsize=options["redis-pool"])
+                        poolsize=options["redis-pool"], reactor=reactor)
 
 
 class StopInOrder(service.MultiService):

@@ -28,13 +28,16 @@ class Options(RedisOptions, ListenOptions):
 def makeService(options: Options) -> service.IService:
     from twisted.internet import reactor
 
+    from restmq.clock import use_monotonic_time, wall_time
     from restmq.core import Core
     from restmq.frontends.syslogd import SyslogFactory
 
+    clock = use_monotonic_time(reactor)  # every timer below runs on it
     top = service.MultiService()
-    redis = redis_service(options)
+    redis = redis_service(options, clock)
     redis.setServiceParent(top)
-    factory = SyslogFactory(Core(redis), options["max-line"])
+    factory = SyslogFactory(Core(redis, clock=clock), options["max-line"], clock=clock,
+                            wall=wall_time)
     internet.StreamServerEndpointService(options.server_endpoint(reactor),
                                          factory).setServiceParent(top)
     return top
