@@ -11,7 +11,7 @@ from typing import Any
 
 from restmq.acl import judge_record
 from restmq.core import DEAD_STEP, MORE, POLICY_NAMES, STATS_PAGE, policy_name
-from restmq.names import is_safe_name, is_valid_name, scan_pattern
+from restmq.names import is_safe_name, is_valid_name
 from restmq.redis import keys
 from restmq.redis.scripts import Script, load_script
 
@@ -26,8 +26,8 @@ ACTIONS = [  # (short, long, help) in the order they run
     ("-t", "--tail_multiget", "the 10 oldest pending messages, oldest first"),
     ("-u", "--count_objects", "count the keys matching <queue>*"),
     ("-i", "--list_last_items", "the 10 newest pending keys, newest first"),
-    ("-a", "--authorize", "judge --queue against AUTHKEY:<authkey>"),
-    ("-r", "--create_auth", "write AUTHKEY:<authkey> granting --queue and --privs"),
+    ("-a", "--authorize", f"judge --queue against {keys.authkey('<authkey>')}"),
+    ("-r", "--create_auth", f"write {keys.authkey('<authkey>')} granting --queue and --privs"),
 ]
 
 
@@ -188,7 +188,7 @@ class Engine:
     def count_objects(self):
         seen, cursor = set(), "0"
         while True:
-            cursor, found = self.redis("SCAN", cursor, "MATCH", scan_pattern(self.q),
+            cursor, found = self.redis("SCAN", cursor, "MATCH", keys.match_all(self.q),
                                        "COUNT", 1000)
             seen.update(found)
             if cursor == "0":

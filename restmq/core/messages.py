@@ -131,9 +131,10 @@ class Core(PolicyMixin, StatsMixin, StepsMixin):
             try:
                 await self._write("retire_range", queue, start, end, self.consumed_ttl)
             except RestMQError as e:
-                self.log.warn("purge of {queue}: values {queue}:{start} to {queue}:{last} not "
-                              "retired ({error}); they stay in Redis without expiry",
-                              queue=queue, start=start, last=last, error=e.detail or e.reason)
+                self.log.warn("purge of {queue}: values {first} to {last} not retired ({error}); "
+                              "they stay in Redis without expiry", queue=queue,
+                              first=keys.value(queue, start), last=keys.value(queue, last),
+                              error=e.detail or e.reason)
                 return
 
     def pop_batch(self, queue: str) -> defer.Deferred:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from twisted.internet import defer
 
 from restmq.core.steps import STATS_PAGE
-from restmq.names import check_name, scan_pattern
+from restmq.names import check_name
 from restmq.redis import keys, text
 
 JOBS_MAX_KEYS = 100_000  # the jobs page counts at most about this many keys...
@@ -66,7 +66,7 @@ class StatsMixin:
         latest = yield self.redis.execute("LRANGE", keys.pending(queue), 0, 9)
         seen: set[str] = set()
         cursor = "0"
-        pattern = scan_pattern(queue)
+        pattern = keys.match_all(queue)
         stop = self.clock.seconds() + JOBS_SCAN_SECONDS
         while True:
             cursor, found = yield self.redis.execute("SCAN", cursor, "MATCH", pattern,

@@ -1,9 +1,15 @@
-"""The names of the Redis keys and channels RestMQ keeps, built in one place for the Python side
-(the server and the restmq-engine CLI); the layout is the original RestMQ's."""
+"""The names of the Redis keys and channels RestMQ keeps, built here and nowhere else on the
+Python side (the server and the restmq-engine CLI; tests/test_declared_keys.py checks it). The
+layout is the original RestMQ's (docs/redis-layout.md)."""
 from __future__ import annotations
 
 QUEUESET = "QUEUESET"  # the set of every queue name ever added to
 CHANNEL_SUFFIX = ":PUBSUB"
+_STATUS_PREFIX = "queuestat::"
+_AUTHKEY_PREFIX = "AUTHKEY:"
+# The suffixes of a queue's keys and channel; `:lock` is never written by RestMQ, but other
+# programs sharing the layout take it briefly on a value key.
+_SUFFIXES = (":queue", ":UUID", ":queuepolicy", CHANNEL_SUFFIX, ":lock", ":refcount")
 
 
 def pending(queue: str) -> str:
@@ -12,7 +18,8 @@ def pending(queue: str) -> str:
 
 
 def counter(queue: str) -> str:
-    """The counter that numbers the queue's values."""
+    """The counter that numbers the queue's values. Its name less `UUID` is the prefix of the
+    queue's value keys, which is how the scripts build them."""
     return f"{queue}:UUID"
 
 
@@ -21,14 +28,9 @@ def value(queue: str, n: int | str) -> str:
     return f"{queue}:{n}"
 
 
-def refcount(value_key: str) -> str:
-    """How often the value at `value_key` was read without being consumed."""
-    return f"{value_key}:refcount"
-
-
 def status(queue: str) -> str:
     """The queue's flow-control status: '1' started, '0' stopped."""
-    return f"queuestat::{queue}"
+    return _STATUS_PREFIX + queue
 
 
 def policy(queue: str) -> str:
@@ -37,10 +39,27 @@ def policy(queue: str) -> str:
 
 
 def channel(queue: str) -> str:
-    """The pub/sub channel of the queue's live-delivery notices."""
+    """The pub/sub channel of the queue's live-delivery notices (a channel, not a key)."""
     return queue + CHANNEL_SUFFIX
 
 
 def authkey(key: str) -> str:
     """The record of an auth key (JSON: its queues and privileges)."""
-    return f"AUTHKEY:{key}"
+    return _AUTHKEY_PREFIX + key
+
+
+def match_all(queue: str) -> str:
+    """A SCAN MATCH pattern for every key starting with the queue's name (glob characters
+    escaped): what the jobs page counts."""
+    escaped = "".join("\\" + c if c in "\\*?[]" else c for c in queue)
+    return escaped + "*"
+
+
+def collides(name: str) -> bool:
+    """Whether a queue of this name would read or write keys kept for something else: the
+    queue set, the auth records, a status key, or the keys of the queue named `name` less one
+    of the suffixes (a queue `x:queue` next to the pending list of queue `x`)."""
+    return (name in (QUEUESET, _AUTHKEY_PREFIX[:-1])
+            or name.startswith((_AUTHKEY_PREFIX, _STATUS_PREFIX[:-1]))
+            or name.endswith(_SUFFIXES))
+
