@@ -36,22 +36,29 @@ class StatsMixin:
             lambda names: sorted(text(list(names or []))))
 
     def stats(self) -> defer.Deferred:
-        """Fires with a list of QueueStats for every QUEUESET member, sorted by name. Read a
-        page of STATS_PAGE queues per script (not atomic, as the spec's pipelined reads are
-        not); RedisUnavailable when all pages are not read within the command timeout."""
+        """Fires with a list of QueueStats for every QUEUESET member, sorted by name. Reads a
+        page of STATS_PAGE queues at a time: an SSCAN, then one script for the page's queues
+        (not atomic, as the spec's pipelined reads are not); RedisUnavailable when all pages
+        are not read within the command timeout."""
         return defer.ensureDeferred(self._stats())
 
     async def _stats(self) -> list[QueueStats]:
         give_up = self.clock.seconds() + self.redis.timeout
         rows: dict[str, QueueStats] = {}
         cursor = "0"
+        first = True
         while True:
-            d = self._run("stats", cursor, STATS_PAGE)
-            reply = text(await (d if cursor == "0" else self._bounded(d, give_up)))
-            cursor = str(reply[0])
-            for i in range(1, len(reply), 4):
-                rows[reply[i]] = QueueStats(reply[i], int(reply[i + 1]), reply[i + 2],
-                                            reply[i + 3])
+            d = self.redis.execute("SSCAN", keys.QUEUESET, cursor, "COUNT", STATS_PAGE)
+            cursor, names = await (d if first else self._bounded(d, give_up))
+            first = False
+            cursor = str(text(cursor))
+            names = list(names or [])  # as read: a name that is not UTF-8 stays bytes
+            if names:
+                d = self._run("stats", keys.stats_keys(names))
+                reply = text(await self._bounded(d, give_up))
+                for k, name in enumerate(text(names)):
+                    length, status, policy = reply[3 * k:3 * k + 3]
+                    rows[name] = QueueStats(name, int(length), status, policy)
             if cursor == "0":
                 return sorted(rows.values(), key=lambda row: row.name)
 

@@ -1,7 +1,13 @@
 """The names of the Redis keys and channels RestMQ keeps, built here and nowhere else on the
 Python side (the server and the restmq-engine CLI; tests/test_declared_keys.py checks it). The
-layout is the original RestMQ's (docs/redis-layout.md)."""
+layout is the original RestMQ's (docs/redis-layout.md).
+
+Every Lua script gets the keys it touches in KEYS: the `*_keys` functions at the end give each
+script's KEYS in the order its header states, the queue's own keys first, then those outside
+its prefix (QUEUESET, queuestat::<q>). See docs/redis-layout.md#scripts for the rules."""
 from __future__ import annotations
+
+from typing import Iterable
 
 QUEUESET = "QUEUESET"  # the set of every queue name ever added to
 CHANNEL_SUFFIX = ":PUBSUB"
@@ -63,3 +69,53 @@ def collides(name: str) -> bool:
             or name.startswith((_AUTHKEY_PREFIX, _STATUS_PREFIX[:-1]))
             or name.endswith(_SUFFIXES))
 
+
+# -- the KEYS of each script ------------------------------------------------------------------
+
+
+def add_keys(queue: str) -> tuple[str, ...]:
+    """add.lua, add_once.lua."""
+    return (pending(queue), counter(queue), QUEUESET, status(queue))
+
+
+def consume_keys(queue: str) -> tuple[str, ...]:
+    """hard_get.lua, soft_get.lua, take.lua."""
+    return (pending(queue),)
+
+
+def delete_keys(queue: str, value_key: str) -> tuple[str, ...]:
+    """del.lua: the value key is the one the client names."""
+    return (pending(queue), value_key)
+
+
+def pop_keys(queue: str) -> tuple[str, ...]:
+    """pop_batch.lua."""
+    return (pending(queue), policy(queue), status(queue))
+
+
+def purge_keys(queue: str) -> tuple[str, ...]:
+    """purge.lua."""
+    return (pending(queue), counter(queue))
+
+
+def retire_keys(queue: str) -> tuple[str, ...]:
+    """retire_range.lua: the counter only names the prefix of the value keys."""
+    return (counter(queue),)
+
+
+def requeue_keys(queue: str, value_keys: Iterable[str]) -> tuple[str, ...]:
+    """requeue.lua: the keys of the messages put back, oldest first."""
+    return (pending(queue), *value_keys)
+
+
+def stats_keys(queues: Iterable[str | bytes]) -> tuple[str | bytes, ...]:
+    """stats.lua: three keys for each queue of the page. A name read from QUEUESET as bytes
+    (not UTF-8: written by other software) gets its keys as bytes, the same bytes around it."""
+    out: list[str | bytes] = []
+    for q in queues:
+        if isinstance(q, bytes):
+            name = q.decode("utf-8", "surrogateescape")
+            out += [k.encode("utf-8", "surrogateescape") for k in stats_keys([name])]
+        else:
+            out += [pending(q), policy(q), status(q)]
+    return tuple(out)
