@@ -1,5 +1,6 @@
-"""`restmq-engine`: administration and tests straight on Redis (PROTOCOL.md §13), with the
-server's own Lua scripts and a small blocking Redis client.
+"""`restmq-engine`: administration and tests straight on Redis (docs/frontends.md#restmq-engine),
+with the server's own Lua scripts, given their keys as the server gives them, and a small
+blocking Redis client.
 """
 from __future__ import annotations
 

@@ -32,9 +32,9 @@ class Message:
 
 
 class Core(PolicyMixin, StatsMixin, StepsMixin):
-    """The queue operations of PROTOCOL.md §8 on one Redis database: the message operations
-    here, policy and status in restmq.core.policy, the queue list and stats in
-    restmq.core.stats, the running of scripts in steps in restmq.core.steps.
+    """The queue operations (docs/redis-layout.md#operations) on one Redis database: the
+    message operations here, policy and status in restmq.core.policy, the queue list and stats
+    in restmq.core.stats, the running of scripts in steps in restmq.core.steps.
 
     `redis` is a restmq.redis.RedisService (or anything with `execute`, `run_script`, `db`).
     Every method fails with RedisUnavailable or RedisFailure when Redis does, and with

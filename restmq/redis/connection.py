@@ -37,7 +37,7 @@ class _Deadline:
         return "DEADLINE" if self.start is None else f"DEADLINE({self.start})"
 
 
-# Put in a script's arguments where it expects its deadline (see scripts/lib/deadline.lua):
+# Put in a script's arguments where it expects its deadline (see guard in scripts/lib/prelude.lua):
 # `run_script` replaces it, once it knows the connection, with Redis's time at which the
 # command may no longer run.
 DEADLINE = _Deadline()
