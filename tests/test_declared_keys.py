@@ -481,7 +481,7 @@ def test_the_key_name_check_can_fail(tmp_path):
     assert len(key_building(sample)) == 4
 
 
-# -- the scripts under MONITOR ----------------------------------------------------------------------
+# -- the scripts under MONITOR ---------------------------------------------------------------
 
 QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"')
 
