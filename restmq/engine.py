@@ -1,6 +1,6 @@
-"""`restmq-engine`: administration and tests straight on Redis
-(docs/frontends.md#restmq-engine), with the server's own Lua scripts and a small blocking Redis
-client.
+"""`restmq-engine`: administration and tests straight on Redis (docs/frontends.md#restmq-engine),
+with the server's own Lua scripts, given their keys as the server gives them, and a small
+blocking Redis client.
 """
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from typing import Any
 
 from restmq.acl import judge_record
 from restmq.core import DEAD_STEP, MORE, POLICY_NAMES, STATS_PAGE, policy_name
-from restmq.names import is_safe_name, is_valid_name, scan_pattern
+from restmq.names import is_safe_name, is_valid_name
 from restmq.redis import keys
-from restmq.redis.scripts import Script, load_script
+from restmq.redis.scripts import Script, load_script, script_command
 
 ACTIONS = [  # (short, long, help) in the order they run
     ("-p", "--producer", "add --value to --queue (wakes live consumers)"),
@@ -27,8 +27,8 @@ ACTIONS = [  # (short, long, help) in the order they run
     ("-t", "--tail_multiget", "the 10 oldest pending messages, oldest first"),
     ("-u", "--count_objects", "count the keys matching <queue>*"),
     ("-i", "--list_last_items", "the 10 newest pending keys, newest first"),
-    ("-a", "--authorize", "judge --queue against AUTHKEY:<authkey>"),
-    ("-r", "--create_auth", "write AUTHKEY:<authkey> granting --queue and --privs"),
+    ("-a", "--authorize", f"judge --queue against {keys.authkey('<authkey>')}"),
+    ("-r", "--create_auth", f"write {keys.authkey('<authkey>')} granting --queue and --privs"),
 ]
 
 
@@ -56,18 +56,19 @@ class Redis:
         if db:
             self("SELECT", db)
 
-    def __call__(self, *args: Any) -> Any:
+    def __call__(self, *args: Any, raw: bool = False) -> Any:
+        """The reply to one command; with `raw`, strings come back as bytes, undecoded."""
         out = [b"*%d\r\n" % len(args)]
         for arg in args:
             data = arg if isinstance(arg, bytes) else str(arg).encode("utf-8")
             out.append(b"$%d\r\n%s\r\n" % (len(data), data))
         try:
             self.sock.sendall(b"".join(out))
-            return self._reply()
+            return self._reply(raw)
         except OSError as e:
             raise RedisError(f"Redis connection failed: {e}") from None
 
-    def _reply(self) -> Any:
+    def _reply(self, raw: bool = False) -> Any:
         line = self.reader.readline()
         if not line:
             raise RedisError("Redis closed the connection")
@@ -80,26 +81,31 @@ class Redis:
             return int(rest)
         if kind == b"$":
             size = int(rest)
-            return None if size < 0 else self.reader.read(size + 2)[:-2].decode("utf-8", "replace")
+            if size < 0:
+                return None
+            data = self.reader.read(size + 2)[:-2]
+            return data if raw else data.decode("utf-8", "replace")
         if kind == b"*":
             size = int(rest)
-            return None if size < 0 else [self._reply() for _ in range(size)]
+            return None if size < 0 else [self._reply(raw) for _ in range(size)]
         raise RedisError(f"unexpected reply from Redis: {line!r}")
 
-    def run(self, script: Script, *args: Any) -> Any:
+    def run(self, script: Script, keys: tuple[str, ...], *args: Any) -> Any:
+        """Run a script as the server does: `keys` as KEYS (from restmq.redis.keys), `args` as
+        ARGV, by EVALSHA, or EVAL when Redis answers NOSCRIPT."""
         try:
-            return self("EVALSHA", script.sha, 0, *args)
+            return self(*script_command(script, keys, args))
         except RedisError as e:
             if not str(e).startswith("NOSCRIPT"):
                 raise
-            return self("EVAL", script.source, 0, *args)
+            return self(*script_command(script, keys, args, by_source=True))
 
-    def run_steps(self, script: Script, *args: Any) -> Any:
+    def run_steps(self, script: Script, keys: tuple[str, ...], *args: Any) -> Any:
         """Run a script again while it answers MORE (it skips dead entries a share at a time,
         so that Redis serves its other clients in between)."""
-        reply = self.run(script, *args)
+        reply = self.run(script, keys, *args)
         while reply == MORE:
-            reply = self.run(script, *args)
+            reply = self.run(script, keys, *args)
         return reply
 
 
@@ -143,20 +149,24 @@ class Engine:
         self.say(f"policy: {self.policy()}")
 
     def producer(self):
-        key = self.redis.run(load_script("add"), self.q, self.o.value, "", self.o.redis_db, "")
+        key = self.redis.run(load_script("add"), keys.add_keys(self.q), self.q, self.o.value, "",
+                             keys.channel(self.q), self.o.redis_db, "")
         self.say(f"key: {key}")
 
     def consumer(self):
-        self.message(self.redis.run_steps(load_script("hard_get"), self.q, self.o.consumed_ttl,
-                                          DEAD_STEP, ""))
+        self.message(self.redis.run_steps(load_script("hard_get"), keys.consume_keys(self.q),
+                                          self.o.consumed_ttl, DEAD_STEP, ""))
 
     def stats(self):
         script, cursor, found = load_script("stats"), "0", {}
-        while True:  # one SSCAN page per script; a queue may come twice
-            reply = self.redis.run(script, cursor, STATS_PAGE)
-            cursor = reply[0]
-            for i in range(1, len(reply), 4):
-                found[reply[i]] = reply[i:i + 4]
+        while True:  # a page of QUEUESET, then one script for its queues; a queue may come twice
+            cursor, names = self.redis("SSCAN", keys.QUEUESET, cursor, "COUNT", STATS_PAGE,
+                                       raw=True)  # the keys of a name that is not UTF-8 too
+            cursor = cursor.decode()
+            if names:
+                reply = self.redis.run(script, keys.stats_keys(names))
+                for k, name in enumerate(n.decode("utf-8", "replace") for n in names):
+                    found[name] = [name, *reply[3 * k:3 * k + 3]]
             if cursor == "0":
                 break
         rows = sorted(found.values())
@@ -166,18 +176,20 @@ class Engine:
         self.say(f"count: {len(rows)}")
 
     def non_consumer(self):
-        self.message(self.redis.run_steps(load_script("soft_get"), self.q, DEAD_STEP, ""),
-                     with_count=True)
+        self.message(self.redis.run_steps(load_script("soft_get"), keys.consume_keys(self.q),
+                                          DEAD_STEP, ""), with_count=True)
 
     def get_policy(self):
         self.say(f"policy: {self.policy()}")
 
     def set_policy(self):
-        self.redis("SET", keys.policy(self.q), POLICY_NAMES[self.o.policy])
-        self.say("resp: OK")
+        reply = self.redis.run(load_script("set"), (keys.policy(self.q),),
+                               POLICY_NAMES[self.o.policy], "")
+        self.say(f"resp: {reply}")
 
     def get_delete(self):
-        self.message(self.redis.run_steps(load_script("take"), self.q, DEAD_STEP, ""))
+        self.message(self.redis.run_steps(load_script("take"), keys.consume_keys(self.q),
+                                          DEAD_STEP, ""))
 
     def tail_multiget(self):
         newest = list(reversed(self.redis("LRANGE", keys.pending(self.q), -10, -1) or []))
@@ -189,7 +201,7 @@ class Engine:
     def count_objects(self):
         seen, cursor = set(), "0"
         while True:
-            cursor, found = self.redis("SCAN", cursor, "MATCH", scan_pattern(self.q),
+            cursor, found = self.redis("SCAN", cursor, "MATCH", keys.match_all(self.q),
                                        "COUNT", 1000)
             seen.update(found)
             if cursor == "0":

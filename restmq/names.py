@@ -5,10 +5,7 @@ from __future__ import annotations
 import re
 
 from restmq.errors import InvalidName
-
-_RESERVED_NAMES = ("QUEUESET", "AUTHKEY")
-_RESERVED_PREFIXES = ("AUTHKEY:", "queuestat:")
-_RESERVED_SUFFIXES = (":queue", ":UUID", ":queuepolicy", ":PUBSUB", ":lock", ":refcount")
+from restmq.redis.keys import collides
 # Whitespace (str.isspace) and control characters (category Cc: U+0000-001F, U+007F-009F);
 # tests/test_unit.py checks the equivalence over every code point.
 _FORBIDDEN = re.compile(r"[\s\x00-\x1f\x7f-\x9f]")
@@ -23,9 +20,7 @@ def is_safe_name(name: str) -> bool:
         name.encode("utf-8")
     except UnicodeEncodeError:  # lone surrogates
         return False
-    if name in _RESERVED_NAMES or name.startswith(_RESERVED_PREFIXES):
-        return False
-    return not name.endswith(_RESERVED_SUFFIXES)
+    return not collides(name)
 
 
 def is_valid_name(name: str) -> bool:
@@ -48,8 +43,3 @@ def check_name(name: str) -> str:
         return name
     raise InvalidName()
 
-
-def scan_pattern(name: str) -> str:
-    """A SCAN MATCH pattern for every key starting with `name` (glob characters escaped)."""
-    escaped = "".join("\\" + c if c in "\\*?[]" else c for c in name)
-    return escaped + "*"

@@ -745,6 +745,17 @@ async def test_stats(core, redis):
 
 
 @pytest_twisted.ensureDeferred
+async def test_stats_of_a_queue_whose_name_is_not_utf8(core, redis):
+    """Other software may register such a name: its keys are read with the very bytes of the
+    name, and the row shows it with U+FFFD."""
+    redis("SADD", "QUEUESET", b"bad\xff")
+    redis("LPUSH", b"bad\xff:queue", "x", "y")
+    redis("SET", b"queuestat::bad\xff", "0")
+    redis("SET", b"bad\xff:queuepolicy", "2")
+    assert await core.stats() == [QueueStats("bad\ufffd", 2, "0", "2")]
+
+
+@pytest_twisted.ensureDeferred
 async def test_jobs_counts_keys_with_the_prefix(core, redis):
     assert await core.jobs("a") == (0, 0, [], True)
     await core.add("a", "1")

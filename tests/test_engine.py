@@ -60,6 +60,14 @@ def test_policy_stats_and_listings(redis):
     assert engine(redis, "-u", "--queue", "many")[1] == ["objects: 13"]
 
 
+def test_stats_of_a_queue_whose_name_is_not_utf8(redis):
+    redis("SADD", "QUEUESET", b"bad\xff")  # registered by other software
+    redis("LPUSH", b"bad\xff:queue", "x", "y")
+    redis("SET", b"queuestat::bad\xff", "0")
+    redis("SET", b"bad\xff:queuepolicy", "2")
+    assert engine(redis, "-s")[1] == ["bad\ufffd len=2 status=0 policy=roundrobin", "count: 1"]
+
+
 def test_auth_records(redis):
     assert engine(redis, "-a")[1] == ["denied"]
     assert engine(redis, "-r", "--authkey", "k1", "--queue", "q1", "--privs", "read,write")[1] \

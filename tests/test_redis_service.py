@@ -114,32 +114,32 @@ async def test_error_reply_is_redis_failure(service, redis):
 
 @pytest_twisted.ensureDeferred
 async def test_script_error_is_redis_failure_without_a_reload(service, redis):
-    script = Script("t_incr", "return redis.call('INCR', ARGV[1])")
+    script = Script("t_incr", "return redis.call('INCR', KEYS[1])")
     redis("SET", "k", "text")
-    assert await service.run_script(script, "c") == 1
+    assert await service.run_script(script, ("c",)) == 1
     redis("CONFIG", "RESETSTAT")
     with pytest.raises(RedisFailure) as info:
-        await service.run_script(script, "k")
+        await service.run_script(script, ("k",))
     assert "not an integer" in str(info.value)
     assert cmdstat_calls(redis, "eval") == 0  # only NOSCRIPT triggers the EVAL fallback
 
 
 @pytest_twisted.ensureDeferred
 async def test_evalsha_with_noscript_fallback(service, redis):
-    script = Script("t_echo", "return {ARGV[1], ARGV[2]}")
+    script = Script("t_echo", "return {KEYS[1], ARGV[1]}")
     redis("SCRIPT", "FLUSH")
     redis("CONFIG", "RESETSTAT")
-    assert await service.run_script(script, "007", "x") == ["007", "x"]
+    assert await service.run_script(script, ("007",), "x") == ["007", "x"]
     assert cmdstat_calls(redis, "eval") == 1
     assert redis("SCRIPT", "EXISTS", script.sha) == [1]
     # loaded: EVALSHA alone from now on
-    assert await service.run_script(script, "a", "b") == ["a", "b"]
-    assert await service.run_script(script, "c", "d") == ["c", "d"]
+    assert await service.run_script(script, ("a",), "b") == ["a", "b"]
+    assert await service.run_script(script, ("c",), "d") == ["c", "d"]
     assert cmdstat_calls(redis, "eval") == 1
     assert cmdstat_calls(redis, "evalsha") >= 2
     # flushed again: reloaded again
     redis("SCRIPT", "FLUSH")
-    assert await service.run_script(script, "e", "f") == ["e", "f"]
+    assert await service.run_script(script, ("e",), "f") == ["e", "f"]
     assert cmdstat_calls(redis, "eval") == 2
     assert redis("SCRIPT", "EXISTS", script.sha) == [1]
 
@@ -159,7 +159,7 @@ async def test_core_scripts_survive_script_flush(service, redis):
 
 @pytest_twisted.ensureDeferred
 async def test_script_sha_is_the_one_redis_computes(service, redis):
-    script = load_script("hard_get")  # includes the _retire prelude
+    script = load_script("hard_get")  # includes the prelude
     assert redis("SCRIPT", "LOAD", script.source) == script.sha
 
 

@@ -6,6 +6,7 @@ from types import SimpleNamespace
 import pytest
 
 from restmq import acl, names as core
+from restmq.redis import keys
 from restmq.frontends import jsoncmd as dispatch
 from restmq.errors import BadRequest, InvalidArgument, Unauthorized
 from restmq.http.args import CALLBACK, parse_urlencoded
@@ -38,7 +39,7 @@ def test_name_check_matches_isspace_and_category_cc_everywhere():
 
 
 def test_scan_pattern_escapes_glob_characters():
-    assert core.scan_pattern("a*b?[c]\\") == "a\\*b\\?\\[c\\]\\\\*"
+    assert keys.match_all("a*b?[c]\\") == "a\\*b\\?\\[c\\]\\\\*"
 
 
 def test_json_text_escapes_non_ascii_and_html_characters():

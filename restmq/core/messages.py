@@ -1,8 +1,9 @@
 """The Core class and its message operations: add, the gets, delete, purge, the live
 delivery's batch pop and put-back. Every method returns a Deferred, no HTTP in sight.
 
-Key names follow the original RestMQ layout (docs/redis-layout.md#keys); multi-step operations are
-the Lua scripts in restmq/scripts, each one atomic round trip.
+Key names follow the original RestMQ layout and are built by restmq.redis.keys, which also gives
+each script its KEYS; multi-step operations are the Lua scripts in restmq/scripts, each one
+atomic round trip.
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ class Message:
 
 
 class Core(PolicyMixin, StatsMixin, StepsMixin):
-    """The queue operations of docs/redis-layout.md#operations on one Redis database: the
+    """The queue operations (docs/redis-layout.md#operations) on one Redis database: the
     message operations here, policy and status in restmq.core.policy, the queue list and stats
     in restmq.core.stats, the running of scripts in steps in restmq.core.steps.
 
@@ -74,33 +75,36 @@ class Core(PolicyMixin, StatsMixin, StepsMixin):
     def add(self, queue: str, value: str, ttl: int | None = None) -> defer.Deferred:
         """ADD: fires with the new key `<q>:<n>`; live consumers are woken by the script."""
         check_name(queue)
-        return self._write("add", queue, value, "" if ttl is None else ttl, self.redis.db)
+        return self._write("add", keys.add_keys(queue), queue, value,
+                           "" if ttl is None else ttl, keys.channel(queue), self.redis.db)
 
     def add_once(self, queue: str, value: str, window: int = 1000) -> defer.Deferred:
         """ADD for a retry after an unknown outcome: when one of the `window` newest pending
         messages already holds `value` (the first try did run), fires with its key instead."""
         check_name(queue)
-        return self._write("add_once", queue, value, self.redis.db, window)
+        return self._write("add_once", keys.add_keys(queue), queue, value, keys.channel(queue),
+                           self.redis.db, window)
 
     def hard_get(self, queue: str) -> defer.Deferred:
         """HARD_GET: fires with the oldest Message (retained for consumed_ttl); EmptyQueue."""
         check_name(queue)
-        return self._stepped("hard_get", queue, self.consumed_ttl, DEAD_STEP).addCallback(_message)
+        return self._stepped("hard_get", keys.consume_keys(queue), self.consumed_ttl,
+                             DEAD_STEP).addCallback(_message)
 
     def soft_get(self, queue: str) -> defer.Deferred:
         """SOFT_GET: fires with the oldest Message and its read count, leaving it queued."""
         check_name(queue)
-        return self._stepped("soft_get", queue, DEAD_STEP).addCallback(_message)
+        return self._stepped("soft_get", keys.consume_keys(queue), DEAD_STEP).addCallback(_message)
 
     def take(self, queue: str) -> defer.Deferred:
         """TAKE: fires with the oldest Message, deleted from Redis; EmptyQueue."""
         check_name(queue)
-        return self._stepped("take", queue, DEAD_STEP).addCallback(_message)
+        return self._stepped("take", keys.consume_keys(queue), DEAD_STEP).addCallback(_message)
 
     def delete(self, queue: str, key: str) -> defer.Deferred:
         """DEL: fires with True when the value key existed."""
         check_name(queue)
-        return self._write("del", queue, key).addCallback(lambda n: int(n) >= 1)
+        return self._write("del", keys.delete_keys(queue, key)).addCallback(lambda n: int(n) >= 1)
 
     def purge(self, queue: str) -> defer.Deferred:
         """PURGE: fires with 1 if a pending list existed, else 0; live consumers are ended.
@@ -114,7 +118,8 @@ class Core(PolicyMixin, StatsMixin, StepsMixin):
         # The reply waits for retiring at most until a second before the timeout: the purge
         # itself is done by then, and a client waiting 5 s must not see a timeout for it.
         give_up = self.clock.seconds() + self.redis.timeout - 1.0
-        reply = await self._write("purge", queue, self.consumed_ttl, self.redis.db, PURGE_STEP)
+        reply = await self._write("purge", keys.purge_keys(queue), self.consumed_ttl,
+                                  keys.channel(queue), self.redis.db, PURGE_STEP)
         if len(reply) == 3:
             retiring = defer.ensureDeferred(self._retire_range(queue, int(reply[1]),
                                                                int(reply[2])))
@@ -130,11 +135,13 @@ class Core(PolicyMixin, StatsMixin, StepsMixin):
         for start in range(first, last + 1, PURGE_STEP):
             end = min(last, start + PURGE_STEP - 1)
             try:
-                await self._write("retire_range", queue, start, end, self.consumed_ttl)
+                await self._write("retire_range", keys.retire_keys(queue), start, end,
+                                  self.consumed_ttl)
             except RestMQError as e:
-                self.log.warn("purge of {queue}: values {queue}:{start} to {queue}:{last} not "
-                              "retired ({error}); they stay in Redis without expiry",
-                              queue=queue, start=start, last=last, error=e.detail or e.reason)
+                self.log.warn("purge of {queue}: values {first} to {last} not retired ({error}); "
+                              "they stay in Redis without expiry", queue=queue,
+                              first=keys.value(queue, start), last=keys.value(queue, last),
+                              error=e.detail or e.reason)
                 return
 
     def pop_batch(self, queue: str) -> defer.Deferred:
@@ -152,8 +159,8 @@ class Core(PolicyMixin, StatsMixin, StepsMixin):
         give_up = self.clock.seconds() + self.redis.timeout
         policy, messages, size = None, [], 0
         while True:
-            d = self._run("pop_batch", queue, self.redis.db, BATCH_COUNT - len(messages),
-                          BATCH_BYTES - size, DEAD_STEP, deadline)
+            d = self._run("pop_batch", keys.pop_keys(queue), keys.channel(queue), self.redis.db,
+                          BATCH_COUNT - len(messages), BATCH_BYTES - size, DEAD_STEP, deadline)
             if not messages:
                 reply = await d
             else:
@@ -178,9 +185,10 @@ class Core(PolicyMixin, StatsMixin, StepsMixin):
         """Put popped messages (oldest first) back at the tail of the pending list, so that
         they are taken next, in order; fires with how many. Without their former ttl."""
         check_name(queue)
-        pairs = [part for m in messages for part in (m.key, m.value)]
-        return self.redis.run_script(self.scripts["requeue"], queue, self.redis.db,
-                                     self._deadline(), *pairs).addCallback(int)
+        return self.redis.run_script(
+            self.scripts["requeue"], keys.requeue_keys(queue, [m.key for m in messages]),
+            keys.channel(queue), self.redis.db, self._deadline(),
+            *[m.value for m in messages]).addCallback(int)
 
     def ping(self) -> defer.Deferred:
         """Fires when Redis answers; fails with RedisUnavailable otherwise."""

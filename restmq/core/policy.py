@@ -57,5 +57,5 @@ class PolicyMixin:
 
     def _set(self, key: str, value: str, *publish: str) -> defer.Deferred:
         """SET (and optionally PUBLISH) in one script with a deadline, like every write."""
-        d = self.redis.run_script(self.scripts["set"], key, value, self._deadline(), *publish)
-        return d
+        return self.redis.run_script(self.scripts["set"], (key,), value, self._deadline(),
+                                     *publish)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from twisted.internet import defer
 
 from restmq.core.steps import STATS_PAGE
-from restmq.names import check_name, scan_pattern
+from restmq.names import check_name
 from restmq.redis import keys, text
 
 JOBS_MAX_KEYS = 100_000  # the jobs page counts at most about this many keys...
@@ -36,22 +36,29 @@ class StatsMixin:
             lambda names: sorted(text(list(names or []))))
 
     def stats(self) -> defer.Deferred:
-        """Fires with a list of QueueStats for every QUEUESET member, sorted by name. Read a
-        page of STATS_PAGE queues per script (not one atomic picture, docs/redis-layout.md#stats);
-        RedisUnavailable when all pages are not read within the command timeout."""
+        """Fires with a list of QueueStats for every QUEUESET member, sorted by name. Reads a
+        page of STATS_PAGE queues at a time: an SSCAN, then one script for the page's queues
+        (not one atomic picture: docs/redis-layout.md#stats); RedisUnavailable when all pages
+        are not read within the command timeout."""
         return defer.ensureDeferred(self._stats())
 
     async def _stats(self) -> list[QueueStats]:
         give_up = self.clock.seconds() + self.redis.timeout
         rows: dict[str, QueueStats] = {}
         cursor = "0"
+        first = True
         while True:
-            d = self._run("stats", cursor, STATS_PAGE)
-            reply = text(await (d if cursor == "0" else self._bounded(d, give_up)))
-            cursor = str(reply[0])
-            for i in range(1, len(reply), 4):
-                rows[reply[i]] = QueueStats(reply[i], int(reply[i + 1]), reply[i + 2],
-                                            reply[i + 3])
+            d = self.redis.execute("SSCAN", keys.QUEUESET, cursor, "COUNT", STATS_PAGE)
+            cursor, names = await (d if first else self._bounded(d, give_up))
+            first = False
+            cursor = str(text(cursor))
+            names = list(names or [])  # as read: a name that is not UTF-8 stays bytes
+            if names:
+                d = self._run("stats", keys.stats_keys(names))
+                reply = text(await self._bounded(d, give_up))
+                for k, name in enumerate(text(names)):
+                    length, status, policy = reply[3 * k:3 * k + 3]
+                    rows[name] = QueueStats(name, int(length), status, policy)
             if cursor == "0":
                 return sorted(rows.values(), key=lambda row: row.name)
 
@@ -66,7 +73,7 @@ class StatsMixin:
         latest = yield self.redis.execute("LRANGE", keys.pending(queue), 0, 9)
         seen: set[str] = set()
         cursor = "0"
-        pattern = scan_pattern(queue)
+        pattern = keys.match_all(queue)
         stop = self.clock.seconds() + JOBS_SCAN_SECONDS
         while True:
             cursor, found = yield self.redis.execute("SCAN", cursor, "MATCH", pattern,

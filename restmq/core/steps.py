@@ -21,10 +21,10 @@ MORE = "MORE"  # a script's reply when it stopped after its share of work
 class StepsMixin:
     """How Core runs its scripts. Needs `redis` (a RedisService), `clock` and `scripts`."""
 
-    def _run(self, name: str, *args: Any) -> defer.Deferred:
-        return self.redis.run_script(self.scripts[name], *args)
+    def _run(self, name: str, keys: tuple[str, ...], *args: Any) -> defer.Deferred:
+        return self.redis.run_script(self.scripts[name], keys, *args)
 
-    def _stepped(self, name: str, *args: Any) -> defer.Deferred:
+    def _stepped(self, name: str, keys: tuple[str, ...], *args: Any) -> defer.Deferred:
         """Run a writing script until it answers something other than MORE. Every step
         carries the first one's deadline, so the whole operation is refused by Redis past it,
         and none is waited for beyond the command timeout: a 503 then means that no step
@@ -35,16 +35,17 @@ class StepsMixin:
         def again(reply):  # the usual single step costs no coroutine
             if reply != MORE:
                 return reply
-            return defer.ensureDeferred(self._more_steps(name, args, deadline, give_up))
+            return defer.ensureDeferred(self._more_steps(name, keys, args, deadline, give_up))
 
-        return self._run(name, *args, deadline).addCallback(again)
+        return self._run(name, keys, *args, deadline).addCallback(again)
 
-    async def _more_steps(self, name: str, args: tuple, deadline: Any, give_up: float) -> Any:
+    async def _more_steps(self, name: str, keys: tuple[str, ...], args: tuple, deadline: Any,
+                          give_up: float) -> Any:
         reply = MORE
         while reply == MORE:
             if self.redis.expired(deadline):
                 raise RedisUnavailable(f"{name}: too many dead entries to skip in time")
-            reply = await self._bounded(self._run(name, *args, deadline), give_up)
+            reply = await self._bounded(self._run(name, keys, *args, deadline), give_up)
         return reply
 
     def _bounded(self, d: defer.Deferred, give_up: float) -> defer.Deferred:
@@ -66,9 +67,9 @@ class StepsMixin:
         d.addBoth(settled)
         return out
 
-    def _write(self, name: str, *args: Any) -> defer.Deferred:
+    def _write(self, name: str, keys: tuple[str, ...], *args: Any) -> defer.Deferred:
         """Run a script that writes, with its deadline as the last argument."""
-        return self.redis.run_script(self.scripts[name], *args, self._deadline())
+        return self.redis.run_script(self.scripts[name], keys, *args, self._deadline())
 
     def _deadline(self) -> Any:
         """Where a script takes its deadline: the Redis service puts there, as it sends the

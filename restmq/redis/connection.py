@@ -5,7 +5,7 @@ which never wait longer than the command timeout and fail with the core's domain
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import txredisapi
 from twisted.application import service
@@ -15,7 +15,7 @@ from twisted.logger import Logger
 
 from restmq.clock import RedisClock, reactor_clock
 from restmq.errors import RedisFailure, RedisUnavailable
-from restmq.redis.scripts import Script
+from restmq.redis.scripts import Script, script_command
 
 COMMAND_TIMEOUT = 5.0
 RECONNECT_MAX_DELAY = 5.0
@@ -36,7 +36,7 @@ class _Deadline:
         return "DEADLINE" if self.start is None else f"DEADLINE({self.start})"
 
 
-# Put in a script's arguments where it expects its deadline (see scripts/lib/deadline.lua):
+# Put in a script's arguments where it expects its deadline (see guard in scripts/lib/prelude.lua):
 # `run_script` replaces it, once it knows the connection, with Redis's time at which the
 # command may no longer run.
 DEADLINE = _Deadline()
@@ -327,9 +327,10 @@ class RedisService(service.Service):
             timer.cancel()
             d.errback(RedisUnavailable(reason))
 
-    def run_script(self, script: Script, *args: Any) -> defer.Deferred:
-        """Run a Lua script by EVALSHA with `args` as ARGV; on NOSCRIPT load it by EVAL."""
-        d = self.execute("EVALSHA", script.sha, 0, *args)
+    def run_script(self, script: Script, keys: Sequence[str], *args: Any) -> defer.Deferred:
+        """Run a Lua script by EVALSHA with `keys` as KEYS (every key it touches, built by
+        restmq.redis.keys) and `args` as ARGV; on NOSCRIPT load it by EVAL."""
+        d = self.execute(*script_command(script, keys, args))
 
         def noscript(failure):
             failure.trap(RedisFailure)
@@ -338,7 +339,8 @@ class RedisService(service.Service):
                 raise RedisUnavailable(str(failure.value))
             if not str(failure.value).startswith("NOSCRIPT"):
                 return failure
-            return self.execute("EVAL", script.source, 0, *args).addErrback(noscript)
+            return self.execute(*script_command(script, keys, args, by_source=True)) \
+                .addErrback(noscript)
 
         return d.addErrback(noscript)
 

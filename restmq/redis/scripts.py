@@ -1,5 +1,5 @@
-"""The Lua scripts of docs/redis-layout.md#operations, read from restmq/scripts/ (no Twisted
-needed, so the restmq-engine CLI runs exactly the same scripts as the server)."""
+"""The Lua scripts of restmq/scripts/, each with the shared prelude of scripts/lib/ in front (no
+Twisted needed, so the restmq-engine CLI runs exactly the same scripts as the server)."""
 from __future__ import annotations
 
 import hashlib
@@ -16,10 +16,18 @@ class Script:
 
 
 def load_script(name: str) -> Script:
-    """Read `restmq/scripts/<name>.lua` with the shared preludes of scripts/lib/ it uses."""
+    """`restmq/scripts/<name>.lua` after `scripts/lib/prelude.lua` (the deadline guard, the
+    skipping of dead entries, retiring, and the derivation of value keys from KEYS)."""
     folder = resources.files("restmq") / "scripts"
-    source = (folder / f"{name}.lua").read_text("utf-8")
-    for prelude, use in (("retire", "retire("), ("deadline", "expired(")):
-        if use in source:
-            source = (folder / "lib" / f"{prelude}.lua").read_text("utf-8") + source
-    return Script(name, source)
+    prelude = (folder / "lib" / "prelude.lua").read_text("utf-8")
+    return Script(name, prelude + (folder / f"{name}.lua").read_text("utf-8"))
+
+
+def script_command(script: Script, keys: tuple[str, ...] | list[str], args: tuple,
+                   by_source: bool = False) -> tuple:
+    """The EVALSHA (or, `by_source`, EVAL) command running `script` with `keys` as KEYS and
+    `args` as ARGV."""
+    if isinstance(keys, str):  # a lone name would be spread into its letters
+        raise TypeError("keys must be a sequence of key names")
+    head = ("EVAL", script.source) if by_source else ("EVALSHA", script.sha)
+    return (*head, len(keys), *keys, *args)

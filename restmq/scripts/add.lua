@@ -1,18 +1,16 @@
--- ADD(q, value[, ttl]): ARGV = queue, value, ttl ('' for none), db, deadline (see
--- _deadline.lua). Returns the new key.
-local q, value, ttl, db = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
-if expired(ARGV[5]) then
-  return redis.error_reply('EXPIRED the deadline passed before Redis ran this')
-end
-local n = redis.call('INCR', q .. ':UUID')
-local key = q .. ':' .. n
+-- ADD(q, value[, ttl]). KEYS: <q>:queue, <q>:UUID, QUEUESET, queuestat::<q>. ARGV: queue name
+-- (the member of QUEUESET), value, ttl ('' for none), channel, db, deadline. Returns the new key.
+local late = guard(ARGV[6]) if late then return late end
+local pending, counter, queueset, status = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local q, value, ttl, channel, db = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
+local key = value_key(counter, redis.call('INCR', counter))
 if ttl then
   redis.call('SET', key, value, 'EX', ttl)
 else
   redis.call('SET', key, value)
 end
-redis.call('SADD', 'QUEUESET', q)
-redis.call('SETNX', 'queuestat::' .. q, '1')
-redis.call('LPUSH', q .. ':queue', key)
-redis.call('PUBLISH', q .. ':PUBSUB', '{"type": "wake", "db": ' .. db .. '}')
+redis.call('SADD', queueset, q)
+redis.call('SETNX', status, '1')
+redis.call('LPUSH', pending, key)
+redis.call('PUBLISH', channel, '{"type": "wake", "db": ' .. db .. '}')
 return key

@@ -1,9 +1,8 @@
--- DEL(q, key): ARGV = queue, key, deadline. Returns the number of value keys deleted.
-local q, key = ARGV[1], ARGV[2]
-if expired(ARGV[3]) then
-  return redis.error_reply('EXPIRED the deadline passed before Redis ran this')
-end
+-- DEL(q, key). KEYS: <q>:queue, the value key. ARGV: deadline. Returns the number of value keys
+-- deleted.
+local late = guard(ARGV[1]) if late then return late end
+local pending, key = KEYS[1], KEYS[2]
 local deleted = redis.call('DEL', key)
-redis.call('LREM', q .. ':queue', 0, key)
-redis.call('DEL', key .. ':refcount')
+redis.call('LREM', pending, 0, key)
+redis.call('DEL', refcount_of(key))
 return deleted

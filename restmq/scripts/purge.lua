@@ -1,20 +1,19 @@
--- PURGE(q): ARGV = queue, retention, db, step, deadline. The pending list is removed and the
--- purge published at once, in this script; its values are retired:
+-- PURGE(q). KEYS: <q>:queue, <q>:UUID. ARGV: retention, channel, db, step, deadline.
+-- The pending list is removed and the purge published at once, in this script; its values are
+-- retired:
 -- * here too, for a list of at most `step` entries: returns {existed};
 -- * else by the caller, in steps (retire_range.lua), when the pending keys are <q>:<n> numbered
 --   within first..last (what adds produce: keys numbered in push order, near the ends checked
 --   for a little disorder, last within the counter): returns {1, first, last}. Doing the whole
 --   retiring here would hold Redis for seconds on a list of a million entries.
-local q, retention, db, step = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
-if expired(ARGV[5]) then
-  return redis.error_reply('EXPIRED the deadline passed before Redis ran this')
-end
-local pending = q .. ':queue'
+local late = guard(ARGV[5]) if late then return late end
+local pending, counter = KEYS[1], KEYS[2]
+local retention, channel, db, step = tonumber(ARGV[1]), ARGV[2], ARGV[3], tonumber(ARGV[4])
 local notice = '{"type": "purge", "db": ' .. db .. '}'
 
 -- The lowest and highest message numbers among `keys`, nil if one is not <q>:<digits>.
 local function bounds(keys, low, high)
-  local prefix = q .. ':'
+  local prefix = value_key(counter, '')
   for _, key in ipairs(keys) do
     local digits = key:sub(#prefix + 1)
     if key:sub(1, #prefix) ~= prefix or #digits > 15 or not digits:match('^%d+$') then
@@ -32,10 +31,10 @@ if redis.call('LLEN', pending) > step then
   if first then
     first, last = bounds(redis.call('LRANGE', pending, 0, 99), first, last)
   end
-  local counter = tonumber(redis.call('GET', q .. ':UUID'))
-  if first and counter and last <= counter then
+  local newest = tonumber(redis.call('GET', counter))
+  if first and newest and last <= newest then
     redis.call('UNLINK', pending)  -- freed in the background: O(1) here
-    redis.call('PUBLISH', q .. ':PUBSUB', notice)
+    redis.call('PUBLISH', channel, notice)
     return {1, first, last}
   end
 end
@@ -43,7 +42,7 @@ local keys = redis.call('LRANGE', pending, 0, -1)
 local existed = redis.call('DEL', pending)
 for _, key in ipairs(keys) do
   retire(key, retention)
-  retire(key .. ':refcount', retention)
+  retire(refcount_of(key), retention)
 end
-redis.call('PUBLISH', q .. ':PUBSUB', notice)
+redis.call('PUBLISH', channel, notice)
 return {existed}

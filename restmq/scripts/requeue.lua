@@ -1,20 +1,18 @@
--- REQUEUE(q): ARGV = queue, db, deadline, then key1, value1, key2, value2, ... oldest first.
+-- REQUEUE(q). KEYS: <q>:queue, then key1, key2, ... oldest first. ARGV: channel, db, deadline,
+-- then value1, value2, ... (value i belongs to KEYS[i + 1]).
 -- Puts back roundrobin messages that POP_BATCH removed but no live consumer could take: each
 -- value is stored again and its key pushed at the tail, the oldest last, so they are the next
 -- to be taken, in their original order. Wakes the consumers of every process. Returns the
 -- number of messages put back.
-local q, db = ARGV[1], ARGV[2]
-if expired(ARGV[3]) then
-  return redis.error_reply('EXPIRED the deadline passed before Redis ran this')
-end
-local pending = q .. ':queue'
+local late = guard(ARGV[3]) if late then return late end
+local pending, channel, db = KEYS[1], ARGV[1], ARGV[2]
 local count = 0
-for i = #ARGV - 1, 4, -2 do
-  redis.call('SET', ARGV[i], ARGV[i + 1])
-  redis.call('RPUSH', pending, ARGV[i])
+for i = #KEYS, 2, -1 do
+  redis.call('SET', KEYS[i], ARGV[i + 2])
+  redis.call('RPUSH', pending, KEYS[i])
   count = count + 1
 end
 if count > 0 then
-  redis.call('PUBLISH', q .. ':PUBSUB', '{"type": "wake", "db": ' .. db .. '}')
+  redis.call('PUBLISH', channel, '{"type": "wake", "db": ' .. db .. '}')
 end
 return count

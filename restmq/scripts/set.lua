@@ -1,10 +1,8 @@
--- SET(key, value): ARGV = key, value, deadline[, channel, message]: a plain SET (status,
--- policy) that is not applied late, optionally publishing a notification with it.
-if expired(ARGV[3]) then
-  return redis.error_reply('EXPIRED the deadline passed before Redis ran this')
-end
-redis.call('SET', ARGV[1], ARGV[2])
-if ARGV[4] then
-  redis.call('PUBLISH', ARGV[4], ARGV[5])
+-- SET(key, value). KEYS: the key (a queue's status or policy). ARGV: value, deadline[, channel,
+-- message]: a plain SET that is not applied late, optionally publishing a notice with it.
+local late = guard(ARGV[2]) if late then return late end
+redis.call('SET', KEYS[1], ARGV[1])
+if ARGV[3] then
+  redis.call('PUBLISH', ARGV[3], ARGV[4])
 end
 return 'OK'

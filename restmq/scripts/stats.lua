@@ -1,14 +1,10 @@
--- STATS page: ARGV = SSCAN cursor of QUEUESET ('0' to start), page size. Returns {next cursor,
--- name1, len1, status1, policy1, ...} for the members of one SSCAN page (absent status or
--- policy come back as ''); '0' as the next cursor ends the scan. One page at a time keeps
--- Redis free for others however many queues there are; a member may come twice.
+-- STATS of one page of queues (the server reads the page of QUEUESET with SSCAN first).
+-- KEYS: for each queue, <q>:queue, <q>:queuepolicy, queuestat::<q>. ARGV: none.
+-- Returns {len1, status1, policy1, len2, ...}; an absent status or policy comes back as ''.
 local reply = {}
-local page = redis.call('SSCAN', 'QUEUESET', ARGV[1], 'COUNT', tonumber(ARGV[2]))
-reply[1] = page[1]
-for _, q in ipairs(page[2]) do
-  reply[#reply + 1] = q
-  reply[#reply + 1] = redis.call('LLEN', q .. ':queue')
-  reply[#reply + 1] = redis.call('GET', 'queuestat::' .. q) or ''
-  reply[#reply + 1] = redis.call('GET', q .. ':queuepolicy') or ''
+for i = 1, #KEYS, 3 do
+  reply[#reply + 1] = redis.call('LLEN', KEYS[i])
+  reply[#reply + 1] = redis.call('GET', KEYS[i + 2]) or ''
+  reply[#reply + 1] = redis.call('GET', KEYS[i + 1]) or ''
 end
 return reply
