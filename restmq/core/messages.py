@@ -175,8 +175,10 @@ class Core(PolicyMixin, StatsMixin, StepsMixin):
 
     def requeue(self, queue: str, messages: list[Message]) -> defer.Deferred:
         """Put popped messages (oldest first) back at the tail of the pending list, so that
-        they are taken next, in order; fires with how many. Without their former ttl."""
-        check_name(queue)
+        they are taken next, in order; fires with how many. Without their former ttl. Like
+        pop_batch, only the key-layout rule applies: the name is the one delivery popped for."""
+        if not is_safe_name(queue):
+            raise InvalidName()
         pairs = [part for m in messages for part in (m.key, m.value)]
         return self.redis.run_script(self.scripts["requeue"], queue, self.redis.db,
                                      self._deadline(), *pairs).addCallback(int)
