@@ -1,0 +1,154 @@
+"""What live delivery popped from Redis, under trouble: every popped message is handed out,
+put back, or dropped with a log line naming it (purged meanwhile). A later step of a stepped
+pop whose reply is slow, a purge that overtakes a put-back, a put-back held by a write pause,
+and a SIGTERM while a consumer still has output buffered."""
+from __future__ import annotations
+
+import queue as queues
+import socket
+import threading
+import time
+
+from tests.faults.load import Stream, pending_values, post, redis_client, wait_for
+from tests.http_client import delete
+
+
+class DelayProxy:
+    """A TCP proxy in front of Redis that holds what Redis sends for `delay` seconds (set at
+    any time; each chunk keeps the delay in force when it arrived), as a slow link would."""
+
+    def __init__(self, upstream_port: int):
+        self.upstream_port = upstream_port
+        self.delay = 0.0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                down, _ = self.listener.accept()
+            except OSError:
+                return
+            up = socket.create_connection(("127.0.0.1", self.upstream_port))
+            self.sockets += [down, up]
+            held: queues.Queue = queues.Queue()
+            threading.Thread(target=self._pump, args=(down, up, None), daemon=True).start()
+            threading.Thread(target=self._pump, args=(up, down, held), daemon=True).start()
+            threading.Thread(target=self._release, args=(held, down), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, held) -> None:
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                if held is None:
+                    dst.sendall(data)
+                else:
+                    held.put((time.monotonic() + self.delay, data))
+        except OSError:
+            pass
+        if held is not None:
+            held.put((0.0, b""))
+        else:
+            _shut(dst)
+
+    @staticmethod
+    def _release(held, dst: socket.socket) -> None:
+        while True:
+            due, data = held.get()
+            if not data:
+                break
+            time.sleep(max(0.0, due - time.monotonic()))
+            try:
+                dst.sendall(data)
+            except OSError:
+                break
+        _shut(dst)
+
+    def close(self) -> None:
+        self.listener.close()
+        for sock in self.sockets:
+            _shut(sock)
+            sock.close()
+
+
+def _shut(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+def roundrobin_queue(url: str, port: int, queue: str) -> None:
+    assert post(url, f"/p/{queue}", {"policy": "roundrobin"}) == 200
+    client = redis_client(port)
+    try:
+        client("SET", f"queuestat::{queue}", "1")
+    finally:
+        client.close()
+
+
+def numsub(port: int, queue: str) -> int:
+    client = redis_client(port)
+    try:
+        return client("PUBSUB", "NUMSUB", f"{queue}:PUBSUB")[1]
+    finally:
+        client.close()
+
+
+def keyed_stream(url: str, queue: str, **options) -> tuple[Stream, list[str]]:
+    keys: list[str] = []
+    stream = Stream(url, queue, lambda message: keys.append(message["key"]), **options)
+    assert stream.status == 200
+    stream.start()
+    return stream, keys
+
+
+# -- a later step of a stepped live pop -------------------------------------------------------
+
+# One script (so that no pop runs in between): `first`, 1,500 dead entries, `second`, `third`.
+DEAD_RUN = """
+local q = ARGV[1]
+local function push(value)
+  local key = q .. ':' .. redis.call('INCR', q .. ':UUID')
+  if value then redis.call('SET', key, value) end
+  redis.call('LPUSH', q .. ':queue', key)
+  return key
+end
+local keys = {push('first')}
+for i = 1, 1500 do push(nil) end
+keys[2] = push('second')
+keys[3] = push('third')
+redis.call('SADD', 'QUEUESET', q)
+redis.call('PUBLISH', q .. ':PUBSUB', '{"type": "wake", "db": 0}')
+return keys
+"""
+
+
+def test_a_live_pop_hands_out_what_a_late_later_step_popped(procs):
+    """The pop skips the dead entries in two steps; the second step's reply comes 5.2 s
+    after the first was sent, past the command timeout: no client waits for a live pop, so
+    what that step popped (Redis deleted it) is still handed out."""
+    queue = "lateq"
+    redis = procs.redis()
+    proxy = DelayProxy(redis.port)
+    try:
+        server = procs.server(proxy.port)
+        roundrobin_queue(server.url, redis.port, queue)
+        stream, delivered = keyed_stream(server.url, queue)
+        wait_for(lambda: numsub(redis.port, queue) == 1, 10, message="the consumer registered")
+        proxy.delay = 2.6  # below the command timeout, twice above it
+        admin = redis_client(redis.port)
+        try:
+            keys = admin("EVAL", DEAD_RUN, 0, queue)
+        finally:
+            admin.close()
+        wait_for(lambda: len(delivered) == 3 or "stopped early" in server.log(), 30,
+                 message="the three messages delivered")
+        assert delivered == keys, (delivered, pending_values(redis.port, queue), server.log())
+        stream.close()
+    finally:
+        proxy.close()
