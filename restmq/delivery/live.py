@@ -16,12 +16,17 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from restmq.core import BATCH_BYTES, BATCH_COUNT, Core, Message
-from restmq.errors import RestMQError
+from restmq.errors import RedisTrouble, RestMQError
 from restmq.jsontext import json_text
 from restmq.redis import keys
 from restmq.redis.keys import CHANNEL_SUFFIX
 SWEEP_INTERVAL = 1.0
 BROADCAST_WAIT = 5.0
+# A put-back that Redis refuses or leaves unanswered is tried again, after 0.5 s, 1 s, 2 s...
+# (at most 5 s apart) for a minute, and once more at shutdown: a failover pauses writes for
+# seconds, and the messages exist nowhere but here.
+PUT_BACK_RETRY = (0.5, 5.0)
+PUT_BACK_FOR = 60.0
 
 
 class Consumer(Protocol):
@@ -103,6 +108,7 @@ class Delivery(service.Service):
         self.stopping = False
         self._sweep = task.LoopingCall(self.sweep)
         self._sweep.clock = clock
+        self._naps: set[defer.Deferred] = set()  # put-backs waiting to be tried again
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -118,6 +124,8 @@ class Delivery(service.Service):
         self.stopping = True
         if self._sweep.running:
             self._sweep.stop()
+        for nap in list(self._naps):
+            nap.cancel()  # a put-back waiting to be tried again makes its last attempt now
         return defer.DeferredList([run.ended() for run in self.runs.values()])
 
     # -- consumers -----------------------------------------------------------------------------
@@ -232,12 +240,40 @@ class Delivery(service.Service):
                 return True  # written, or lost with a consumer that failed (logged)
 
     async def _put_back(self, queue: str, messages: list[Message]) -> None:
+        """No client waits for this, so Redis trouble is waited out: the put-back is tried
+        again (the script skips what an earlier attempt put back) for PUT_BACK_FOR seconds,
+        and not past shutdown. Only then are the messages logged as lost."""
+        give_up = self.clock.seconds() + PUT_BACK_FOR
+        delay = PUT_BACK_RETRY[0]
+        while True:
+            try:
+                await self.core.requeue(queue, messages)
+                return
+            except RedisTrouble as e:
+                error = e
+            except RestMQError as e:
+                return self._lost(queue, messages, e)
+            remaining = give_up - self.clock.seconds()
+            if self.stopping or remaining <= 0:
+                return self._lost(queue, messages, error)
+            await self._nap(min(delay, remaining))
+            delay = min(2 * delay, PUT_BACK_RETRY[1])
+
+    async def _nap(self, seconds: float) -> None:
+        """Sleep, unless the service stops meanwhile."""
+        nap = task.deferLater(self.clock, seconds, lambda: None)
+        self._naps.add(nap)
         try:
-            await self.core.requeue(queue, messages)
-        except RestMQError as e:
-            for message in messages:
-                self.log.error("{key} popped for {queue} could not be put back ({error}): lost",
-                               key=message.key, queue=queue, error=e.reason)
+            await nap
+        except defer.CancelledError:
+            pass
+        finally:
+            self._naps.discard(nap)
+
+    def _lost(self, queue: str, messages: list[Message], error: RestMQError) -> None:
+        for message in messages:
+            self.log.error("{key} popped for {queue} could not be put back ({error}): lost",
+                           key=message.key, queue=queue, error=error.reason)
 
     async def _wait_for_broadcast(self, run: _Run, last_key: str) -> None:
         """Pace a full broadcast batch: pop again once it came back on the subscription."""

@@ -14,8 +14,10 @@ from tests.http_client import delete
 
 
 class DelayProxy:
-    """A TCP proxy in front of Redis that holds what Redis sends for `delay` seconds (set at
-    any time; each chunk keeps the delay in force when it arrived), as a slow link would."""
+    """A TCP proxy in front of Redis that holds the replies on command connections for
+    `delay` seconds (set at any time; each chunk keeps the delay in force when it arrived), as
+    a slow link would; pub/sub connections are never held, so notifications can overtake the
+    replies of commands."""
 
     def __init__(self, upstream_port: int):
         self.upstream_port = upstream_port
@@ -33,21 +35,25 @@ class DelayProxy:
                 return
             up = socket.create_connection(("127.0.0.1", self.upstream_port))
             self.sockets += [down, up]
-            held: queues.Queue = queues.Queue()
-            threading.Thread(target=self._pump, args=(down, up, None), daemon=True).start()
-            threading.Thread(target=self._pump, args=(up, down, held), daemon=True).start()
-            threading.Thread(target=self._release, args=(held, down), daemon=True).start()
+            link = {"held": queues.Queue(), "subscriber": False}
+            threading.Thread(target=self._pump, args=(down, up, link, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(up, down, link, False), daemon=True).start()
+            threading.Thread(target=self._release, args=(link["held"], down),
+                             daemon=True).start()
 
-    def _pump(self, src: socket.socket, dst: socket.socket, held) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket, link: dict, upward: bool) -> None:
+        held = None if upward else link["held"]
         try:
             while True:
                 data = src.recv(65536)
                 if not data:
                     break
-                if held is None:
+                if upward:
+                    link["subscriber"] = link["subscriber"] or b"SUBSCRIBE" in data
                     dst.sendall(data)
                 else:
-                    held.put((time.monotonic() + self.delay, data))
+                    delay = 0.0 if link["subscriber"] else self.delay
+                    held.put((time.monotonic() + delay, data))
         except OSError:
             pass
         if held is not None:
@@ -150,5 +156,68 @@ def test_a_live_pop_hands_out_what_a_late_later_step_popped(procs):
                  message="the three messages delivered")
         assert delivered == keys, (delivered, pending_values(redis.port, queue), server.log())
         stream.close()
+    finally:
+        proxy.close()
+
+
+# -- put-backs under trouble ----------------------------------------------------------------------
+
+SIZE, COUNT = 200_000, 20  # the backlog: one pop takes 6 messages (the 6th passes 1 MiB)
+
+
+def silent_stream(url: str, queue: str) -> Stream:
+    """A consumer that reads its response head and nothing more: the second message handed to
+    it fills its output, so the rest of a batch goes back to Redis."""
+    return Stream(url, queue, stalled=True)
+
+
+def pop_a_stopped_backlog(server, redis, proxy, queue: str) -> tuple[list[str], Stream]:
+    """A roundrobin backlog of COUNT messages and a silent consumer; then replies to commands
+    are held for 1.5 s and the queue is started: returns the keys once Redis ran the pop
+    (the server has not heard of it yet), and the consumer."""
+    assert post(server.url, f"/p/{queue}", {"policy": "roundrobin"}) == 200
+    assert post(server.url, f"/control/{queue}", {"status": "stop"}) == 200
+    keys = []
+    for i in range(COUNT):
+        assert post(server.url, f"/q/{queue}", {"value": f"{i:06d}" + "x" * (SIZE - 6)}) == 200
+        keys.append(f"{queue}:{i + 1}")
+    silent = silent_stream(server.url, queue)
+    wait_for(lambda: numsub(redis.port, queue) == 1, 10, message="the consumer registered")
+    # Redis knows the purge script from now on: the purge below runs at its first attempt.
+    assert delete(server.url, "/q/other").status == 200
+    proxy.delay = 1.5
+    admin = redis_client(redis.port)
+    try:
+        admin("SET", f"queuestat::{queue}", "1")
+        admin("PUBLISH", f"{queue}:PUBSUB", '{"type": "wake", "db": 0}')
+        wait_for(lambda: admin("LLEN", f"{queue}:queue") < COUNT, 10, interval=0.01,
+                 message="the pop ran")
+    finally:
+        admin.close()
+    return keys, silent
+
+
+def test_a_put_back_held_by_a_write_pause_past_its_deadline_is_retried(procs):
+    """Redis pauses writes (CLIENT PAUSE WRITE, as FAILOVER does) just after the pop: the
+    put-back waits past its deadline and is refused then; it is tried again."""
+    queue = "pausedq"
+    redis = procs.redis()
+    proxy = DelayProxy(redis.port)
+    try:
+        server = procs.server(proxy.port)
+        keys, silent = pop_a_stopped_backlog(server, redis, proxy, queue)
+        admin = redis_client(redis.port)
+        try:
+            admin("CLIENT", "PAUSE", "6000", "WRITE")
+            # Two messages filled the silent consumer's output; three go back.
+            wait_for(lambda: admin("LLEN", f"{queue}:queue") == COUNT - 2
+                     or "could not be put back" in server.log(), 30, interval=0.1,
+                     message="the put-back")
+            assert "could not be put back" not in server.log()
+            pending = admin("LRANGE", f"{queue}:queue", 0, -1)
+        finally:
+            admin.close()
+        assert pending[::-1] == keys[2:], server.log()
+        silent.close()
     finally:
         proxy.close()
