@@ -156,6 +156,48 @@ def test_a_put_back_failing_at_stop_is_lost_without_delaying_the_stop():
     assert "q:1" in "\n".join(t for t in texts(events) if "lost" in t)
 
 
+PURGE = '{"type": "purge", "db": 0}'
+
+
+def test_a_batch_popped_before_a_purge_heard_of_is_not_put_back():
+    delivery, core, events = make()
+    a = Consumer("a")
+    delivery.register("q", a)
+    delivery.message("q:PUBSUB", PURGE)  # ends `a`; the pop is still on its way
+    core.pops[0].callback(("roundrobin", batch(1, 2)))
+    assert core.requeued == [] and a.got == []
+    assert any("q:1, q:2 popped for q before a purge: dropped as purged" in t
+               for t in texts(events))
+
+
+def test_a_purge_heard_of_while_a_put_back_waits_to_be_retried_drops_it():
+    delivery, core, events = make()
+    core.requeue_fails = 1
+    nobody_takes(delivery, core, 1, 2)
+    delivery.message("q:PUBSUB", PURGE)
+    delivery.clock.advance(0.5)
+    assert len(core.requeued) == 1
+    assert any("dropped as purged" in t for t in texts(events))
+    assert "q" not in delivery.runs
+
+
+def test_a_batch_popped_before_a_purge_still_goes_to_consumers_that_can_take_it():
+    delivery, core, events = make()
+    delivery.register("q", Consumer("old"))
+    delivery.message("q:PUBSUB", PURGE)
+    new = Consumer("new")
+    delivery.register("q", new)
+    core.pops[0].callback(("roundrobin", batch(1, 2)))
+    assert new.got == ["q:1", "q:2"] and core.requeued == []
+
+
+def test_a_purge_heard_of_before_the_pop_was_sent_changes_nothing():
+    delivery, core, events = make()
+    delivery.message("q:PUBSUB", PURGE)  # no consumer, no dispatch yet
+    nobody_takes(delivery, core, 1, 2)
+    assert core.requeued == [("q", batch(1, 2))]
+
+
 def test_roundrobin_skips_consumers_whose_output_is_blocked():
     delivery, core, _ = make()
     a, b, c = Consumer("a"), Consumer("b"), Consumer("c")

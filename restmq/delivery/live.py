@@ -80,6 +80,7 @@ class _Run:
     # Last keys of recently arrived broadcast batches: the subscription can deliver a batch
     # before the script's reply reaches us on the command connection.
     arrived: deque = field(default_factory=lambda: deque(maxlen=64))
+    purges: int = 0  # purge notifications of the queue heard while this run went on
 
     def ended(self) -> defer.Deferred:
         d = defer.Deferred()
@@ -204,6 +205,7 @@ class Delivery(service.Service):
                 return  # resumed by the subscription's confirmation or the sweep
             if state.policy == "roundrobin" and not state.any_ready():
                 return  # resumed by a consumer whose output drains, or the sweep
+            purges = run.purges
             try:
                 policy, batch = await self.core.pop_batch(queue)
             except RestMQError as e:
@@ -213,7 +215,7 @@ class Delivery(service.Service):
             if policy is not None and queue in self.queues:
                 self.queues[queue].policy = policy
             if policy == "roundrobin":
-                await self._hand_out(queue, batch)
+                await self._hand_out(queue, batch, lambda: run.purges != purges)
             elif batch and _full(batch):
                 await self._wait_for_broadcast(run, batch[-1].key)
             if batch and _full(batch):
@@ -221,12 +223,13 @@ class Delivery(service.Service):
             if not run.again:
                 return
 
-    async def _hand_out(self, queue: str, batch: list[Message]) -> None:
+    async def _hand_out(self, queue: str, batch: list[Message], purged: Any) -> None:
         """Roundrobin: each message to the next consumer that can take it, among those
-        registered now (not when the pop started); what none can take goes back to Redis."""
+        registered now (not when the pop started); what none can take goes back to Redis,
+        unless `purged()` says that a purge was heard of since the pop was sent."""
         for i, message in enumerate(batch):
             if not self._give(queue, encode([message])):
-                await self._put_back(queue, batch[i:])
+                await self._put_back(queue, batch[i:], purged)
                 return
 
     def _give(self, queue: str, encoded: list[tuple[str, str]]) -> bool:
@@ -239,13 +242,22 @@ class Delivery(service.Service):
             if self._send(queue, consumer, encoded) is not False:
                 return True  # written, or lost with a consumer that failed (logged)
 
-    async def _put_back(self, queue: str, messages: list[Message]) -> None:
+    async def _put_back(self, queue: str, messages: list[Message], purged: Any) -> None:
         """No client waits for this, so Redis trouble is waited out: the put-back is tried
         again (the script skips what an earlier attempt put back) for PUT_BACK_FOR seconds,
-        and not past shutdown. Only then are the messages logged as lost."""
+        and not past shutdown. Only then are the messages logged as lost.
+
+        Messages popped by a pop sent before a purge we have heard of since are dropped
+        instead: put back, they would undo the purge. Should the pop have run after the purge
+        in Redis, they were added after it, and dropping them loses them; so only what nobody
+        can take is dropped, and handing out is not held back by a purge."""
         give_up = self.clock.seconds() + PUT_BACK_FOR
         delay = PUT_BACK_RETRY[0]
         while True:
+            if purged():
+                self.log.warn("{keys} popped for {queue} before a purge: dropped as purged",
+                              keys=", ".join(m.key for m in messages), queue=queue)
+                return
             try:
                 await self.core.requeue(queue, messages)
                 return
@@ -330,6 +342,9 @@ class Delivery(service.Service):
                 run.batch_arrived.callback(None)
 
     def _purge(self, queue: str) -> None:
+        run = self.runs.get(queue)
+        if run is not None:
+            run.purges += 1
         state = self.queues.get(queue)
         if state is None:
             return

@@ -221,3 +221,26 @@ def test_a_put_back_held_by_a_write_pause_past_its_deadline_is_retried(procs):
         silent.close()
     finally:
         proxy.close()
+
+
+def test_a_batch_popped_before_a_purge_is_not_put_back_after_it(procs):
+    """The purge's notification arrives while the pop's reply is still on its way: the
+    batch, which nobody can take any more (the purge ended the consumer), is dropped as
+    purged instead of coming back after the purge."""
+    queue = "purgedq"
+    redis = procs.redis()
+    proxy = DelayProxy(redis.port)
+    try:
+        server = procs.server(proxy.port)
+        keys, silent = pop_a_stopped_backlog(server, redis, proxy, queue)
+        assert delete(server.url, f"/q/{queue}").status == 200
+        wait_for(lambda: "dropped as purged" in server.log()
+                 or pending_values(redis.port, queue), 15, interval=0.1,
+                 message="the batch dropped or put back")
+        time.sleep(0.5)  # a put-back would be visible by now (its reply is held, not it)
+        assert [v[:6] for v in pending_values(redis.port, queue)] == [], server.log()
+        dropped = [line for line in server.log().splitlines() if "dropped as purged" in line]
+        assert len(dropped) == 1 and ", ".join(keys[:6]) + " popped" in dropped[0], dropped
+        silent.close()
+    finally:
+        proxy.close()
