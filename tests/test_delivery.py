@@ -53,6 +53,7 @@ class Consumer:
         self.ready = True
         self.got: list[str] = []
         self.cut_for: str | None = None
+        self.behind = 0  # bytes written that its peer has not acknowledged
 
     def send(self, batch):
         if self.fail:
@@ -65,6 +66,9 @@ class Consumer:
 
     def cut(self, why):
         self.cut_for = why
+
+    def unsent(self):
+        return self.behind
 
 
 def batch(*numbers, queue="q"):
@@ -293,6 +297,41 @@ def test_stop_waits_for_the_dispatch_in_flight():
     pops = len(core.pops)
     delivery.trigger("q")  # stopped: no more pops
     assert len(core.pops) == pops
+
+
+def test_stop_waits_until_the_consumers_output_reached_their_peers():
+    delivery, core, events = make()
+    a, b = Consumer("a"), Consumer("b")
+    delivery.register("q", a)
+    delivery.register("r", b)
+    core.pops[0].callback(("roundrobin", batch(1)))
+    core.pops[1].callback(("roundrobin", batch(2, queue="r")))
+    a.behind, b.behind = 1000, 500
+    stopped = delivery.stopService()
+    delivery.clock.advance(1)
+    assert not stopped.called
+    a.behind = 0
+    delivery.clock.advance(1)
+    assert not stopped.called
+    a.behind = 10  # a later broadcast batch: `a` was drained once, it is not waited for
+    b.behind = 0
+    delivery.clock.advance(1)
+    assert stopped.called
+    assert not any("behind" in t for t in texts(events))
+
+
+def test_stop_waits_at_most_the_grace_for_a_consumer_that_does_not_read():
+    delivery, core, events = make()
+    a = Consumer("a")
+    delivery.register("q", a)
+    core.pops[0].callback(("roundrobin", batch(1)))
+    a.behind = 4096
+    stopped = delivery.stopService()
+    delivery.clock.pump([1] * 9)
+    assert not stopped.called
+    delivery.clock.advance(1)
+    assert stopped.called
+    assert any("1 live consumer(s) still behind by 4096 bytes" in t for t in texts(events))
 
 
 # -- REQUEUE against a real Redis: what delivery does with a batch nobody could take ----------

@@ -27,6 +27,10 @@ BROADCAST_WAIT = 5.0
 # seconds, and the messages exist nowhere but here.
 PUT_BACK_RETRY = (0.5, 5.0)
 PUT_BACK_FOR = 60.0
+# At stop, how long (from the stop) the live consumers' output may take to reach their peers
+# before the connections close, and how often it is looked at meanwhile.
+SHUTDOWN_GRACE = 10.0
+DRAIN_POLL = 0.05
 
 
 class Consumer(Protocol):
@@ -41,6 +45,10 @@ class Consumer(Protocol):
 
     def end(self) -> None:
         """Write the final `null` and end the stream (purge)."""
+
+    def unsent(self) -> int:
+        """Bytes written that the peer has not acknowledged yet; 0 once the connection is
+        gone."""
 
     def cut(self, why: str) -> None:
         """Log `why` and drop the connection."""
@@ -119,15 +127,36 @@ class Delivery(service.Service):
         self._sweep.start(SWEEP_INTERVAL, now=False)
 
     def stopService(self) -> defer.Deferred:
-        """Fires once the dispatches in flight have handed out (or put back) what they
-        popped: the Redis connections must outlive them."""
+        """Stops popping. Fires once the dispatches in flight have handed out (or put back)
+        what they popped, as the Redis connections must outlive them, and then once what was
+        written to each live consumer has reached its peer, or SHUTDOWN_GRACE seconds after
+        the stop: the connections are closed next, and what is still buffered for them here
+        then is lost."""
         super().stopService()
         self.stopping = True
+        until = self.clock.seconds() + SHUTDOWN_GRACE
         if self._sweep.running:
             self._sweep.stop()
         for nap in list(self._naps):
             nap.cancel()  # a put-back waiting to be tried again makes its last attempt now
-        return defer.DeferredList([run.ended() for run in self.runs.values()])
+        return defer.ensureDeferred(self._drain([run.ended() for run in self.runs.values()],
+                                                until))
+
+    async def _drain(self, runs: list[defer.Deferred], until: float) -> None:
+        """Wait for `runs`, then until each live consumer has once had all its output
+        acknowledged (later broadcast batches are not waited for), or until `until`."""
+        await defer.DeferredList(runs)
+        behind = [c for state in self.queues.values() for c in state.consumers]
+        while True:
+            behind = [consumer for consumer in behind if _unsent(consumer)]
+            if not behind:
+                return
+            if self.clock.seconds() >= until:
+                self.log.warn("stopping with {count} live consumer(s) still behind by {size} "
+                              "bytes in all: what they were not sent is lost", count=len(behind),
+                              size=sum(_unsent(consumer) for consumer in behind))
+                return
+            await task.deferLater(self.clock, DRAIN_POLL, lambda: None)
 
     # -- consumers -----------------------------------------------------------------------------
 
@@ -356,6 +385,13 @@ class Delivery(service.Service):
                                  queue=queue)
                 self._drop(queue, consumer, "failed at purge")
             self.unregister(queue, consumer)
+
+
+def _unsent(consumer: Consumer) -> int:
+    try:
+        return consumer.unsent()
+    except Exception:  # a broken consumer cannot be waited for
+        return 0
 
 
 def encode(batch: list[Message]) -> list[tuple[str, str]]:

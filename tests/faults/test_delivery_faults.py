@@ -5,6 +5,8 @@ and a SIGTERM while a consumer still has output buffered."""
 from __future__ import annotations
 
 import queue as queues
+import re
+import signal
 import socket
 import threading
 import time
@@ -244,3 +246,61 @@ def test_a_batch_popped_before_a_purge_is_not_put_back_after_it(procs):
         silent.close()
     finally:
         proxy.close()
+
+
+# -- SIGTERM while a consumer still has output buffered --------------------------------------------
+
+class SlowReader(threading.Thread):
+    """A comet consumer that reads 16 KiB every 50 ms until the server closes: `keys` is
+    every message key it got."""
+
+    def __init__(self, url: str, queue: str):
+        super().__init__(daemon=True)
+        host, port = url.split("//", 1)[1].rsplit(":", 1)
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+        self.sock.settimeout(30)
+        self.sock.connect((host, int(port)))
+        self.sock.sendall(f"GET /c/{queue} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+        self.data = bytearray()
+        self.start()
+
+    def run(self) -> None:
+        try:
+            while True:
+                chunk = self.sock.recv(16384)
+                if not chunk:
+                    break
+                self.data += chunk
+                time.sleep(0.05)
+        except OSError:
+            pass
+
+    @property
+    def keys(self) -> set[str]:
+        return set(re.findall(rb'"key": "([^"]+)"', bytes(self.data)))
+
+
+def test_sigterm_hands_out_what_a_slow_consumer_was_given_before_it_exits(procs):
+    """Messages written for a consumer that reads slowly sit in the server's buffers: a
+    normal stop waits until they are out (bounded) instead of throwing them away."""
+    queue = "termq"
+    redis = procs.redis()
+    server = procs.server(redis.port)
+    assert post(server.url, f"/p/{queue}", {"policy": "roundrobin"}) == 200
+    reader = SlowReader(server.url, queue)
+    wait_for(lambda: numsub(redis.port, queue) == 1, 10, message="the consumer registered")
+    keys = []
+    for i in range(400):
+        assert post(server.url, f"/q/{queue}", {"value": f"{i:06d}" + "y" * 2000}) == 200
+        keys.append(f"{queue}:{i + 1}".encode())
+    server.proc.send_signal(signal.SIGTERM)
+    server.proc.wait(30)
+    reader.join(30)
+    admin = redis_client(redis.port)
+    try:
+        pending = set(k.encode() for k in admin("LRANGE", f"{queue}:queue", 0, -1))
+    finally:
+        admin.close()
+    lost = [key for key in keys if key not in reader.keys and key not in pending]
+    assert not lost, (len(lost), len(reader.keys), len(pending), server.log()[-3000:])
