@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from twisted.application import service
 from twisted.internet import defer, task
@@ -252,7 +252,8 @@ class Delivery(service.Service):
             if not run.again:
                 return
 
-    async def _hand_out(self, queue: str, batch: list[Message], purged: Any) -> None:
+    async def _hand_out(self, queue: str, batch: list[Message],
+                        purged: Callable[[], bool]) -> None:
         """Roundrobin: each message to the next consumer that can take it, among those
         registered now (not when the pop started); what none can take goes back to Redis,
         unless `purged()` says that a purge was heard of since the pop was sent."""
@@ -271,7 +272,8 @@ class Delivery(service.Service):
             if self._send(queue, consumer, encoded) is not False:
                 return True  # written, or lost with a consumer that failed (logged)
 
-    async def _put_back(self, queue: str, messages: list[Message], purged: Any) -> None:
+    async def _put_back(self, queue: str, messages: list[Message],
+                        purged: Callable[[], bool]) -> None:
         """No client waits for this, so Redis trouble is waited out: the put-back is tried
         again (the script skips what an earlier attempt put back) for PUT_BACK_FOR seconds,
         and not past shutdown. Only then are the messages logged as lost.
