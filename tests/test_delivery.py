@@ -21,7 +21,7 @@ class FakeCore:
     def __init__(self):
         self.pops: list[defer.Deferred] = []
         self.requeued: list[tuple[str, list[Message]]] = []
-        self.requeue_result: defer.Deferred | None = None
+        self.requeue_fails = 0  # how many put-backs fail before they succeed
 
     def pop_batch(self, queue):
         d = defer.Deferred()
@@ -30,7 +30,10 @@ class FakeCore:
 
     def requeue(self, queue, messages):
         self.requeued.append((queue, list(messages)))
-        return self.requeue_result or defer.succeed(len(messages))
+        if self.requeue_fails:
+            self.requeue_fails -= 1
+            return defer.fail(RedisUnavailable())
+        return defer.succeed(len(messages))
 
 
 class FakePubSub:
@@ -50,6 +53,7 @@ class Consumer:
         self.ready = True
         self.got: list[str] = []
         self.cut_for: str | None = None
+        self.behind = 0  # bytes written that its peer has not acknowledged
 
     def send(self, batch):
         if self.fail:
@@ -62,6 +66,9 @@ class Consumer:
 
     def cut(self, why):
         self.cut_for = why
+
+    def unsent(self):
+        return self.behind
 
 
 def batch(*numbers, queue="q"):
@@ -101,15 +108,98 @@ def test_a_batch_nobody_can_take_is_put_back_in_order():
     assert core.requeued == [("q", batch(1, 2, 3))]
 
 
-def test_a_failed_put_back_logs_every_key():
-    delivery, core, events = make()
-    core.requeue_result = defer.fail(RedisUnavailable())
+def nobody_takes(delivery, core, *numbers):
     gone = Consumer("gone")
     delivery.register("q", gone)
     delivery.unregister("q", gone)
-    core.pops[0].callback(("roundrobin", batch(1, 2)))
-    logged = "\n".join(texts(events))
+    core.pops[0].callback(("roundrobin", batch(*numbers)))
+
+
+def test_a_failed_put_back_is_tried_again_until_redis_takes_it():
+    delivery, core, events = make()
+    core.requeue_fails = 3
+    nobody_takes(delivery, core, 1, 2)
+    assert len(core.requeued) == 1
+    delivery.clock.advance(0.5)
+    delivery.clock.advance(1.0)
+    assert len(core.requeued) == 3
+    delivery.clock.advance(2.0)
+    assert core.requeued == [("q", batch(1, 2))] * 4
+    assert "q" not in delivery.runs  # done
+    assert not any("lost" in t for t in texts(events))
+
+
+def test_a_put_back_failing_for_a_minute_logs_every_key_as_lost():
+    delivery, core, events = make()
+    core.requeue_fails = 1000
+    nobody_takes(delivery, core, 1, 2)
+    delivery.clock.pump([0.5] * 119)
+    assert not any("lost" in t for t in texts(events))
+    delivery.clock.advance(0.5)  # 60 s
+    logged = "\n".join(t for t in texts(events) if "lost" in t)
     assert "q:1" in logged and "q:2" in logged
+    assert len(core.requeued) == 1 + 4 + 10 + 1  # 0.5, 1, 2, 4 s apart, then 5 s, at 60 s
+    assert "q" not in delivery.runs
+
+
+def test_stop_makes_a_waiting_put_back_try_once_more_at_once():
+    delivery, core, events = make()
+    core.requeue_fails = 1
+    nobody_takes(delivery, core, 1, 2)
+    stopped = delivery.stopService()
+    assert stopped.called and len(core.requeued) == 2  # the last attempt succeeded
+    assert not any("lost" in t for t in texts(events))
+
+
+def test_a_put_back_failing_at_stop_is_lost_without_delaying_the_stop():
+    delivery, core, events = make()
+    core.requeue_fails = 2
+    nobody_takes(delivery, core, 1, 2)
+    stopped = delivery.stopService()
+    assert stopped.called and len(core.requeued) == 2
+    assert "q:1" in "\n".join(t for t in texts(events) if "lost" in t)
+
+
+PURGE = '{"type": "purge", "db": 0}'
+
+
+def test_a_batch_popped_before_a_purge_heard_of_is_not_put_back():
+    delivery, core, events = make()
+    a = Consumer("a")
+    delivery.register("q", a)
+    delivery.message("q:PUBSUB", PURGE)  # ends `a`; the pop is still on its way
+    core.pops[0].callback(("roundrobin", batch(1, 2)))
+    assert core.requeued == [] and a.got == []
+    assert any("q:1, q:2 popped for q before a purge: dropped as purged" in t
+               for t in texts(events))
+
+
+def test_a_purge_heard_of_while_a_put_back_waits_to_be_retried_drops_it():
+    delivery, core, events = make()
+    core.requeue_fails = 1
+    nobody_takes(delivery, core, 1, 2)
+    delivery.message("q:PUBSUB", PURGE)
+    delivery.clock.advance(0.5)
+    assert len(core.requeued) == 1
+    assert any("dropped as purged" in t for t in texts(events))
+    assert "q" not in delivery.runs
+
+
+def test_a_batch_popped_before_a_purge_still_goes_to_consumers_that_can_take_it():
+    delivery, core, events = make()
+    delivery.register("q", Consumer("old"))
+    delivery.message("q:PUBSUB", PURGE)
+    new = Consumer("new")
+    delivery.register("q", new)
+    core.pops[0].callback(("roundrobin", batch(1, 2)))
+    assert new.got == ["q:1", "q:2"] and core.requeued == []
+
+
+def test_a_purge_heard_of_before_the_pop_was_sent_changes_nothing():
+    delivery, core, events = make()
+    delivery.message("q:PUBSUB", PURGE)  # no consumer, no dispatch yet
+    nobody_takes(delivery, core, 1, 2)
+    assert core.requeued == [("q", batch(1, 2))]
 
 
 def test_roundrobin_skips_consumers_whose_output_is_blocked():
@@ -209,6 +299,41 @@ def test_stop_waits_for_the_dispatch_in_flight():
     assert len(core.pops) == pops
 
 
+def test_stop_waits_until_the_consumers_output_reached_their_peers():
+    delivery, core, events = make()
+    a, b = Consumer("a"), Consumer("b")
+    delivery.register("q", a)
+    delivery.register("r", b)
+    core.pops[0].callback(("roundrobin", batch(1)))
+    core.pops[1].callback(("roundrobin", batch(2, queue="r")))
+    a.behind, b.behind = 1000, 500
+    stopped = delivery.stopService()
+    delivery.clock.advance(1)
+    assert not stopped.called
+    a.behind = 0
+    delivery.clock.advance(1)
+    assert not stopped.called
+    a.behind = 10  # a later broadcast batch: `a` was drained once, it is not waited for
+    b.behind = 0
+    delivery.clock.advance(1)
+    assert stopped.called
+    assert not any("behind" in t for t in texts(events))
+
+
+def test_stop_waits_at_most_the_grace_for_a_consumer_that_does_not_read():
+    delivery, core, events = make()
+    a = Consumer("a")
+    delivery.register("q", a)
+    core.pops[0].callback(("roundrobin", batch(1)))
+    a.behind = 4096
+    stopped = delivery.stopService()
+    delivery.clock.pump([1] * 9)
+    assert not stopped.called
+    delivery.clock.advance(1)
+    assert stopped.called
+    assert any("1 live consumer(s) still behind by 4096 bytes" in t for t in texts(events))
+
+
 # -- REQUEUE against a real Redis: what delivery does with a batch nobody could take ----------
 
 @pytest_twisted.ensureDeferred
@@ -232,6 +357,22 @@ async def test_requeue_puts_messages_back_next_in_line_and_wakes_consumers(servi
     assert redis("LRANGE", "q:queue", 0, -1) == ["q:5", "q:4", "q:3", "q:2"]
     assert [await core.take("q") for _ in range(4)] == [
         Message("q:2", "v2"), Message("q:3", "v3"), Message("q:4", "v4"), Message("q:5", "v5")]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_repeated_requeue_puts_nothing_back_twice(service, redis):
+    """A put-back whose reply was lost is tried again: what the first attempt put back (its
+    value exists again) is skipped."""
+    core = Core(service)
+    for i in range(1, 4):
+        await core.add("q", f"v{i}")
+    await core.set_policy("q", "roundrobin")
+    _, popped = await core.pop_batch("q")
+    assert await core.requeue("q", popped[1:]) == 2
+    assert await core.requeue("q", popped) == 1  # only q:1 was still missing
+    assert redis("LRANGE", "q:queue", 0, -1) == ["q:3", "q:2", "q:1"]
+    assert [await core.take("q") for _ in range(3)] == [
+        Message("q:1", "v1"), Message("q:2", "v2"), Message("q:3", "v3")]
 
 
 @pytest_twisted.ensureDeferred

@@ -230,6 +230,27 @@ def test_roundrobin_with_only_a_stalled_consumer_keeps_the_rest_pending_in_order
     assert later.keys == keys[count - pending:]
 
 
+def test_roundrobin_puts_back_on_a_queue_the_original_registered(H, redis, server, closing):
+    """Delivery knows a queue again by its pub/sub channel, as plain text: the put-back must
+    accept a registered legacy name as the pop does."""
+    name, size, count = "my queue", 200_000, 20
+    redis("SADD", "QUEUESET", name)
+    redis("SET", f"{name}:queuepolicy", "2")
+    redis("SET", f"queuestat::{name}", "0")  # the backlog is popped in one batch of 1 MiB
+    keys = [add(H, "my%20queue", f"{i:06d}" + "x" * (size - 6)) for i in range(count)]
+    log_before = len(server.log())
+    closing(Silent(H, "c", "my%20queue"))
+    wait_for(lambda: numsub(redis, name) == 1, what="the consumer registered")
+    assert post(H, "/control/my%20queue", {"status": "start"}).status == 200
+    # Popped: five messages; written: what filled the silent consumer's output; put back: the
+    # rest, oldest next, while nothing more is popped for a consumer that is behind.
+    wait_for(lambda: count - buffered_bound(size) <= redis("LLEN", f"{name}:queue") < count
+             or "could not be put back" in server.log()[log_before:], what="the put-back")
+    assert "could not be put back" not in server.log()[log_before:]
+    pending = redis("LRANGE", f"{name}:queue", 0, -1)
+    assert pending[::-1] == keys[count - len(pending):]
+
+
 def test_broadcast_still_writes_to_a_stalled_consumer_but_cuts_it(stall_server, redis, closing):
     url, queue, size, count = stall_server.url, "bstall", 100_000, 30
     log_before = len(stall_server.log())

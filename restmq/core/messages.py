@@ -149,27 +149,27 @@ class Core(PolicyMixin, StatsMixin, StepsMixin):
         Only the key-layout rule applies: delivery pops for queues a consumer was admitted to,
         and knows them again by their pub/sub channel, as plain text. Dead entries are removed
         in steps; messages popped by earlier steps are returned even when a later step fails
-        (they are no longer in Redis's list)."""
+        (they are no longer in Redis's list). No client waits for this: a later step is waited
+        for however late its reply (the pool's watchdog fails it if the connection dies), as
+        what it popped is gone from Redis."""
         if not is_safe_name(queue):
             raise InvalidName()
         return defer.ensureDeferred(self._pop_batch(queue))
 
     async def _pop_batch(self, queue: str) -> tuple[str | None, list[Message]]:
         deadline = self.redis.deadline()
-        give_up = self.clock.seconds() + self.redis.timeout
         policy, messages, size = None, [], 0
         while True:
             d = self._run("pop_batch", keys.pop_keys(queue), keys.channel(queue), self.redis.db,
                           BATCH_COUNT - len(messages), BATCH_BYTES - size, DEAD_STEP, deadline)
-            if not messages:
+            try:
                 reply = await d
-            else:
-                try:
-                    reply = await self._bounded(d, give_up)
-                except RestMQError as e:
-                    self.log.info("pop of {queue} stopped early: {error}", queue=queue,
-                                  error=e.detail or e.reason)
-                    return policy, messages
+            except RestMQError as e:
+                if not messages:
+                    raise
+                self.log.info("pop of {queue} stopped early: {error}", queue=queue,
+                              error=e.detail or e.reason)
+                return policy, messages
             if not reply:
                 return policy, messages
             reply = text(reply)
@@ -183,8 +183,10 @@ class Core(PolicyMixin, StatsMixin, StepsMixin):
 
     def requeue(self, queue: str, messages: list[Message]) -> defer.Deferred:
         """Put popped messages (oldest first) back at the tail of the pending list, so that
-        they are taken next, in order; fires with how many. Without their former ttl."""
-        check_name(queue)
+        they are taken next, in order; fires with how many. Without their former ttl. Like
+        pop_batch, only the key-layout rule applies: the name is the one delivery popped for."""
+        if not is_safe_name(queue):
+            raise InvalidName()
         return self.redis.run_script(
             self.scripts["requeue"], keys.requeue_keys(queue, [m.key for m in messages]),
             keys.channel(queue), self.redis.db, self._deadline(),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from twisted.application import service
 from twisted.internet import defer, task
@@ -18,12 +18,21 @@ from twisted.logger import Logger
 
 from restmq.clock import reactor_clock
 from restmq.core import BATCH_BYTES, BATCH_COUNT, Core, Message
-from restmq.errors import RestMQError
+from restmq.errors import RedisTrouble, RestMQError
 from restmq.jsontext import json_text
 from restmq.redis import keys
 from restmq.redis.keys import CHANNEL_SUFFIX
 SWEEP_INTERVAL = 1.0
 BROADCAST_WAIT = 5.0
+# A put-back that Redis refuses or leaves unanswered is tried again, after 0.5 s, 1 s, 2 s...
+# (at most 5 s apart) for a minute, and once more at shutdown: a failover pauses writes for
+# seconds, and the messages exist nowhere but here.
+PUT_BACK_RETRY = (0.5, 5.0)
+PUT_BACK_FOR = 60.0
+# At stop, how long (from the stop) the live consumers' output may take to reach their peers
+# before the connections close, and how often it is looked at meanwhile.
+SHUTDOWN_GRACE = 10.0
+DRAIN_POLL = 0.05
 
 
 class Consumer(Protocol):
@@ -38,6 +47,10 @@ class Consumer(Protocol):
 
     def end(self) -> None:
         """Write the final `null` and end the stream (purge)."""
+
+    def unsent(self) -> int:
+        """Bytes written that the peer has not acknowledged yet; 0 once the connection is
+        gone."""
 
     def cut(self, why: str) -> None:
         """Log `why` and drop the connection."""
@@ -77,6 +90,7 @@ class _Run:
     # Last keys of recently arrived broadcast batches: the subscription can deliver a batch
     # before the script's reply reaches us on the command connection.
     arrived: deque = field(default_factory=lambda: deque(maxlen=64))
+    purges: int = 0  # purge notifications of the queue heard while this run went on
 
     def ended(self) -> defer.Deferred:
         d = defer.Deferred()
@@ -105,6 +119,7 @@ class Delivery(service.Service):
         self.stopping = False
         self._sweep = task.LoopingCall(self.sweep)
         self._sweep.clock = clock
+        self._naps: set[defer.Deferred] = set()  # put-backs waiting to be tried again
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -114,13 +129,36 @@ class Delivery(service.Service):
         self._sweep.start(SWEEP_INTERVAL, now=False)
 
     def stopService(self) -> defer.Deferred:
-        """Fires once the dispatches in flight have handed out (or put back) what they
-        popped: the Redis connections must outlive them."""
+        """Stops popping. Fires once the dispatches in flight have handed out (or put back)
+        what they popped, as the Redis connections must outlive them, and then once what was
+        written to each live consumer has reached its peer, or SHUTDOWN_GRACE seconds after
+        the stop: the connections are closed next, and what is still buffered for them here
+        then is lost."""
         super().stopService()
         self.stopping = True
+        until = self.clock.seconds() + SHUTDOWN_GRACE
         if self._sweep.running:
             self._sweep.stop()
-        return defer.DeferredList([run.ended() for run in self.runs.values()])
+        for nap in list(self._naps):
+            nap.cancel()  # a put-back waiting to be tried again makes its last attempt now
+        return defer.ensureDeferred(self._drain([run.ended() for run in self.runs.values()],
+                                                until))
+
+    async def _drain(self, runs: list[defer.Deferred], until: float) -> None:
+        """Wait for `runs`, then until each live consumer has once had all its output
+        acknowledged (later broadcast batches are not waited for), or until `until`."""
+        await defer.DeferredList(runs)
+        behind = [c for state in self.queues.values() for c in state.consumers]
+        while True:
+            behind = [consumer for consumer in behind if _unsent(consumer)]
+            if not behind:
+                return
+            if self.clock.seconds() >= until:
+                self.log.warn("stopping with {count} live consumer(s) still behind by {size} "
+                              "bytes in all: what they were not sent is lost", count=len(behind),
+                              size=sum(_unsent(consumer) for consumer in behind))
+                return
+            await task.deferLater(self.clock, DRAIN_POLL, lambda: None)
 
     # -- consumers -----------------------------------------------------------------------------
 
@@ -198,6 +236,7 @@ class Delivery(service.Service):
                 return  # resumed by the subscription's confirmation or the sweep
             if state.policy == "roundrobin" and not state.any_ready():
                 return  # resumed by a consumer whose output drains, or the sweep
+            purges = run.purges
             try:
                 policy, batch = await self.core.pop_batch(queue)
             except RestMQError as e:
@@ -207,7 +246,7 @@ class Delivery(service.Service):
             if policy is not None and queue in self.queues:
                 self.queues[queue].policy = policy
             if policy == "roundrobin":
-                await self._hand_out(queue, batch)
+                await self._hand_out(queue, batch, lambda: run.purges != purges)
             elif batch and _full(batch):
                 await self._wait_for_broadcast(run, batch[-1].key)
             if batch and _full(batch):
@@ -215,12 +254,14 @@ class Delivery(service.Service):
             if not run.again:
                 return
 
-    async def _hand_out(self, queue: str, batch: list[Message]) -> None:
+    async def _hand_out(self, queue: str, batch: list[Message],
+                        purged: Callable[[], bool]) -> None:
         """Roundrobin: each message to the next consumer that can take it, among those
-        registered now (not when the pop started); what none can take goes back to Redis."""
+        registered now (not when the pop started); what none can take goes back to Redis,
+        unless `purged()` says that a purge was heard of since the pop was sent."""
         for i, message in enumerate(batch):
             if not self._give(queue, encode([message])):
-                await self._put_back(queue, batch[i:])
+                await self._put_back(queue, batch[i:], purged)
                 return
 
     def _give(self, queue: str, encoded: list[tuple[str, str]]) -> bool:
@@ -233,13 +274,51 @@ class Delivery(service.Service):
             if self._send(queue, consumer, encoded) is not False:
                 return True  # written, or lost with a consumer that failed (logged)
 
-    async def _put_back(self, queue: str, messages: list[Message]) -> None:
+    async def _put_back(self, queue: str, messages: list[Message],
+                        purged: Callable[[], bool]) -> None:
+        """No client waits for this, so Redis trouble is waited out: the put-back is tried
+        again (the script skips what an earlier attempt put back) for PUT_BACK_FOR seconds,
+        and not past shutdown. Only then are the messages logged as lost.
+
+        Messages popped by a pop sent before a purge we have heard of since are dropped
+        instead: put back, they would undo the purge. Should the pop have run after the purge
+        in Redis, they were added after it, and dropping them loses them; so only what nobody
+        can take is dropped, and handing out is not held back by a purge."""
+        give_up = self.clock.seconds() + PUT_BACK_FOR
+        delay = PUT_BACK_RETRY[0]
+        while True:
+            if purged():
+                self.log.warn("{keys} popped for {queue} before a purge: dropped as purged",
+                              keys=", ".join(m.key for m in messages), queue=queue)
+                return
+            try:
+                await self.core.requeue(queue, messages)
+                return
+            except RedisTrouble as e:
+                error = e
+            except RestMQError as e:
+                return self._lost(queue, messages, e)
+            remaining = give_up - self.clock.seconds()
+            if self.stopping or remaining <= 0:
+                return self._lost(queue, messages, error)
+            await self._nap(min(delay, remaining))
+            delay = min(2 * delay, PUT_BACK_RETRY[1])
+
+    async def _nap(self, seconds: float) -> None:
+        """Sleep, unless the service stops meanwhile."""
+        nap = task.deferLater(self.clock, seconds, lambda: None)
+        self._naps.add(nap)
         try:
-            await self.core.requeue(queue, messages)
-        except RestMQError as e:
-            for message in messages:
-                self.log.error("{key} popped for {queue} could not be put back ({error}): lost",
-                               key=message.key, queue=queue, error=e.reason)
+            await nap
+        except defer.CancelledError:
+            pass
+        finally:
+            self._naps.discard(nap)
+
+    def _lost(self, queue: str, messages: list[Message], error: RestMQError) -> None:
+        for message in messages:
+            self.log.error("{key} popped for {queue} could not be put back ({error}): lost",
+                           key=message.key, queue=queue, error=error.reason)
 
     async def _wait_for_broadcast(self, run: _Run, last_key: str) -> None:
         """Pace a full broadcast batch: pop again once it came back on the subscription."""
@@ -296,6 +375,9 @@ class Delivery(service.Service):
                 run.batch_arrived.callback(None)
 
     def _purge(self, queue: str) -> None:
+        run = self.runs.get(queue)
+        if run is not None:
+            run.purges += 1
         state = self.queues.get(queue)
         if state is None:
             return
@@ -307,6 +389,13 @@ class Delivery(service.Service):
                                  queue=queue)
                 self._drop(queue, consumer, "failed at purge")
             self.unregister(queue, consumer)
+
+
+def _unsent(consumer: Consumer) -> int:
+    try:
+        return consumer.unsent()
+    except Exception:  # a broken consumer cannot be waited for
+        return 0
 
 
 def encode(batch: list[Message]) -> list[tuple[str, str]]:

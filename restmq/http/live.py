@@ -105,6 +105,10 @@ class LiveHandler(BaseHandler):
             self.stall.stop()
         self.request.connection.transport.abortConnection()
 
+    def unsent(self) -> int:
+        transport = self.request.connection.transport
+        return streams.unacked_bytes(transport) if transport.connected else 0
+
     def too_far_behind(self) -> bool:
         if streams.unsent_bytes(self.request.connection.transport) > MAX_UNSENT:
             self.cut("is more than 16 MiB behind")
