@@ -51,3 +51,40 @@ def log_marker(server, get: Callable[[str, str], Any], timeout: float = 10.0) ->
                details=lambda: server.log()[-4000:])
     log = server.log()
     return log[:log.index(path)]
+
+
+class SweepWatch:
+    """Shows that the server's safety sweep has run: every second the sweep dispatches each
+    queue with a live consumer, whether or not an add woke it. The watch keeps a comet consumer
+    of a queue of its own; `passed()` writes a message straight into Redis, without the wake
+    an add publishes, and returns once the consumer got it, which only a sweep started after
+    the call can do. A dispatch that a sweep started for any other queue has then reached
+    Redis too. Open the watch before the event, call `passed()` after it."""
+
+    def __init__(self, base: str, redis: RedisClient):
+        from tests.comet import CometClient
+        from tests.http_client import post
+        self.redis, self.queue = redis, f"sweep-watch-{time.monotonic_ns()}"
+        self.client = CometClient(base, self.queue)
+        # An add wakes the consumer: once it arrived, the server's subscription is confirmed,
+        # so the messages written later can only be found by a sweep.
+        assert post(base, f"/q/{self.queue}", {"value": "0"}).status == 200
+        self.count = 1
+        self.client.messages(self.count)
+
+    def passed(self, timeout: float = 10.0) -> None:
+        self.count += 1
+        key = f"{self.queue}:{self.count}"
+        self.redis("SET", key, str(self.count))
+        self.redis("LPUSH", f"{self.queue}:queue", key)
+        assert self.client.messages(self.count, timeout)[-1] == {"key": key,
+                                                                  "value": str(self.count)}
+
+    def close(self) -> None:
+        self.client.close()
+
+    def __enter__(self) -> "SweepWatch":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
