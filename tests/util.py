@@ -41,10 +41,12 @@ def numsub(redis: RedisClient, queue: str) -> int:
     return int(count)
 
 
-def log_marker(server, get: Callable[[str, str], Any], timeout: float = 10.0) -> str:
-    """Make `server` log a line of its own (a request for a unique path, through `get(url,
-    path)`) and wait until that line is in its log: whatever the server logged before is then
-    in the log too. Returns the log up to and including the marker."""
+def log_marker(server, timeout: float = 10.0) -> str:
+    """Make `server` (a ServerProcess with its access log on) log a line of its own, a
+    request for a unique path, and wait until that line is in its log: whatever the server
+    logged before, while handling earlier requests, is in the log by then. Returns the log up
+    to the marker."""
+    from tests.http_client import get
     path = f"/marker-{time.monotonic_ns()}"
     get(server.url, path)
     wait_until(lambda: path in server.log(), timeout, f"the log line of {path}",
