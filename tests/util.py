@@ -41,6 +41,22 @@ def numsub(redis: RedisClient, queue: str) -> int:
     return int(count)
 
 
+def peer_has_read(sock) -> bool:
+    """Whether the other end of a local TCP connection (a server in another process) has
+    read everything sent to it so far: its socket's receive queue is empty (Linux,
+    /proc/net/tcp and tcp6). Once a server has read a request, it has started handling it."""
+    here, there = sock.getsockname()[1], sock.getpeername()[1]
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                local, remote = fields[1], fields[2]
+                if int(local.rsplit(":", 1)[1], 16) == there and \
+                        int(remote.rsplit(":", 1)[1], 16) == here:
+                    return int(fields[4].split(":")[1], 16) == 0
+    raise AssertionError(f"no TCP socket of the peer of port {here}")
+
+
 def log_marker(server, timeout: float = 10.0) -> str:
     """Make `server` (a ServerProcess with its access log on) log a line of its own, a
     request for a unique path, and wait until that line is in its log: whatever the server
