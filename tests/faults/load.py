@@ -21,6 +21,7 @@ from urllib.parse import urlencode
 from tests.conftest import RedisProcess
 from tests.faults.history import History
 from tests.resp import RedisClient
+from tests.util import wait_until
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 OK_STATUSES = {200, 204, 503}
@@ -399,6 +400,19 @@ class Load:
             worker.start()
         return self
 
+    def wait_successes(self, count: int, since: float = 0.0, timeout: float = 60.0) -> None:
+        """Wait until at least `count` adds and `count` gets (or takes) that started at or
+        after `since` succeeded: the load has run for a while, at this machine's pace,
+        rather than for a fixed time."""
+        roles = [("produce",)] + ([("consume", "take", "peek")] if self.consumers else [])
+
+        def done() -> bool:
+            entries = [e for e in self.log.snapshot() if e.started >= since
+                       and e.status in (200, 204)]
+            return all(sum(e.role in role for e in entries) >= count for role in roles)
+
+        wait_until(done, timeout, f"{count} successful adds and gets", interval=0.05)
+
     def stop_producers(self) -> None:
         self.stop_event.set()
         self._join(self.producers)
@@ -443,12 +457,9 @@ def probe(url: str, path: str = "/stats/", timeout: float = 20.0) -> int | None:
 
 def wait_for(condition: Callable[[], object], timeout: float, interval: float = 0.05,
              message: str = "condition") -> float:
-    """Poll until `condition()` is true; returns the seconds it took."""
+    """The shared wait_until, as the fault tier calls it: returns the seconds it took."""
     started = time.monotonic()
-    while not condition():
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"{message}: not reached within {timeout} s")
-        time.sleep(interval)
+    wait_until(condition, timeout, message, interval=interval)
     return time.monotonic() - started
 
 
