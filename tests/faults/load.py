@@ -532,35 +532,54 @@ class Stream(threading.Thread):
                       for line in head[1:])
         return int(head[0].split()[1]), chunked
 
-    def _feed(self, data: bytes) -> None:
-        self.bytes += len(data)
+    def _split(self, buf: bytearray, lines: bytearray, data: bytes) -> tuple[list[bytes], bool]:
+        """Decode `data` on top of the partial chunk `buf` and partial text `lines` (both
+        updated in place): the complete lines, and whether the last chunk came."""
+        ended = False
         if not self.chunked:
-            self.lines += data
+            lines += data
         else:
-            self.buf += data
+            buf += data
             while True:
-                end = self.buf.find(b"\r\n")
+                end = buf.find(b"\r\n")
                 if end < 0:
                     break
-                size = int(self.buf[:end], 16)
-                if len(self.buf) < end + 2 + size + 2:
+                size = int(buf[:end], 16)
+                if len(buf) < end + 2 + size + 2:
                     break
                 if size == 0:
-                    self.ended = True
-                    del self.buf[:]
+                    ended = True
+                    del buf[:]
                     break
-                self.lines += self.buf[end + 2:end + 2 + size]
-                del self.buf[:end + 2 + size + 2]
-        start = 0
+                lines += buf[end + 2:end + 2 + size]
+                del buf[:end + 2 + size + 2]
+        out, start = [], 0
         while True:
-            end = self.lines.find(b"\r\n", start)
+            end = lines.find(b"\r\n", start)
             if end < 0:
                 break
-            line = bytes(self.lines[start:end])
+            out.append(bytes(lines[start:end]))
             start = end + 2
+        del lines[:start]
+        return out, ended
+
+    def _feed(self, data: bytes) -> None:
+        self.bytes += len(data)
+        complete, ended = self._split(self.buf, self.lines, data)
+        self.ended = self.ended or ended
+        for line in complete:
             self.count += 1
             self.on_message(json.loads(line))
-        del self.lines[:start]
+
+    def _unread(self) -> list[dict]:
+        """The complete messages that reached this socket but were not read (peeked, not
+        taken): a reset now loses them."""
+        try:
+            data = self.sock.recv(64 * 1024 * 1024, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            data = b""
+        complete, _ = self._split(bytearray(self.buf), bytearray(self.lines), data)
+        return [json.loads(line) for line in complete]
 
     def run(self) -> None:
         try:
@@ -571,6 +590,7 @@ class Stream(threading.Thread):
             while not self.ended:
                 if self._reset.is_set():
                     time.sleep(self.hold)  # not reading: messages pile up in flight
+                    self.unread = self._unread()
                     self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
                                          struct.pack("ii", 1, 0))
                     self.sock.close()
@@ -593,6 +613,7 @@ class Stream(threading.Thread):
             self.failure = e
 
     hold = 0.0
+    unread: list[dict] = []  # what reached the socket unread when it was reset
 
     def reset(self, hold: float = 0.0) -> None:
         """RST the stream; with `hold`, stop reading `hold` seconds first, so that whatever
