@@ -11,7 +11,8 @@ from typing import Any, Callable
 
 from tests.resp import RedisClient, seed_queue, snapshot
 
-__all__ = ["RedisClient", "seed_queue", "snapshot", "wait_until", "numsub", "log_marker"]
+__all__ = ["RedisClient", "seed_queue", "snapshot", "wait_until", "numsub", "peer_has_read",
+           "log_marker", "SweepWatch"]
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition",
