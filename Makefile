@@ -46,9 +46,11 @@ apt-redis:
 
 # Tools the suite drives as real clients, as command:Debian-package pairs. collectd's
 # write_http plugin needs libcurl4 and its JSON needs libyajl2 (Debian only "recommends" them);
-# libfaketime runs a server with its clock off Redis's (tests/faults/test_clock_skew.py).
+# libfaketime runs a server with its clock off Redis's (tests/faults/test_clock_skew.py); ss
+# and ip (iproute2) inspect stream sockets and give the loopback interface its ::1.
 TEST_TOOLS := curl:curl chromium:chromium collectd:collectd-core rsyslogd:rsyslog \
-	logger:bsdutils openssl:openssl nginx:nginx-light systemd-analyze:systemd
+	logger:bsdutils openssl:openssl nginx:nginx-light systemd-analyze:systemd \
+	ss:iproute2 ip:iproute2 pgrep:procps
 TEST_LIBS := libyajl2 libcurl4 libfaketime
 
 test-tools:
@@ -64,10 +66,25 @@ test-tools:
 		else echo "missing:$$missing (install them, or run as root on Debian)"; exit 1; fi; \
 	fi
 
+# The syslog receiver's IPv6 test needs ::1, which some containers start without: as root we
+# enable IPv6 on the loopback interface and give it the address; otherwise we say what to do
+# (the test fails rather than skips).
+HAS_IPV6_LOOPBACK := $(PYTHON) -c "import socket; socket.socket(socket.AF_INET6).bind(('::1', 0))"
+.PHONY: ipv6-loopback
+ipv6-loopback:
+	@$(HAS_IPV6_LOOPBACK) 2>/dev/null || { \
+		if [ "$$(id -u)" = 0 ]; then \
+			sysctl -qw net.ipv6.conf.lo.disable_ipv6=0 2>/dev/null; \
+			ip -6 addr add ::1/128 dev lo 2>/dev/null; ip link set lo up 2>/dev/null; \
+		fi; \
+		$(HAS_IPV6_LOOPBACK) 2>/dev/null || { echo "no IPv6 loopback (::1): as root, run" \
+			"'sysctl -w net.ipv6.conf.lo.disable_ipv6=0; ip -6 addr add ::1/128 dev lo'"; \
+			exit 1; }; }
+
 run: install redis-server
 	start_scripts/run_with_redis $(PORT) $(REDIS_PORT) $(WORKERS)
 
-test: install redis-server test-tools
+test: install redis-server test-tools ipv6-loopback
 	REDIS_SERVER="$$(start_scripts/redis-server-path)" $(PY) -m pytest $(PYTEST_ARGS)
 
 bench: install redis-server

@@ -21,6 +21,7 @@ import pytest
 from tests.conftest import ServerProcess
 from tests.http_client import Reply, read_head
 from tests.resp import seed_queue, snapshot
+from tests.util import wait_until
 
 HTML = "text/html; charset=UTF-8"
 JSON = "application/json"
@@ -781,14 +782,6 @@ def write_atomically(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.1)
-
-
 def test_acl_file_is_reloaded_and_a_broken_file_keeps_the_rules(redis_proc, redis):
     first = "[rest:consumer]\nhosts_allow = 127.0.0.2\nhosts_deny = all\n"
     second = "[rest:consumer]\nhosts_allow = 127.0.0.3\nhosts_deny = all\n"
@@ -798,14 +791,15 @@ def test_acl_file_is_reloaded_and_a_broken_file_keeps_the_rules(redis_proc, redi
         assert _allowed(port, "127.0.0.2") and not _allowed(port, "127.0.0.3")
         write_atomically(path, second)
         start = time.monotonic()
-        wait_for(lambda: _allowed(port, "127.0.0.3"), 15, "the new rules")
+        wait_until(lambda: _allowed(port, "127.0.0.3"), 15, "the new rules", interval=0.1)
         assert time.monotonic() - start < 8  # checked every 5 s
         assert not _allowed(port, "127.0.0.2")
         log_before = server.log()
         write_atomically(path, broken)
         # wait for the failed reload to be logged, then for one more check period
-        wait_for(lambda: len(server.log()) > len(log_before)
-                 and path in server.log()[len(log_before):], 15, "a log line about the ACL file")
+        wait_until(lambda: len(server.log()) > len(log_before)
+                   and path in server.log()[len(log_before):], 15,
+                   "a log line about the ACL file", interval=0.1)
         new_lines = [line for line in server.log()[len(log_before):].splitlines()
                      if path in line]
         assert new_lines and any(word in new_lines[0].lower()
@@ -815,7 +809,8 @@ def test_acl_file_is_reloaded_and_a_broken_file_keeps_the_rules(redis_proc, redi
         assert not _allowed(port, "127.0.0.2")
         # the file is still watched: a good version applies again
         write_atomically(path, first)
-        wait_for(lambda: _allowed(port, "127.0.0.2"), 15, "the rules after the repair")
+        wait_until(lambda: _allowed(port, "127.0.0.2"), 15, "the rules after the repair",
+                   interval=0.1)
         assert not _allowed(port, "127.0.0.3")
 
 
@@ -824,4 +819,5 @@ def test_an_edit_in_place_is_seen(redis_proc, redis):
         assert _allowed(server.port, "127.0.0.2")
         with open(path, "a") as f:
             f.write("[rest:consumer]\nhosts_deny = all\n")
-        wait_for(lambda: not _allowed(server.port, "127.0.0.2"), 15, "the appended rule")
+        wait_until(lambda: not _allowed(server.port, "127.0.0.2"), 15, "the appended rule",
+                   interval=0.1)

@@ -26,6 +26,7 @@ from restmq.errors import RedisUnavailable
 from tests.comet import CometClient
 from tests.http_client import delete, get, post
 from tests.resp import RedisClient
+from tests.util import wait_until
 
 MANY = 300_000
 
@@ -96,13 +97,6 @@ def probing(port: int, *command):
     finally:
         stop.set()
         thread.join(30)
-
-
-def wait_until(predicate, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
 
 
 def calls(info: str, command: str) -> int:
@@ -186,7 +180,8 @@ def test_purge_of_a_long_list_answers_true_and_retires_in_steps(H, redis, redis_
             comet.wait_end()  # the purge notification ended the consumer
             # an add after the reply is a new pending message, untouched by the retiring
             assert post(H, "/q/p", form={"value": "after"}).body == f"p:{MANY + 1}\r\n".encode()
-            wait_until(lambda: redis("TTL", newest) >= 0)  # retiring may go on after the reply
+            wait_until(lambda: redis("TTL", newest) >= 0, 30,  # retiring may go on after the
+                       "the retention expiry of the newest value")  # reply
     finally:
         comet.close()
     assert comet.body == b"null\r\n"

@@ -19,12 +19,12 @@ import json
 import shutil
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.http_client import delete, post
+from tests.util import wait_until
 
 PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>live</title></head><body>
@@ -105,14 +105,11 @@ class _Lists(html.parser.HTMLParser):
 
 
 def wait_for(predicate, timeout, what, browser=None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
+    """wait_until, failing at once if chromium exits."""
+    def running():
         if browser is not None and browser.poll() is not None:
             raise AssertionError(f"chromium exited while waiting for {what}")
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+    return wait_until(predicate, timeout, what, interval=0.05, check=running)
 
 
 def test_eventsource_and_websocket_in_chromium(H, redis):

@@ -27,13 +27,13 @@ import socket
 import subprocess
 import tempfile
 import threading
-import time
 from urllib.parse import quote, urlencode
 
 import pytest
 
 from tests.conftest import ServerProcess
 from tests.http_client import request
+from tests.util import wait_until
 
 CSP = "default-src 'none'; sandbox"
 EVIL = "http://evil.example"
@@ -794,12 +794,8 @@ def test_auth_cookie_from_another_origin_in_chromium(acl_server, redis, tmp_path
     # the server refused both (rather than the browser not asking): its access log says 401
     for kind in ("ws", "sse"):
         line = f'"GET /{kind}/{queue} HTTP/1.1" 401'
-        deadline = time.monotonic() + 10
-        while line not in acl_server.log() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert line in acl_server.log(), acl_server.log()[-3000:]
+        wait_until(lambda: line in acl_server.log(), 10, line,
+                   details=lambda: acl_server.log()[-3000:])
     assert redis("LLEN", f"{queue}:queue") == 1   # no consumer was ever admitted
-    wait_until = time.monotonic() + 10
-    while redis("PUBSUB", "NUMSUB", f"{queue}:PUBSUB")[1] and time.monotonic() < wait_until:
-        time.sleep(0.05)
-    assert redis("PUBSUB", "NUMSUB", f"{queue}:PUBSUB")[1] == 0
+    wait_until(lambda: redis("PUBSUB", "NUMSUB", f"{queue}:PUBSUB")[1] == 0, 10,
+               f"no subscription to {queue}:PUBSUB")

@@ -17,6 +17,7 @@ import pytest
 from tests.comet import CometClient
 from tests.conftest import ServerProcess
 from tests.http_client import get, request
+from tests.util import wait_until
 
 HTML = "text/html; charset=UTF-8"
 COLLECTD = "/usr/sbin/collectd"
@@ -643,16 +644,11 @@ def write_http_conf(url: str, fmt: str) -> str:
 
 
 def wait_for(predicate, timeout, what, daemon=None, server=None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if daemon is not None:
-            daemon.assert_running()
-        result = predicate()
-        if result:
-            return result
-        time.sleep(0.2)
-    details = (daemon.log() if daemon else "") + "\n" + (server.log()[-4000:] if server else "")
-    pytest.fail(f"timed out waiting for {what}\n{details}")
+    """wait_until, checking that collectd still runs and adding both logs on a timeout."""
+    return wait_until(predicate, timeout, what, interval=0.2,
+                      check=daemon.assert_running if daemon is not None else None,
+                      details=lambda: (daemon.log() if daemon else "") + "\n"
+                      + (server.log()[-4000:] if server else ""))
 
 
 def check_command_items(items, now):

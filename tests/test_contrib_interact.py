@@ -21,6 +21,7 @@ from urllib.parse import quote
 import pytest
 
 from tests.http_client import delete, get, post
+from tests.util import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 20.0
@@ -119,15 +120,15 @@ class Page:
                           Object.assign({text: li.textContent}, li.dataset))""")
 
     def wait_log(self, predicate, what: str) -> list[dict]:
-        deadline = time.monotonic() + TIMEOUT
-        while time.monotonic() < deadline:
+        def logged():
             entries = self.log()
             if predicate(entries):
                 return entries
             if any(entry["kind"] == "error" for entry in entries):
                 raise AssertionError(f"the page logged an error waiting for {what}: {entries}")
-            time.sleep(0.05)
-        raise AssertionError(f"timed out waiting for {what}; the log: {self.log()}")
+            return None
+        return wait_until(logged, TIMEOUT, what, interval=0.05,
+                          details=lambda: f"the log: {self.log()}")
 
     def close(self) -> None:
         self.browser.call("Target.closeTarget", {"targetId": self.target})

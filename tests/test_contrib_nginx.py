@@ -15,7 +15,6 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -59,16 +58,18 @@ def proxy(redis_proc):
                               "-c", f"{tmp}/nginx.conf", "-g", "daemon off;"],
                              stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr)
     try:
-        deadline = time.monotonic() + 15
-        while True:
-            if nginx.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("nginx did not start: "
+        def listening():
+            if nginx.poll() is not None:
+                raise RuntimeError("nginx exited: "
                                    + Path(tmp, "nginx.stderr").read_text(errors="replace"))
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
+                return True
             except OSError:
-                time.sleep(0.05)
+                return False
+
+        wait_until(listening, 15, "nginx to listen", interval=0.05,
+                   details=lambda: Path(tmp, "nginx.stderr").read_text(errors="replace"))
         yield f"http://127.0.0.1:{port}", server
     finally:
         if nginx.poll() is None:

@@ -96,7 +96,8 @@ def test_template_takes_the_port_from_the_instance_name():
 def test_systemd_analyze_verify(tmp_path):
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
-        pytest.skip("systemd-analyze is not installed (Debian package systemd)")
+        pytest.fail("systemd-analyze is missing (Debian package systemd): `make test` "
+                    "installs it")
     # verify wants an executable ExecStart: point it at this project's twistd
     here = str(Path(sys.executable).with_name("twistd"))
     names = []

@@ -15,16 +15,19 @@ import http.client
 import json
 import os
 import socket
-import time
 from urllib.parse import quote_from_bytes, unquote_to_bytes, urlsplit
 
 import pytest
 
 import hypothesis  # noqa: E402,F401 - installed by make test
 
-from hypothesis import HealthCheck, Phase, given, settings, strategies as st  # noqa: E402
+from hypothesis import (HealthCheck, Phase, example, given, settings,  # noqa: E402
+                        strategies as st)
 
 from restmq import names as core  # noqa: E402
+
+from tests.oracles import valid_path_name  # noqa: E402
+from tests.util import log_marker  # noqa: E402
 
 SCALE = float(os.environ.get("RESTMQ_FUZZ_SCALE", "1"))
 TIMEOUT = 3.0
@@ -88,8 +91,7 @@ def quiet_log(server):
     once with its traceback) while it ran."""
     before = len(server.log())
     yield
-    time.sleep(0.2)
-    added = server.log()[before:]
+    added = log_marker(server)[before:]
     assert "#critical] internal error in " not in added, added
 
 
@@ -124,11 +126,7 @@ def encoded_names(draw):
     return raw, bytes(out)
 
 
-def valid(raw: bytes) -> bool:
-    try:
-        return core.is_valid_name(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        return False
+valid = valid_path_name  # independent of the server's own check (tests/oracles.py)
 
 
 # (route, method, form body, whether the empty name is a listing)
@@ -142,6 +140,18 @@ JSONP = {("/q/", "GET"), ("/q/", "POST"), ("/q/", "DELETE"), ("/p/", "GET"), ("/
          ("/control/", "POST"), ("/stats/", "GET"), ("/c/", "GET")}  # the route table
 
 
+# Every reserved form, tried first on each run (the random names find them only now and then).
+RESERVED = [b"QUEUESET", b"AUTHKEY", b"AUTHKEY:1", b"queuestat:x", b"x:queue", b"x:UUID",
+            b"x:queuepolicy", b"x:PUBSUB", b"x:lock", b"x:refcount"]
+
+
+def reserved_examples(test):
+    for name in RESERVED:
+        test = example(("/q/", "POST", b"value=v", False), (name, name), b"")(test)
+    return test
+
+
+@reserved_examples
 @bounded(400)
 @given(st.sampled_from(ROUTES), encoded_names(), st.sampled_from([b"", b"?callback=cb",
                                                                   b"?callback=1x", b"?x=%ff"]))

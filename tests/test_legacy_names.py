@@ -29,6 +29,7 @@ from tests.comet import CometClient
 from tests.conftest import RedisProcess, ServerProcess
 from tests.http_client import delete, get, post, read_head, request
 from tests.resp import snapshot
+from tests.util import wait_until
 
 NAME = "my queue"
 PATH = quote(NAME, safe="")  # my%20queue
@@ -44,13 +45,6 @@ def original_queue(redis, name: str, values: list[str]) -> None:
         redis("LPUSH", f"{name}:queue", f"{name}:{n}")
         redis("SADD", "QUEUESET", name)
         redis("SETNX", f"queuestat::{name}", "1")
-
-
-def wait_for(predicate, what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 def numsub(redis, name: str) -> int:
@@ -275,7 +269,7 @@ def test_websocket_streams_a_registered_legacy_queue(H, redis, server):
     try:
         assert status == 101, data
         data = read_until(sock, data, b'"backlog"}')
-        wait_for(lambda: numsub(redis, NAME) >= 1, "the subscription to my queue:PUBSUB")
+        wait_until(lambda: numsub(redis, NAME) >= 1, what="the subscription to my queue:PUBSUB")
         post(H, f"/q/{PATH}", form={"value": "live"})
         data = read_until(sock, data, b'"live"}')
         assert b'{"key": "my queue:2", "value": "live"}' in data
@@ -290,7 +284,7 @@ def test_sse_streams_a_registered_legacy_queue(H, redis, server):
     try:
         assert status == 200, data
         data = read_until(sock, data, b'"backlog"}')
-        wait_for(lambda: numsub(redis, NAME) >= 1, "the subscription to my queue:PUBSUB")
+        wait_until(lambda: numsub(redis, NAME) >= 1, what="the subscription to my queue:PUBSUB")
         post(H, f"/q/{PATH}", form={"value": "live"})
         data = read_until(sock, data, b'"live"}')
         assert b'id: my queue:2\ndata: {"key": "my queue:2", "value": "live"}' in data
@@ -454,11 +448,8 @@ class Chromium:
         """A new page at `url`, loaded; returns its DevTools session."""
         target = self.send("Target.createTarget", url=url)["targetId"]
         session = self.send("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
-        deadline = time.monotonic() + 30
-        while self.evaluate(session, "location.href + ' ' + document.readyState") != \
-                f"{url} complete":
-            assert time.monotonic() < deadline, f"{url} did not load"
-            time.sleep(0.05)
+        wait_until(lambda: self.evaluate(session, "location.href + ' ' + document.readyState")
+                   == f"{url} complete", 30, f"{url} to load", interval=0.05)
         return session
 
     def close(self) -> None:

@@ -17,24 +17,11 @@ import pytest
 
 from tests.comet import CometClient
 from tests.conftest import ServerProcess
-from tests.http_client import delete, post
+from tests.http_client import delete, get, post
+from tests.util import numsub, peer_has_read, wait_until
 
 STALL = 1  # --live-stall-timeout of the `stall_server` fixture, in seconds
 CUT_LINE = "read nothing for"  # the server's log line when it cuts a stalled consumer
-
-
-def wait_for(predicate, timeout: float = 10.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
-def numsub(redis, queue: str) -> int:
-    return redis("PUBSUB", "NUMSUB", f"{queue}:PUBSUB")[1]
 
 
 def add(url: str, queue: str, value: str) -> str:
@@ -151,8 +138,11 @@ def test_a_consumer_that_leaves_before_registering_takes_no_message(H, redis, ki
     parts = urlsplit(H)
     with socket.create_connection((parts.hostname, parts.port), timeout=5) as early:
         early.sendall(request_bytes(kind, queue))
-        time.sleep(0.1)
-    time.sleep(1.5)  # the pause is over: the handler has heard from Redis and gone on
+        # Read by the server: its handler has sent its Redis round trip, which Redis holds.
+        wait_until(lambda: peer_has_read(early), what="the server to read the request")
+    # A request sent after it needs Redis too: once it is answered, after the pause, the
+    # handler of the early consumer has had its answer and gone on.
+    assert get(H, f"/stats/{queue}").status == 200
     keys = [add(H, queue, f"m{i}") for i in range(3)]
     # A consumer connecting now finds all three pending: nobody took them meanwhile ...
     late = CometClient(H, queue)
@@ -161,7 +151,7 @@ def test_a_consumer_that_leaves_before_registering_takes_no_message(H, redis, ki
     finally:
         late.close()
     # ... and once it has left, no consumer of the queue is left in the server.
-    wait_for(lambda: numsub(redis, queue) == 0, 5, what="no consumer left registered")
+    wait_until(lambda: numsub(redis, queue) == 0, 5, what="no consumer left registered")
 
 
 # -- 3. a consumer that reconnects while a roundrobin batch is being popped ----------------------
@@ -179,12 +169,13 @@ def test_a_batch_popped_while_consumers_change_goes_to_the_new_consumer(H, redis
     # Scripts wait for 1.5 s; PING and SUBSCRIBE do not, so consumers still connect.
     redis("CLIENT", "PAUSE", "1500", "WRITE")
     first = CometClient(H, queue)
-    wait_for(lambda: numsub(redis, queue) == 1, what="the first consumer registered")
-    time.sleep(0.2)  # its registration has sent the pop, which Redis holds
+    wait_until(lambda: numsub(redis, queue) == 1, what="the first consumer registered")
+    wait_until(lambda: "blocked_clients:1" in redis("INFO", "clients"),
+               what="the pop of its registration, held by Redis")
     first.close()
-    wait_for(lambda: numsub(redis, queue) == 0, what="the first consumer gone")
+    wait_until(lambda: numsub(redis, queue) == 0, what="the first consumer gone")
     second = closing(CometClient(H, queue))
-    wait_for(lambda: numsub(redis, queue) == 1, what="the second consumer registered")
+    wait_until(lambda: numsub(redis, queue) == 1, what="the second consumer registered")
     assert [m["key"] for m in second.messages(3, timeout=5)] == keys
     assert "dropped" not in server.log()[log_before:]
 
@@ -198,13 +189,15 @@ def test_roundrobin_skips_a_stalled_consumer_and_cuts_it(stall_server, redis, cl
     closing(Silent(url, "c", queue))
     reader = closing(Reader(url, queue))
     keys = [add(url, queue, f"{i:06d}" + "x" * (size - 6)) for i in range(count)]
-    wait_for(lambda: CUT_LINE in stall_server.log()[log_before:], 15,
+    wait_until(lambda: CUT_LINE in stall_server.log()[log_before:], 15,
              what="the stalled consumer to be cut")
-    wait_for(lambda: redis("LLEN", f"{queue}:queue") == 0, what="the queue drained")
-    quiet = -1
-    while quiet != len(reader.keys):  # nothing more for 0.5 s
-        quiet = len(reader.keys)
-        time.sleep(0.5)
+    wait_until(lambda: redis("LLEN", f"{queue}:queue") == 0, what="the queue drained")
+    # A last message, after all the others, for the reader alone: once it is there, the
+    # reader has everything it will ever get.
+    keys.append(add(url, queue, "marker"))
+    wait_until(lambda: reader.keys and reader.keys[-1] == keys[-1], what="the marker")
+    reader.keys.pop()
+    keys.pop()
     # The reader got every message the stalled one was not handed before its output backed
     # up, in order; the stalled consumer lost only what sat in its buffers when cut.
     assert reader.keys == sorted(reader.keys, key=number)
@@ -219,14 +212,14 @@ def test_roundrobin_with_only_a_stalled_consumer_keeps_the_rest_pending_in_order
     log_before = len(stall_server.log())
     closing(Silent(url, "c", queue))
     keys = [add(url, queue, "x" * size) for _ in range(count)]
-    wait_for(lambda: CUT_LINE in stall_server.log()[log_before:], 15,
+    wait_until(lambda: CUT_LINE in stall_server.log()[log_before:], 15,
              what="the stalled consumer to be cut")
-    wait_for(lambda: numsub(redis, queue) == 0, what="the stalled consumer unregistered")
+    wait_until(lambda: numsub(redis, queue) == 0, what="the stalled consumer unregistered")
     pending = redis("LLEN", f"{queue}:queue")
     assert count - pending <= buffered_bound(size), (pending, count)
     # What it was not handed is still there, oldest next: a new consumer gets it in order.
     later = closing(Reader(url, queue))
-    wait_for(lambda: len(later.keys) == pending, what="the pending messages")
+    wait_until(lambda: len(later.keys) == pending, what="the pending messages")
     assert later.keys == keys[count - pending:]
 
 
@@ -258,9 +251,9 @@ def test_broadcast_still_writes_to_a_stalled_consumer_but_cuts_it(stall_server, 
     for kind in ("c", "sse", "ws"):
         closing(Silent(url, kind, queue))
     keys = [add(url, queue, "x" * size) for _ in range(count)]
-    wait_for(lambda: stall_server.log()[log_before:].count(CUT_LINE) == 3, 15,
+    wait_until(lambda: stall_server.log()[log_before:].count(CUT_LINE) == 3, 15,
              what="the three stalled consumers to be cut")
-    wait_for(lambda: len(reader.keys) == count, what="the reader to get everything")
+    wait_until(lambda: len(reader.keys) == count, what="the reader to get everything")
     assert reader.keys == keys
     assert numsub(redis, queue) == 1  # the reader is still there
 
@@ -270,7 +263,7 @@ def test_a_slow_but_reading_consumer_is_not_cut(stall_server, redis, closing):
     log_before = len(stall_server.log())
     slow = closing(Reader(url, queue, chunk=32768, pause=0.05))
     keys = [add(url, queue, "x" * size) for _ in range(count)]
-    wait_for(lambda: len(slow.keys) == count, 30, what="the slow reader to get everything")
+    wait_until(lambda: len(slow.keys) == count, 30, what="the slow reader to get everything")
     assert slow.keys == keys
     assert CUT_LINE not in stall_server.log()[log_before:]
 
@@ -298,7 +291,7 @@ def test_http10_keep_alive_stream_still_ends_by_close(H, redis, kind):
             raw += sock.recv(65536)
         head = raw.split(b"\r\n\r\n", 1)[0].lower()
         assert b"keep-alive" not in head, head  # the body has no length: close ends it
-        wait_for(lambda: numsub(redis, queue) == 1, what="the consumer registered")
+        wait_until(lambda: numsub(redis, queue) == 1, what="the consumer registered")
         assert delete(H, f"/q/{queue}").status == 200
         while True:  # the socket timeout fails the test if the server keeps it open
             data = sock.recv(65536)
@@ -317,8 +310,9 @@ def test_a_stream_pipelined_behind_another_is_left_unanswered(H, redis, server):
     with socket.create_connection((parts.hostname, parts.port), timeout=5) as sock:
         request = f"GET /c/{queue} HTTP/1.1\r\nHost: t\r\n\r\n".encode()
         sock.sendall(request + request)
-        wait_for(lambda: numsub(redis, queue) == 1, what="a consumer registered")
-        time.sleep(0.3)  # the second request has heard from Redis too
+        wait_until(lambda: numsub(redis, queue) == 1, what="a consumer registered")
+        wait_until(lambda: "pipelined behind a live stream" in server.log()[log_before:],
+                   what="the second request to hear from Redis and be left unanswered")
         keys = [add(H, queue, f"m{i}") for i in range(2)]
         raw = b""
         while raw.count(b"}\r\n") < 2:

@@ -4,12 +4,12 @@
 from __future__ import annotations
 
 import base64
-import time
 
 import pytest
 
 from tests.conftest import ServerProcess, free_port
 from tests.http_client import get
+from tests.util import wait_until
 
 SECRETS = [f"s3cret-{i}-do-not-log" for i in range(7)]
 
@@ -30,13 +30,8 @@ def redisless_server():
 
 def wait_for_log(server: ServerProcess, marker: str) -> str:
     """The log once `marker` is in it (the access log is written about once a second)."""
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        log = server.log()
-        if marker in log:
-            return log
-        time.sleep(0.1)
-    raise AssertionError(f"{marker!r} never logged:\n{server.log()}")
+    return wait_until(lambda: marker in server.log() and server.log(), 15,
+                      f"{marker!r} in the log", details=server.log)
 
 
 def test_the_access_log_redacts_auth_keys_and_logs_no_credentials(logged_server, redis):

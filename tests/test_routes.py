@@ -9,7 +9,6 @@ from __future__ import annotations
 import html
 import json
 import re
-import time
 from pathlib import Path
 from urllib.parse import quote
 
@@ -17,6 +16,7 @@ import pytest
 
 from tests.http_client import Reply, delete, get, post, request
 from tests.test_errors import assert_error, snapshot
+from tests.util import wait_until
 
 HTML = "text/html; charset=UTF-8"
 JSON_TYPE = "application/json"
@@ -966,10 +966,7 @@ def test_expired_entry_skipped(H, redis):
     add(H, "t", "short", ttl="1")
     add(H, "t", "long")
     jp_ok(H, {"cmd": "get", "queue": "t"})  # t:1:refcount with the same expiry
-    deadline = time.monotonic() + 3
-    while redis("EXISTS", "t:1") and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert redis("EXISTS", "t:1") == 0
+    wait_until(lambda: redis("EXISTS", "t:1") == 0, 3, "t:1 to expire", interval=0.1)
     assert pending(redis, "t") == ["t:2", "t:1"]  # the list entry stays: a dead entry
     assert html_json(get(H, "/q/t")) == {"key": "t:2", "value": "long", "count": 0}
     assert redis("EXISTS", "t:queue") == 0

@@ -19,34 +19,21 @@ from urllib.parse import urlsplit
 import pytest
 
 from tests.http_client import delete, post
+from tests.util import SweepWatch, numsub, wait_until
 
 SSE_TYPE = "text/event-stream"
 
 
 # -- helpers ---------------------------------------------------------------------------------
 
-def wait_for(predicate, timeout: float = 10.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
-def numsub(redis, queue: str) -> int:
-    return redis("PUBSUB", "NUMSUB", f"{queue}:PUBSUB")[1]
-
-
 def wait_subscribed(redis, queue: str) -> None:
     """The server subscribes to `<q>:PUBSUB` when its first consumer of `q` registers
     (docs/live-delivery.md#several-processes)."""
-    wait_for(lambda: numsub(redis, queue) >= 1, what=f"a subscription to {queue}:PUBSUB")
+    wait_until(lambda: numsub(redis, queue) >= 1, what=f"a subscription to {queue}:PUBSUB")
 
 
 def wait_unsubscribed(redis, queue: str) -> None:
-    wait_for(lambda: numsub(redis, queue) == 0, what=f"no subscription to {queue}:PUBSUB")
+    wait_until(lambda: numsub(redis, queue) == 0, what=f"no subscription to {queue}:PUBSUB")
 
 
 def add(base: str, queue: str, value: str) -> str:
@@ -336,10 +323,15 @@ def test_sse_headers_arrive_before_any_message(H, redis, connect):
     assert s.headers["cache-control"] == "no-store"
     assert s.headers["transfer-encoding"] == "chunked"
     assert "content-length" not in s.headers
-    assert s.body == b"" and s.idle(0.5) == b""
+    assert s.body == b""
     wait_subscribed(redis, "fresh")
     assert redis("EXISTS", "fresh:UUID", "fresh:queue") == 0   # the queue need not exist
     assert redis("SISMEMBER", "QUEUESET", "fresh") == 0
+    # Nothing came before the first message: the first bytes after the head are its event.
+    add(H, "fresh", "first")
+    s.wait(lambda st: st.chunks, what="the first event")
+    event = b'id: fresh:1\ndata: {"key": "fresh:1", "value": "first"}\n\n'
+    assert s.raw == b"%x\r\n%s\r\n" % (len(event), event)
 
 
 def test_sse_message_bytes_exact(H, redis, connect):
@@ -391,13 +383,16 @@ def test_sse_purge_sends_null_then_ends_the_response(H, redis, connect):
     assert [e.data for e in parsed.events][-1] == "null"
     assert len(parsed.events) == 2
     assert parsed.events[-1].type == "message"
-    # the consumer is gone: the server leaves the channel and new messages stay pending
+    # the consumer is gone: the server leaves the channel and new messages stay pending,
+    # also once a safety sweep has run
     wait_unsubscribed(redis, "pq")
-    add(H, "pq", "after")
-    assert s.idle(1.5) == b""
+    with SweepWatch(H, redis) as sweep:
+        add(H, "pq", "after")
+        sweep.passed()
     assert redis("LLEN", "pq:queue") == 1
-    # HTTP/1.1 keep-alive: the ended stream leaves a usable connection
-    assert not s.eof
+    # HTTP/1.1 keep-alive: the ended stream leaves a usable connection, on which the
+    # next bytes are the next reply: nothing was written to the ended stream meanwhile
+    assert not s.eof and s.buf == b""
     s.sock.sendall(f"GET /stats/pq HTTP/1.1\r\nHost: {s.host}\r\n\r\n".encode())
     s.wait(lambda st: b"\r\n\r\n" in st.buf, what="a second reply on the kept-alive connection")
     assert s.buf.startswith(b"HTTP/1.1 200 "), s.buf
@@ -484,8 +479,13 @@ def test_comet_headers_at_once(H, redis, connect):
     assert s.headers["transfer-encoding"] == "chunked"
     assert s.headers["cache-control"] == "no-store"
     assert "content-length" not in s.headers
-    assert s.body == b"" and s.idle(0.5) == b""
+    assert s.body == b""
     wait_subscribed(redis, "cq")
+    # Nothing came before the first message: the first bytes after the head are its chunk.
+    add(H, "cq", "first")
+    s.wait(lambda st: st.chunks, what="the first line")
+    line = b'{"key": "cq:1", "value": "first"}\r\n'
+    assert s.raw == b"%x\r\n%s\r\n" % (len(line), line)
 
 
 def test_comet_one_line_per_message_each_in_its_own_chunk(H, redis, connect):
@@ -500,6 +500,12 @@ def test_comet_one_line_per_message_each_in_its_own_chunk(H, redis, connect):
     s.wait(lambda st: len(st.chunks) == 5, what="five chunks")
     assert [comet_line(c) for c in s.chunks] == [{"key": k, "value": v}
                                                  for k, v in zip(keys, values)]
+    # Nothing else came in between: the bytes after the fifth chunk are the sixth.
+    before = len(s.raw)
+    keys.append(add(H, "lines", "last"))
+    s.wait(lambda st: len(st.chunks) == 6, what="a sixth chunk")
+    line = b'{"key": "lines:6", "value": "last"}\r\n'
+    assert s.raw[before:] == b"%x\r\n%s\r\n" % (len(line), line)
     assert redis("LLEN", "lines:queue") == 0
     assert redis("EXISTS", *keys) == 0
 
@@ -592,19 +598,16 @@ def test_worked_example_step_12_with_curl(H, redis):
     try:
         wait_subscribed(redis, "test")
         out = bytearray()
-        read_available(stream.stdout.fileno(), out, 0.3)
-        assert out == b""   # headers only; curl prints nothing yet and keeps the stream open
         added = subprocess.run([curl, "-s", "-d", "value=foobar", f"{H}/q/test"],
                                capture_output=True, timeout=20)
         assert added.stdout == b"test:1\r\n"
-        sent = time.monotonic()
-        deadline = sent + 10
+        deadline = time.monotonic() + 10
         while b"\r\n" not in out and time.monotonic() < deadline:
             read_available(stream.stdout.fileno(), out, 0.1)
-        latency = time.monotonic() - sent
+        # curl printed nothing before the message (the headers only opened the stream), then
+        # exactly its line; how fast it came is test_delivery_is_woken_by_the_add's business
         assert bytes(out).endswith(b"\r\n") and out.count(b"\r\n") == 1, bytes(out)
         assert json.loads(bytes(out)) == {"key": "test:1", "value": "foobar"}
-        assert latency < 1.5, latency
         assert stream.poll() is None   # the stream stays open
         assert redis("GET", "test:UUID") == "1"
         assert redis("EXISTS", "test:1") == 0
@@ -615,6 +618,39 @@ def test_worked_example_step_12_with_curl(H, redis):
         stream.wait(10)
         stream.stdout.close()
     wait_unsubscribed(redis, "test")
+
+
+SWEEP = 1.0  # the server's safety sweep: every second, each queue with a consumer is dispatched
+ROUND_TRIPS = 20
+
+
+@pytest.mark.parametrize("kind", ["sse", "c"])
+def test_delivery_is_woken_by_the_add_not_the_sweep(H, redis, connect, kind):
+    """An add wakes the consumers of its queue at once (the wake it publishes), "well within
+    100 ms", rather than at the next safety sweep. Shown without a timing threshold: each add
+    below is made only once the previous message arrived, so a server that found messages by
+    its sweep alone would need a sweep per message, i.e. about a second each. Twenty round
+    trips in less than eighteen seconds cannot all have waited for a sweep; with the wake each
+    takes milliseconds, so even a machine under heavy load stays far below."""
+    s = connect(H, f"/{kind}/wake")
+    wait_subscribed(redis, "wake")
+    count = (lambda st: len(sse_events(st).events)) if kind == "sse" else \
+        (lambda st: len(st.chunks))
+    add(H, "wake", "confirmed")   # the first may wait for the server's subscription
+    s.wait(lambda st: count(st) == 1, what="the first message")
+    latencies = []
+    started = time.monotonic()
+    for n in range(2, ROUND_TRIPS + 2):
+        sent = time.monotonic()
+        add(H, "wake", f"m{n}")
+        s.wait(lambda st: count(st) == n, timeout=5, what=f"message {n}")
+        latencies.append(time.monotonic() - sent)
+    elapsed = time.monotonic() - started
+    latencies.sort()
+    print(f"FIGURES wake_{kind}: round trips {ROUND_TRIPS} in {elapsed:.3f} s, "
+          f"median {latencies[len(latencies) // 2] * 1000:.1f} ms, "
+          f"max {latencies[-1] * 1000:.1f} ms")
+    assert elapsed < (ROUND_TRIPS - 2) * SWEEP, latencies
 
 
 # -- disconnecting consumers ------------------------------------------------------------------
@@ -629,8 +665,9 @@ def test_disconnected_consumer_is_unregistered(H, redis, server, connect, kind, 
     s.wait(lambda st: st.body.endswith(b"\n"), what="the first message")
     s.close(reset=reset)
     wait_unsubscribed(redis, "gone")
-    keys = [add(H, "gone", f"m{i}") for i in range(3)]
-    time.sleep(1.5)   # longer than the 1 s safety sweep
+    with SweepWatch(H, redis) as sweep:
+        keys = [add(H, "gone", f"m{i}") for i in range(3)]
+        sweep.passed()   # neither the adds' wakes nor a sweep may pop them
     assert redis("LLEN", "gone:queue") == 3
     assert redis("EXISTS", *keys) == 3
     # another consumer still gets them, oldest first

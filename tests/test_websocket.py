@@ -15,7 +15,6 @@ import json
 import os
 import socket
 import struct
-import time
 from http import HTTPStatus
 from urllib.parse import urlsplit
 
@@ -25,6 +24,7 @@ from autobahn.asyncio.websocket import WebSocketClientFactory, WebSocketClientPr
 
 from tests.conftest import ServerProcess
 from tests.http_client import delete, get, post
+from tests.util import SweepWatch, numsub, wait_until
 
 TIMEOUT = 5.0  # generous bound for anything that should happen "at once"
 SAMPLE_KEY = "dGhlIHNhbXBsZSBub25jZQ=="  # RFC 6455 §1.3
@@ -37,23 +37,6 @@ OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x
 def host_port(base: str) -> tuple[str, int]:
     parts = urlsplit(base)
     return parts.hostname, parts.port
-
-
-def wait_until(predicate, timeout: float = TIMEOUT, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
-def numsub(redis, queue: str) -> int:
-    channel, count = redis("PUBSUB", "NUMSUB", f"{queue}:PUBSUB")
-    assert channel == f"{queue}:PUBSUB"
-    return count
 
 
 def add(base: str, queue: str, value: str) -> str:
@@ -293,8 +276,8 @@ def test_client_close_is_clean(H, redis):
         ws = await connect(clients, H, "bye")
         event = await ws.close()
         assert event[0] == "close" and event[1] is True and event[2] == 1000, event
-        # the server closed TCP after the handshake: nothing more arrives
-        await asyncio.sleep(0.05)
+        # autobahn reports the close once TCP is gone (the server closed it after the
+        # handshake): nothing can arrive after it
         assert ws.transport.is_closing()
         assert ws.factory.events.empty()
 
@@ -314,11 +297,13 @@ def test_purge_sends_null_then_close_1000(H, redis):
         event = await ws.next()
         assert event[0] == "close" and event[1] is True and event[2] == 1000, event
 
-    run(body)
-    wait_until(lambda: numsub(redis, "gone") == 0, what="unsubscribe after purge")
-    # the ended consumer receives nothing more: a later add stays pending
-    add(H, "gone", "after")
-    time.sleep(1.2)  # longer than the 1 s safety sweep
+    with SweepWatch(H, redis) as sweep:
+        run(body)
+        wait_until(lambda: numsub(redis, "gone") == 0, what="unsubscribe after purge")
+        # the ended consumer receives nothing more: a later add stays pending, even once a
+        # safety sweep has run
+        add(H, "gone", "after")
+        sweep.passed()
     assert redis("LLEN", "gone:queue") == 1
 
 
@@ -781,8 +766,9 @@ def test_abrupt_disconnect_unregisters(H, redis, how):
     wait_until(lambda: numsub(redis, "abrupt") == 0, what="unsubscribe after disconnect")
     policy = get(H, "/p/abrupt")
     assert json.loads(policy.body) == {"queue": "abrupt", "value": "broadcast"}
-    add(H, "abrupt", "kept")
-    time.sleep(1.2)  # longer than the 1 s safety sweep: nothing may pop it
+    with SweepWatch(H, redis) as sweep:
+        add(H, "abrupt", "kept")
+        sweep.passed()  # neither the add's wake nor a sweep may pop it
     assert redis("LLEN", "abrupt:queue") == 1
     assert redis("GET", "abrupt:1") == "kept"
     # the next consumer gets it
@@ -792,20 +778,32 @@ def test_abrupt_disconnect_unregisters(H, redis, how):
     assert redis("LLEN", "abrupt:queue") == 0
 
 
-def test_abrupt_disconnect_of_one_of_two(H, redis):
-    """The remaining consumer keeps receiving; nothing is lost to the dead one."""
+@pytest.mark.parametrize("how", ["fin", "reset"])
+def test_abrupt_disconnect_of_one_of_two(H, redis, how):
+    """Roundrobin, where every message goes to one consumer only: once one of two consumers
+    has vanished (no close frame), the other gets every message and none is handed to the
+    dead one. (Under broadcast a dead consumer could never cost the other anything.)"""
+    assert post(H, "/p/pair", form={"policy": "roundrobin"}).status == 200
     with Raw(H) as alive:
         alive.upgrade("/ws/pair")
         dead = Raw(H)
         try:
             dead.upgrade("/ws/pair")
+            # Both are in the rotation: one message each.
+            add(H, "pair", "m1")
+            add(H, "pair", "m2")
+            got = [parse_delivery(raw.read_frame()[2]) for raw in (alive, dead)]
+            assert sorted(m["value"] for m in got) == ["m1", "m2"], got
+            if how == "reset":
+                dead.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                     struct.pack("ii", 1, 0))
         finally:
             dead.close()
-        time.sleep(0.2)
-        for n in range(1, 4):
-            add(H, "pair", f"m{n}")
-        got = [parse_delivery(alive.read_frame()[2]) for _ in range(3)]
-        assert got == [{"key": f"pair:{n}", "value": f"m{n}"} for n in range(1, 4)]
+        # The close reached the server before the adds below: it learns of it first.
+        keys = [add(H, "pair", f"m{n}") for n in range(3, 9)]
+        got = [parse_delivery(alive.read_frame()[2]) for _ in keys]
+        assert got == [{"key": key, "value": f"m{n}"} for n, key in enumerate(keys, 3)]
+    assert redis("LLEN", "pair:queue") == 0
 
 
 # -- mixed consumers under broadcast (docs/live-delivery.md#policies) --------------------------

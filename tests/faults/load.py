@@ -21,6 +21,7 @@ from urllib.parse import urlencode
 from tests.conftest import RedisProcess
 from tests.faults.history import History
 from tests.resp import RedisClient
+from tests.util import wait_until
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 OK_STATUSES = {200, 204, 503}
@@ -399,6 +400,19 @@ class Load:
             worker.start()
         return self
 
+    def wait_successes(self, count: int, since: float = 0.0, timeout: float = 60.0) -> None:
+        """Wait until at least `count` adds and `count` gets (or takes) that started at or
+        after `since` succeeded: the load has run for a while, at this machine's pace,
+        rather than for a fixed time."""
+        roles = [("produce",)] + ([("consume", "take", "peek")] if self.consumers else [])
+
+        def done() -> bool:
+            entries = [e for e in self.log.snapshot() if e.started >= since
+                       and e.status in (200, 204)]
+            return all(sum(e.role in role for e in entries) >= count for role in roles)
+
+        wait_until(done, timeout, f"{count} successful adds and gets", interval=0.05)
+
     def stop_producers(self) -> None:
         self.stop_event.set()
         self._join(self.producers)
@@ -443,12 +457,9 @@ def probe(url: str, path: str = "/stats/", timeout: float = 20.0) -> int | None:
 
 def wait_for(condition: Callable[[], object], timeout: float, interval: float = 0.05,
              message: str = "condition") -> float:
-    """Poll until `condition()` is true; returns the seconds it took."""
+    """The shared wait_until, as the fault tier calls it: returns the seconds it took."""
     started = time.monotonic()
-    while not condition():
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"{message}: not reached within {timeout} s")
-        time.sleep(interval)
+    wait_until(condition, timeout, message, interval=interval)
     return time.monotonic() - started
 
 
@@ -521,35 +532,54 @@ class Stream(threading.Thread):
                       for line in head[1:])
         return int(head[0].split()[1]), chunked
 
-    def _feed(self, data: bytes) -> None:
-        self.bytes += len(data)
+    def _split(self, buf: bytearray, lines: bytearray, data: bytes) -> tuple[list[bytes], bool]:
+        """Decode `data` on top of the partial chunk `buf` and partial text `lines` (both
+        updated in place): the complete lines, and whether the last chunk came."""
+        ended = False
         if not self.chunked:
-            self.lines += data
+            lines += data
         else:
-            self.buf += data
+            buf += data
             while True:
-                end = self.buf.find(b"\r\n")
+                end = buf.find(b"\r\n")
                 if end < 0:
                     break
-                size = int(self.buf[:end], 16)
-                if len(self.buf) < end + 2 + size + 2:
+                size = int(buf[:end], 16)
+                if len(buf) < end + 2 + size + 2:
                     break
                 if size == 0:
-                    self.ended = True
-                    del self.buf[:]
+                    ended = True
+                    del buf[:]
                     break
-                self.lines += self.buf[end + 2:end + 2 + size]
-                del self.buf[:end + 2 + size + 2]
-        start = 0
+                lines += buf[end + 2:end + 2 + size]
+                del buf[:end + 2 + size + 2]
+        out, start = [], 0
         while True:
-            end = self.lines.find(b"\r\n", start)
+            end = lines.find(b"\r\n", start)
             if end < 0:
                 break
-            line = bytes(self.lines[start:end])
+            out.append(bytes(lines[start:end]))
             start = end + 2
+        del lines[:start]
+        return out, ended
+
+    def _feed(self, data: bytes) -> None:
+        self.bytes += len(data)
+        complete, ended = self._split(self.buf, self.lines, data)
+        self.ended = self.ended or ended
+        for line in complete:
             self.count += 1
             self.on_message(json.loads(line))
-        del self.lines[:start]
+
+    def _unread(self) -> list[dict]:
+        """The complete messages that reached this socket but were not read (peeked, not
+        taken): a reset now loses them."""
+        try:
+            data = self.sock.recv(64 * 1024 * 1024, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            data = b""
+        complete, _ = self._split(bytearray(self.buf), bytearray(self.lines), data)
+        return [json.loads(line) for line in complete]
 
     def run(self) -> None:
         try:
@@ -560,6 +590,7 @@ class Stream(threading.Thread):
             while not self.ended:
                 if self._reset.is_set():
                     time.sleep(self.hold)  # not reading: messages pile up in flight
+                    self.unread = self._unread()
                     self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
                                          struct.pack("ii", 1, 0))
                     self.sock.close()
@@ -582,6 +613,7 @@ class Stream(threading.Thread):
             self.failure = e
 
     hold = 0.0
+    unread: list[dict] = []  # what reached the socket unread when it was reset
 
     def reset(self, hold: float = 0.0) -> None:
         """RST the stream; with `hold`, stop reading `hold` seconds first, so that whatever

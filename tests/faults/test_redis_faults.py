@@ -7,10 +7,11 @@ import time
 from collections import Counter
 
 from tests.faults.load import (Load, Target, assert_replies_clean, client_list, explain_lost,
-                               figures, pending_values, probe, redis_client, settle)
+                               figures, pending_values, probe, redis_client, settle, wait_for)
 from tests.http_client import request
 
 QUEUE = "faultq"
+WARM = 200  # successful adds and gets of the load before a fault and after the recovery
 
 
 def verdict(load: Load, redis_port: int, reference: float | None = None, queue: str = QUEUE):
@@ -38,15 +39,15 @@ def test_redis_kill9_and_restart_loses_no_acknowledged_message(procs):
     pid = server.proc.pid
     load = Load(Target(server.url), QUEUE)
     with load:
-        time.sleep(2.0)
+        load.wait_successes(WARM)
         killed = time.monotonic()
         redis.kill9()
-        time.sleep(1.0)
+        time.sleep(1.0)  # Redis stays down for a second
         redis.start()
         up = time.monotonic()
         recovery = settle(load, up)
         back = up + recovery
-        time.sleep(2.0)
+        load.wait_successes(WARM, since=back)
         load.stop()
 
     report = verdict(load, redis.port, reference=killed)
@@ -77,16 +78,16 @@ def test_redis_paused_for_10_seconds(procs):
     server = procs.server(redis.port)
     load = Load(Target(server.url), QUEUE)
     with load:
-        time.sleep(2.0)
+        load.wait_successes(WARM)
         paused = time.monotonic()
         redis.pause()
         try:
-            time.sleep(10.0)
+            time.sleep(10.0)  # the pause itself
         finally:
             redis.resume()
         resumed = time.monotonic()
         recovery = settle(load, resumed)
-        time.sleep(3.0)
+        load.wait_successes(WARM, since=resumed + recovery)
         load.stop()
 
     report = verdict(load, redis.port, reference=resumed)
@@ -118,15 +119,16 @@ def test_redis_paused_for_10_seconds(procs):
 def test_server_started_without_redis_fails_at_once_then_serves(procs):
     redis = procs.redis(start=False)
     server = procs.server(redis.port)
-    time.sleep(1.0)  # the first connection attempt has failed
+    # The first request waits for the first connection attempt, refused: then a 503.
+    assert probe(server.url) == 503
     load = Load(Target(server.url), QUEUE)
     with load:
-        time.sleep(2.0)
+        wait_for(lambda: len(load.log.snapshot()) >= 100, 30, message="100 replies without Redis")
         before = load.log.snapshot()
         redis.start()
         up = time.monotonic()
         recovery = settle(load, up)
-        time.sleep(2.0)
+        load.wait_successes(WARM, since=up + recovery)
         load.stop()
 
     report = verdict(load, redis.port)
@@ -152,22 +154,23 @@ def test_redis_connections_killed_repeatedly(procs):
     kills = []
     try:
         with load:
-            time.sleep(1.0)
+            load.wait_successes(WARM)
             for _ in range(10):
                 kills.append(admin("CLIENT", "KILL", "TYPE", "normal"))
-                time.sleep(0.5)
+                time.sleep(0.5)  # the kills are spread over five seconds
             last = time.monotonic()
             recovery = settle(load, last)
-            time.sleep(2.0)
+            load.wait_successes(WARM, since=last + recovery)
             load.stop()
     finally:
         admin.close()
 
     report = verdict(load, redis.port, reference=last)
-    # Let the pool finish reconnecting, then count: ours + the pool + the pub/sub connection.
-    time.sleep(6.0)
+    # Once the pool has finished reconnecting: ours + the pool (10) + the pub/sub connection.
     for _ in range(50):
         assert probe(server.url) == 200
+    wait_for(lambda: len(client_list(redis.port)) <= 12, 15, interval=0.2,
+             message="no more than the pool, the pub/sub connection and ours")
     rows = client_list(redis.port)
     last_commands = dict(Counter(row.get("cmd", "?") for row in rows))
     figures("redis_client_kill", lost=len(report.lost), duplicated=len(report.duplicated),
@@ -220,7 +223,8 @@ def test_requests_answered_503_during_a_pause_change_nothing_afterwards(procs):
             outcome[name] = (reply.status, round(time.monotonic() - started, 2))
         finally:
             redis.resume()
-        time.sleep(0.5)  # Redis has run whatever reached it before the pause
+        # A request from a new connection: Redis handles it after what reached it before the
+        # pause, which was ready to read first.
         assert probe(server.url) == 200
         after = pending_values(redis.port, QUEUE)
         if after != before:

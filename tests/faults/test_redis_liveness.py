@@ -133,9 +133,12 @@ def test_a_half_open_pubsub_connection_is_replaced_and_live_delivery_resumes(pro
             wait_for(lambda: "pub/sub connection did not answer" in server.log(), 10,
                      message="the server noticed the silent pub/sub connection")
             # No confirmed subscription: an add stays pending instead of being popped and
-            # published to nobody (a sweep runs every second; give it two).
+            # published to nobody, while the server goes on trying (two more silent pub/sub
+            # connections given up; a sweep runs every second meanwhile).
+            tries = server.log().count("pub/sub connection did not answer")
             assert add(server.url, "while down").status == 200
-            time.sleep(2.5)
+            wait_for(lambda: server.log().count("pub/sub connection did not answer")
+                     >= tries + 2, 15, message="two more tries at a pub/sub connection")
             assert pending_values(redis.port, QUEUE) == ["while down"]
 
             proxy.blackhole = False
