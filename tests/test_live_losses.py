@@ -233,11 +233,11 @@ def test_roundrobin_puts_back_on_a_queue_the_original_registered(H, redis, serve
     keys = [add(H, "my%20queue", f"{i:06d}" + "x" * (size - 6)) for i in range(count)]
     log_before = len(server.log())
     closing(Silent(H, "c", "my%20queue"))
-    wait_for(lambda: numsub(redis, name) == 1, what="the consumer registered")
+    wait_until(lambda: numsub(redis, name) == 1, what="the consumer registered")
     assert post(H, "/control/my%20queue", {"status": "start"}).status == 200
     # Popped: five messages; written: what filled the silent consumer's output; put back: the
     # rest, oldest next, while nothing more is popped for a consumer that is behind.
-    wait_for(lambda: count - buffered_bound(size) <= redis("LLEN", f"{name}:queue") < count
+    wait_until(lambda: count - buffered_bound(size) <= redis("LLEN", f"{name}:queue") < count
              or "could not be put back" in server.log()[log_before:], what="the put-back")
     assert "could not be put back" not in server.log()[log_before:]
     pending = redis("LRANGE", f"{name}:queue", 0, -1)
