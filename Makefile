@@ -3,6 +3,8 @@
 #                serve on 127.0.0.1, starting a Redis if none answers; WORKERS processes share the port
 #   make test    [PYTEST_ARGS=...]              the whole suite against a private redis-server
 #   make bench                                  the benchmark suite (bench/report.md, plots)
+#   make soak    [SOAK_SECONDS=180] [ADVERSARIAL_EXAMPLES=100]
+#                the fault soak, then a long run of the adversarial tier
 #   make install                                the virtualenv in .venv (idempotent)
 
 PYTHON ?= python3
@@ -94,10 +96,16 @@ bench: install redis-server
 	PATH="$$(dirname "$$(start_scripts/redis-server-path)"):$$PATH" $(PY) bench/run.py
 
 SOAK_SECONDS ?= 180
+ADVERSARIAL_EXAMPLES ?= 100
 .PHONY: soak
+# Both runs happen even when the first fails; the exit status says whether either failed.
 soak: install redis-server
-	RESTMQ_SOAK_SECONDS=$(SOAK_SECONDS) REDIS_SERVER="$$(start_scripts/redis-server-path)" \
-		$(PY) -m pytest -m soak -s tests/faults $(PYTEST_ARGS)
+	@status=0; redis="$$(start_scripts/redis-server-path)"; \
+	RESTMQ_SOAK_SECONDS=$(SOAK_SECONDS) REDIS_SERVER="$$redis" \
+		$(PY) -m pytest -m soak -s tests/faults $(PYTEST_ARGS) || status=1; \
+	RESTMQ_ADVERSARIAL_EXAMPLES=$(ADVERSARIAL_EXAMPLES) REDIS_SERVER="$$redis" \
+		$(PY) -m pytest -m adversarial -s tests/adversarial $(PYTEST_ARGS) || status=1; \
+	exit $$status
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

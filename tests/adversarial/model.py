@@ -1,0 +1,580 @@
+"""The model of the adversarial tier: what the test did and saw, and the verdict on it.
+
+Every add gets a unique value `m<n>` (optionally padded: `m<n>|xxx`). An add answered 200 with
+its key is *acknowledged*, and must end up in exactly one of these places:
+
+* still pending in Redis (its key in `<q>:queue`);
+* received once by a pull consumer (hard get or take), and then by nobody else;
+* received by live consumers: by one only when the queue could only have been roundrobin between
+  the add and the delivery; under broadcast by each consumer at most once, and by *every*
+  consumer that was registered before the add and stayed to the end, unless a fault (Redis paused
+  or stopped, connections killed) overlapped the delivery;
+* lost in one of the ways the server documents as at-most-once, which the model bounds:
+  (a) a hard get or take answered 503 (or not at all) may have consumed one message it did not
+      return: each such reply explains one message added before it, a hard get a *retired* one
+      (value still readable by its key), a take a deleted one;
+  (b) a live consumer the test closed may lose what was written to it but not read: only a
+      message added before the server was seen to close its end of the connection, and newer
+      than the last message that consumer read (each consumer receives in queue order);
+  (c) a purge retires what is pending: a retired message added before a purge's reply.
+
+Anything else is a failure, reported with the history. The model does no I/O: the test feeds it
+events (from several threads) and, for the verdict, what Redis holds.
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Callable
+
+INF = float("inf")
+SLOW_REPLY = 7.0  # the server's Redis budget is 5 s; later replies are noted (never failed)
+UNAVAILABLE = ({"error": "redis unavailable"}, {"error": "redis error"})
+
+
+def ident(value: str) -> str:
+    return value.split("|", 1)[0]
+
+
+def key_number(key: str) -> int:
+    return int(key.rsplit(":", 1)[1])
+
+
+@dataclass
+class Add:
+    n: int
+    queue: str
+    value: str
+    via: int
+    sent: float
+    replied: float | None = None
+    status: int | None = None
+    key: str | None = None  # set when acknowledged
+
+
+@dataclass
+class Pull:
+    n: int
+    kind: str  # "get" (hard get) or "take"
+    queue: str
+    via: int
+    sent: float
+    replied: float | None = None
+    status: int | None = None
+    key: str | None = None
+
+    @property
+    def maybe_consumed_unseen(self) -> bool:
+        """A 503 or no reply: Redis may have run it (connection cut after the script)."""
+        return self.replied is not None and self.status in (503, None)
+
+
+@dataclass
+class Purge:
+    n: int
+    queue: str
+    via: int
+    sent: float
+    replied: float | None = None
+    status: int | None = None
+
+
+@dataclass
+class PolicyChange:
+    n: int
+    queue: str
+    policy: str
+    via: int
+    sent: float
+    replied: float | None = None
+    status: int | None = None
+
+
+@dataclass
+class Fault:
+    n: int
+    kind: str
+    started: float
+    ended: float | None = None  # when the system was seen whole again
+
+
+@dataclass
+class Receipt:
+    source: str  # "get#3", "take#4" or a live consumer's name
+    live: bool
+    key: str
+    at: float
+
+
+@dataclass
+class Live:
+    name: str
+    kind: str  # comet, sse, ws
+    queue: str
+    via: int
+    opened: float
+    status: int | None = None  # 200 (101 for ws) once streaming; None while unknown
+    registered: float | None = None  # head read and the server's subscription seen in Redis
+    dropped: float | None = None  # the test closed it (how: rst, fin, shut_wr, ws_close)
+    how: str = ""
+    gone: float | None = None  # the server was seen to close its end (INF: never seen)
+    purged: float | None = None  # a purge answered 200 while it was registered
+    ended: float | None = None  # the final null of a purge
+    eof: float | None = None  # the server closed the stream
+    stalled: bool = False  # it stopped reading at some point
+    cut: float | None = None  # the server closed it (seen at this time) while it was stalled
+    keys: list[int] = field(default_factory=list)  # key numbers received, in order
+
+    @property
+    def streaming(self) -> bool:
+        return self.status in (200, 101)
+
+    @property
+    def active(self) -> bool:
+        """Registered with the server as far as we know."""
+        return (self.streaming and self.gone is None and self.purged is None
+                and self.ended is None and self.eof is None)
+
+    @property
+    def to_the_end(self) -> bool:
+        return self.registered is not None and self.active and self.dropped is None
+
+
+class Model:
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.t0 = time.monotonic()
+        self.history: list[str] = []
+        self.problems: list[str] = []
+        self.notes: list[str] = []
+        self.adds: list[Add] = []
+        self.by_ident: dict[str, Add] = {}
+        self.pulls: list[Pull] = []
+        self.purges: list[Purge] = []
+        self.policies: list[PolicyChange] = []
+        self.faults: list[Fault] = []
+        self.lives: dict[str, Live] = {}
+        self.receipts: dict[str, list[Receipt]] = defaultdict(list)
+        self._n = 0
+
+    # -- bookkeeping -------------------------------------------------------------------------------
+
+    def _next(self) -> int:
+        self._n += 1
+        return self._n
+
+    def at(self, t: float | None) -> str:
+        return "-" if t is None else ("inf" if t == INF else f"{t - self.t0:.3f}")
+
+    def log(self, text: str) -> None:
+        with self.lock:
+            self.history.append(f"{self.at(time.monotonic()):>8} {text}")
+
+    def problem(self, text: str) -> None:
+        with self.lock:
+            self.problems.append(text)
+            self.log("PROBLEM " + text)
+
+    def _reply_checks(self, what: str, status: int | None, body: bytes, sent: float,
+                      replied: float) -> None:
+        if status is None:
+            self.problem(f"{what}: no reply within the client timeout ({replied - sent:.1f} s)")
+        elif status == 503:
+            try:
+                reason = json.loads(body)
+            except ValueError:
+                reason = body[:100]
+            if reason not in UNAVAILABLE:
+                self.problem(f"{what}: 503 with body {body[:200]!r}")
+        if replied - sent > SLOW_REPLY:
+            self.notes.append(f"{what}: answered {status} after {replied - sent:.1f} s")
+
+    # -- producers and pull consumers --------------------------------------------------------------
+
+    def add_sent(self, queue: str, via: int, pad: int = 0) -> Add:
+        with self.lock:
+            n = self._next()
+            value = f"m{n}" + ("|" + "x" * pad if pad else "")
+            add = Add(n, queue, value, via, time.monotonic())
+            self.adds.append(add)
+            self.by_ident[f"m{n}"] = add
+            return add
+
+    def add_replied(self, add: Add, status: int | None, body: bytes, replied: float) -> None:
+        with self.lock:
+            add.status, add.replied = status, replied
+            what = f"add#{add.n} m{add.n} to {add.queue} via s{add.via}"
+            if status == 200:
+                key = body.decode("utf-8", "replace").strip()
+                if not key.startswith(add.queue + ":") or not key.rsplit(":", 1)[1].isdigit():
+                    self.problem(f"{what}: 200 with body {body[:200]!r}")
+                    return
+                add.key = key
+                self.log(f"{what} -> {key}")
+                for receipt in self.receipts.get(f"m{add.n}", ()):
+                    if receipt.key != key:
+                        self.problem(f"m{add.n} was delivered as {receipt.key}, acked as {key}")
+            else:
+                self.log(f"{what} -> {status}")
+                if status not in (503, None):
+                    self.problem(f"{what}: unexpected status {status} {body[:200]!r}")
+            self._reply_checks(what, status, body, add.sent, replied)
+
+    def pull_sent(self, kind: str, queue: str, via: int) -> Pull:
+        with self.lock:
+            pull = Pull(self._next(), kind, queue, via, time.monotonic())
+            self.pulls.append(pull)
+            return pull
+
+    def pull_replied(self, pull: Pull, status: int | None, body: bytes, replied: float) -> None:
+        with self.lock:
+            pull.status, pull.replied = status, replied
+            what = f"{pull.kind}#{pull.n} {pull.queue} via s{pull.via}"
+            reply = None
+            if status == 200:
+                try:
+                    reply = json.loads(body)
+                except ValueError:
+                    reply = None
+            if status == 200 and isinstance(reply, dict) and "value" in reply:
+                pull.key = reply.get("key")
+                self.log(f"{what} -> {pull.key} {ident(str(reply['value']))}")
+                self._receive(f"{pull.kind}#{pull.n}", False, pull.queue, str(pull.key),
+                              str(reply["value"]), replied)
+            elif (pull.kind == "get" and status == 204) or \
+                    (pull.kind == "take" and reply == {"error": "empty queue"}):
+                self.log(f"{what} -> empty")
+            else:
+                self.log(f"{what} -> {status}")
+                if status not in (503, None):
+                    self.problem(f"{what}: unexpected reply {status} {body[:200]!r}")
+            self._reply_checks(what, status, body, pull.sent, replied)
+
+    def purge_sent(self, queue: str, via: int) -> Purge:
+        with self.lock:
+            purge = Purge(self._next(), queue, via, time.monotonic())
+            self.purges.append(purge)
+            return purge
+
+    def purge_replied(self, purge: Purge, status: int | None, body: bytes,
+                      replied: float) -> None:
+        with self.lock:
+            purge.status, purge.replied = status, replied
+            what = f"purge#{purge.n} {purge.queue} via s{purge.via}"
+            self.log(f"{what} -> {status} {body[:60]!r}")
+            if status == 200:
+                for live in self.lives.values():
+                    if live.queue == purge.queue and live.active:
+                        live.purged = replied
+            if status not in (200, 503, None):
+                self.problem(f"{what}: unexpected status {status} {body[:200]!r}")
+            self._reply_checks(what, status, body, purge.sent, replied)
+
+    def policy_sent(self, queue: str, policy: str, via: int) -> PolicyChange:
+        with self.lock:
+            change = PolicyChange(self._next(), queue, policy, via, time.monotonic())
+            self.policies.append(change)
+            return change
+
+    def policy_replied(self, change: PolicyChange, status: int | None, body: bytes,
+                       replied: float) -> None:
+        with self.lock:
+            change.status, change.replied = status, replied
+            what = f"policy#{change.n} {change.queue}={change.policy} via s{change.via}"
+            self.log(f"{what} -> {status}")
+            if status == 200 and body.strip() != b"OK" or status not in (200, 503, None):
+                self.problem(f"{what}: unexpected reply {status} {body[:200]!r}")
+            self._reply_checks(what, status, body, change.sent, replied)
+
+    # -- faults ----------------------------------------------------------------------------------
+
+    def fault_started(self, kind: str) -> Fault:
+        with self.lock:
+            fault = Fault(self._next(), kind, time.monotonic())
+            self.faults.append(fault)
+            self.log(f"fault#{fault.n} {kind} begins")
+            return fault
+
+    def fault_ended(self, fault: Fault, ended: float | None = None) -> None:
+        with self.lock:
+            fault.ended = time.monotonic() if ended is None else ended
+            self.log(f"fault#{fault.n} {fault.kind} over (whole again at {self.at(fault.ended)})")
+
+    def _fault_during(self, t0: float, t1: float) -> Fault | None:
+        for fault in self.faults:
+            if fault.started < t1 and (fault.ended is None or fault.ended > t0):
+                return fault
+        return None
+
+    # -- live consumers ---------------------------------------------------------------------------
+
+    def live_opened(self, kind: str, queue: str, via: int) -> Live:
+        with self.lock:
+            live = Live(f"{kind}{self._next()}", kind, queue, via, time.monotonic())
+            self.lives[live.name] = live
+            self.log(f"{live.name} connects to s{via} for {queue}")
+            return live
+
+    def live_head(self, live: Live, status: int | None, body: bytes = b"") -> None:
+        with self.lock:
+            live.status = status
+            self.log(f"{live.name} head: {status} {body[:80]!r}")
+            if status not in (200, 101, 503, None):
+                self.problem(f"{live.name}: unexpected status {status} {body[:200]!r}")
+
+    def live_registered(self, live: Live) -> None:
+        with self.lock:
+            live.registered = time.monotonic()
+            self.log(f"{live.name} registered")
+
+    def live_stalled(self, live: Live) -> None:
+        with self.lock:
+            live.stalled = True
+            self.log(f"{live.name} stops reading")
+
+    def live_dropped(self, live: Live, how: str) -> None:
+        with self.lock:
+            live.dropped, live.how = time.monotonic(), how
+            self.log(f"{live.name} dropped by the test ({how})")
+
+    def live_gone(self, live: Live, seen: bool) -> None:
+        with self.lock:
+            live.gone = time.monotonic() if seen else INF
+            self.log(f"{live.name} {'closed by the server' if seen else 'NOT seen closed'}")
+            if not seen:
+                self.problem(f"{live.name}: the server kept its end of the connection open "
+                             "after the client closed it")
+
+    def live_event(self, live: Live, kind: str, detail) -> None:
+        now = time.monotonic()
+        with self.lock:
+            if kind == "message":
+                key, value = detail
+                after_end = live.ended is not None
+                self._receive(live.name, True, live.queue, key, value, now, live)
+                if after_end:
+                    self.problem(f"{live.name} received {key} after its final null")
+            elif kind == "end":
+                self.log(f"{live.name} got the final null")
+                if live.ended is not None:
+                    self.problem(f"{live.name}: a second final null")
+                live.ended = now
+            elif kind == "eof":
+                live.eof = now
+                self.log(f"{live.name} ended by the server: {detail}")
+                if live.ended is None and live.dropped is None:
+                    if live.stalled:  # documented: a consumer too far behind is cut
+                        live.cut = now
+                        self.notes.append(f"{live.name} was cut by the server after it had "
+                                          "stopped reading")
+                    else:
+                        self.problem(f"{live.name}: the server ended the stream without a "
+                                     f"null ({detail})")
+            else:
+                self.problem(f"{live.name}: malformed stream: {detail}")
+
+    # -- deliveries ---------------------------------------------------------------------------------
+
+    def _receive(self, source: str, live_flag: bool, queue: str, key: str, value: str,
+                 at: float, live: Live | None = None) -> None:
+        name = ident(value)
+        add = self.by_ident.get(name)
+        if live is not None:
+            self.log(f"{source} <- {key} {name}")
+        if add is None or add.queue != queue:
+            self.problem(f"{source} received {key}={value[:40]!r}, never added to {queue}")
+            return
+        if value != add.value:
+            self.problem(f"{source} received {key} with a corrupted value")
+        if add.key is not None and add.key != key:
+            self.problem(f"{source} received m{add.n} as {key}, acked as {add.key}")
+        earlier = self.receipts[name]
+        receipt = Receipt(source, live_flag, key, at)
+        earlier_sources = [r.source for r in earlier]
+        if earlier:
+            if source in earlier_sources:
+                self.problem(f"{source} received {key} twice")
+            elif not live_flag or any(not r.live for r in earlier):
+                self.problem(f"{key} delivered twice: {earlier_sources + [source]}")
+            elif "broadcast" not in self.possible_policies(queue, add.sent, earlier[0].at):
+                self.problem(f"{key} delivered to several consumers under roundrobin: "
+                             f"{earlier_sources + [source]}")
+        earlier.append(receipt)
+        if live is not None:
+            number = key_number(key)
+            if live.keys and number < live.keys[-1] and not self._policy_changed(
+                    queue, live.opened, at):
+                self.problem(f"{source} received {key} after {queue}:{live.keys[-1]}")
+            live.keys.append(number)
+
+    def possible_policies(self, queue: str, t0: float, t1: float) -> set[str]:
+        """The policies `queue` may have had at some moment of [t0, t1]. A change answered 503
+        (or not at all) may or may not have been stored."""
+        before, during = {"broadcast"}, set()
+        for change in self.policies:
+            if change.queue != queue or change.sent >= t1:
+                continue
+            if change.replied is not None and change.replied <= t0:
+                before = {change.policy} if change.status == 200 else before | {change.policy}
+            else:
+                during.add(change.policy)
+        return before | during
+
+    def _policy_changed(self, queue: str, t0: float, t1: float) -> bool:
+        return any(c.queue == queue and c.sent < t1 and (c.replied or INF) > t0
+                   for c in self.policies)
+
+    # -- what the test needs to know ----------------------------------------------------------------
+
+    def active_queues(self, via: int) -> set[str]:
+        """Queues with a consumer registered on server `via` as far as the model knows: the
+        server should be subscribed to exactly their channels."""
+        with self.lock:
+            return {live.queue for live in self.lives.values() if live.via == via and live.active}
+
+    def acked(self) -> list[Add]:
+        with self.lock:
+            return [add for add in self.adds if add.key is not None]
+
+    # -- the verdict -------------------------------------------------------------------------------
+
+    def verdict(self, pending: dict[str, list[str]],
+                stored: Callable[[list[str]], dict[str, tuple[bool, int]]],
+                now: float | None = None) -> list[str]:
+        """Problems with acknowledged messages. `pending`: LRANGE of every queue; `stored`
+        answers (exists, PTTL in ms) for the keys it is given."""
+        now = time.monotonic() if now is None else now
+        with self.lock:
+            problems = []
+            pending_keys = set()
+            for queue, keys in pending.items():
+                if len(keys) != len(set(keys)):
+                    problems.append(f"{queue}:queue holds a key twice: {keys}")
+                pending_keys.update(keys)
+            missing = []
+            for add in self.acked():
+                receipts = self.receipts.get(f"m{add.n}", [])
+                if add.key in pending_keys and receipts:
+                    problems.append(f"{add.key} received by {[r.source for r in receipts]} "
+                                    "and still pending")
+                elif add.key not in pending_keys and not receipts:
+                    missing.append(add)
+                elif receipts and receipts[0].live:
+                    problems += self._broadcast_complete(add, receipts)
+            problems += self._account(missing, stored([add.key for add in missing]), now)
+            return problems
+
+    def _broadcast_complete(self, add: Add, receipts: list[Receipt]) -> list[str]:
+        """Under broadcast, every consumer registered before the add that stayed to the end
+        received it, unless a fault overlapped the delivery."""
+        first = receipts[0].at
+        if self.possible_policies(add.queue, add.sent, first) != {"broadcast"} or \
+                self._fault_during(add.sent, first):
+            return []
+        got = {r.source for r in receipts}
+        return [f"{add.key}: broadcast consumer {live.name} (registered at "
+                f"{self.at(live.registered)}) never received it; {sorted(got)} did"
+                for live in self.lives.values()
+                if live.queue == add.queue and live.to_the_end and live.registered < add.sent
+                and live.name not in got]
+
+    def _account(self, missing: list[Add], stored: dict[str, tuple[bool, int]],
+                 now: float) -> list[str]:
+        retired, deleted, problems = [], [], []
+        for add in missing:
+            exists, pttl = stored.get(add.key, (False, -2))
+            if exists and pttl >= 0:
+                purge = next((p for p in self.purges if p.queue == add.queue and
+                              p.replied is not None and p.replied > add.sent and
+                              p.status in (200, 503, None)), None)
+                if purge is None:
+                    retired.append(add)
+            elif exists:
+                problems.append(f"{add.key}: stored without expiry, yet neither pending nor "
+                                f"delivered{self.hints(add, now)}")
+            else:
+                witness = self._broadcast_witness(add, now)
+                if witness is not None:
+                    problems.append(f"{add.key}: deleted (popped for live delivery) but not "
+                                    f"received, although {witness.name} was registered under "
+                                    f"broadcast throughout{self.hints(add, now)}")
+                elif self._lossy_consumer(add) is None:
+                    deleted.append(add)
+        problems += self._match(retired, "get", "retired (as by a hard get or purge) but "
+                                "neither received nor explained by a purge or a 503", now)
+        problems += self._match(deleted, "take", "deleted (as by a live pop or a take) but "
+                                "received by no consumer", now)
+        return problems
+
+    def _broadcast_witness(self, add: Add, now: float) -> Live | None:
+        if self.possible_policies(add.queue, add.sent, now) != {"broadcast"} or \
+                self._fault_during(add.sent, now):
+            return None
+        return next((live for live in self.lives.values() if live.queue == add.queue and
+                     live.to_the_end and live.registered < add.sent), None)
+
+    def _lossy_consumer(self, add: Add) -> Live | None:
+        """A consumer the test closed (or the server cut after it stopped reading) that may
+        have had this message in flight (bound b)."""
+        number = key_number(add.key)
+        for live in self.lives.values():
+            if live.queue != add.queue or (live.dropped is None and live.cut is None):
+                continue
+            closed = (live.gone or INF) if live.dropped is not None else live.cut
+            if add.sent < closed and (not live.keys or number > live.keys[-1]):
+                return live
+        return None
+
+    def _match(self, adds: list[Add], kind: str, label: str, now: float) -> list[str]:
+        """Each get (take) answered 503 or not at all explains one retired (deleted) message
+        added before its reply (bound a); earliest first, which is an optimal matching."""
+        spare = sorted((p for p in self.pulls if p.kind == kind and p.maybe_consumed_unseen),
+                       key=lambda p: p.replied)
+        problems = []
+        for add in sorted(adds, key=lambda a: a.sent):
+            use = next((p for p in spare if p.queue == add.queue and p.replied > add.sent), None)
+            if use is not None:
+                spare.remove(use)
+            else:
+                problems.append(f"{add.key} (m{add.n}): {label}{self.hints(add, now)}")
+        return problems
+
+    def hints(self, add: Add, now: float) -> str:
+        """Events on the message's queue (and faults) between its add and now."""
+        t0 = add.sent
+        out = [f"added at {self.at(add.sent)}..{self.at(add.replied)} via s{add.via}"]
+        for live in self.lives.values():
+            if live.queue != add.queue:
+                continue
+            if (live.dropped or live.ended or live.eof or INF) > t0:
+                out.append(f"{live.name}@s{live.via} opened {self.at(live.opened)} "
+                           f"registered {self.at(live.registered)} status {live.status} "
+                           f"dropped {self.at(live.dropped)} ({live.how}) gone "
+                           f"{self.at(live.gone)} ended {self.at(live.ended)} eof "
+                           f"{self.at(live.eof)} last key {live.keys[-1] if live.keys else '-'}")
+        for purge in self.purges:
+            if purge.queue == add.queue and (purge.replied or INF) > t0:
+                out.append(f"purge#{purge.n} {self.at(purge.sent)}..{self.at(purge.replied)} "
+                           f"-> {purge.status}")
+        for change in self.policies:
+            if change.queue == add.queue and (change.replied or INF) > t0:
+                out.append(f"policy#{change.n} {change.policy} {self.at(change.sent)} -> "
+                           f"{change.status}")
+        for fault in self.faults:
+            if (fault.ended or INF) > t0:
+                out.append(f"fault#{fault.n} {fault.kind} {self.at(fault.started)}.."
+                           f"{self.at(fault.ended)}")
+        return "\n      " + "\n      ".join(out)
+
+    def report(self, problems: list[str], limit: int = 600) -> str:
+        with self.lock:
+            lines = self.history[-limit:]
+            skipped = len(self.history) - len(lines)
+            return "\n".join(
+                ["PROBLEMS:"] + [f"  - {p}" for p in problems]
+                + [f"NOTES: {self.notes}" if self.notes else ""]
+                + [f"HISTORY (times in s from the start{f', first {skipped} lines cut' if skipped else ''}):"]
+                + lines)

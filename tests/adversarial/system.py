@@ -1,0 +1,164 @@
+"""The processes of the adversarial tier: one redis-server of its own, fresh `twistd restmq`
+servers for every example, the faults the test injects into them and the probes that tell it
+what the processes did (Redis state, subscriptions per server, sockets a server still holds)."""
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Callable
+
+import psutil
+
+from tests.conftest import RedisProcess, ServerProcess
+from tests.resp import RedisClient
+
+RETENTION = 3600  # consumed values stay readable, so the verdict can tell retired from deleted
+
+
+def wait_until(condition: Callable[[], object], timeout: float, interval: float = 0.01):
+    """Polls `condition` until it returns something true (returned) or `timeout` passes (None)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(interval)
+
+
+class System:
+    def __init__(self, redis: RedisProcess):
+        self.redis_proc = redis
+        self.servers: list[ServerProcess] = []
+        self._admin: RedisClient | None = None
+
+    # -- Redis access (a connection of our own, reopened after CLIENT KILL or a timeout) -------
+
+    def redis(self, *args, timeout: float = 10.0):
+        for attempt in range(3):
+            try:
+                if self._admin is None:
+                    self._admin = RedisClient(self.redis_proc.port, timeout=timeout)
+                return self._admin(*args)
+            except (OSError, ValueError, IndexError) as e:
+                self._drop_admin()
+                if attempt == 2:
+                    raise RuntimeError(f"Redis {args[0]} failed: {e!r}")
+                time.sleep(0.05)
+
+    def _drop_admin(self) -> None:
+        if self._admin is not None:
+            try:
+                self._admin.close()
+            except OSError:
+                pass
+            self._admin = None
+
+    def reset(self) -> None:
+        """An empty, running, unpaused Redis."""
+        os.kill(self.redis_proc.pid, signal.SIGCONT)
+        self.redis("CLIENT", "UNPAUSE")
+        self.redis("FLUSHALL")
+
+    # -- servers ------------------------------------------------------------------------------
+
+    def start_servers(self, count: int) -> list[ServerProcess]:
+        self.servers = [ServerProcess(self.redis_proc.port, "--consumed-ttl", str(RETENTION))
+                        for _ in range(count)]
+        for server in self.servers:
+            server.start()
+        return self.servers
+
+    def stop_servers(self) -> list[str]:
+        """Stops them; returns the log of each server that logged a traceback."""
+        bad = []
+        for server in self.servers:
+            server.stop()
+            if "Traceback" in server.final_log or "Unhandled" in server.final_log:
+                bad.append(server.final_log)
+        self.servers = []
+        return bad
+
+    def log_lines(self, server: ServerProcess, *needles: str) -> list[str]:
+        return [line for line in server.log().splitlines() if any(n in line for n in needles)]
+
+    # -- probes -----------------------------------------------------------------------------------
+
+    def _connections(self, server: ServerProcess):
+        try:
+            return psutil.Process(server.proc.pid).net_connections("tcp")
+        except psutil.Error:
+            return []
+
+    def server_socket(self, server: ServerProcess, client_port: int) -> tuple[int, str] | None:
+        """The server's end of our connection from `client_port`: (fd, socket inode)."""
+        for conn in self._connections(server):
+            if conn.raddr and conn.raddr.port == client_port and conn.laddr.port == server.port \
+                    and conn.fd >= 0:
+                try:
+                    return conn.fd, os.readlink(f"/proc/{server.proc.pid}/fd/{conn.fd}")
+                except OSError:
+                    return None
+        return None
+
+    def socket_closed(self, server: ServerProcess, sock: tuple[int, str]) -> bool:
+        """Whether the server closed that socket (twisted closes the descriptor in the same
+        call that tells the protocol the connection is lost)."""
+        fd, inode = sock
+        try:
+            return os.readlink(f"/proc/{server.proc.pid}/fd/{fd}") != inode
+        except OSError:
+            return True
+
+    def subscriptions(self, server: ServerProcess) -> int | None:
+        """How many channels the server's connections to Redis are subscribed to."""
+        ports = {c.laddr.port for c in self._connections(server)
+                 if c.raddr and c.raddr.port == self.redis_proc.port}
+        try:
+            text = self.redis("CLIENT", "LIST")
+        except RuntimeError:
+            return None
+        total = 0
+        for line in text.strip().splitlines():
+            fields = dict(item.split("=", 1) for item in line.split() if "=" in item)
+            port = int(fields.get("addr", ":0").rsplit(":", 1)[1])
+            if port in ports:
+                total += int(fields.get("sub", "0"))
+        return total
+
+    def pending(self, queues) -> dict[str, list[str]]:
+        return {q: self.redis("LRANGE", f"{q}:queue", 0, -1) or [] for q in queues}
+
+    def stored(self, keys) -> dict[str, tuple[bool, int]]:
+        """(exists, PTTL) for each key."""
+        out = {}
+        for key in keys:
+            pttl = self.redis("PTTL", key)
+            out[key] = (pttl != -2, pttl)
+        return out
+
+    # -- faults -----------------------------------------------------------------------------------
+
+    def kill_clients(self, kind: str) -> int:
+        """CLIENT KILL TYPE normal|pubsub (our own connection is skipped)."""
+        return self.redis("CLIENT", "KILL", "TYPE", kind)
+
+    def client_pause(self, ms: int) -> None:
+        self.redis("CLIENT", "PAUSE", ms, "ALL")
+
+    def stop_redis(self) -> None:
+        os.kill(self.redis_proc.pid, signal.SIGSTOP)
+
+    def continue_redis(self) -> None:
+        os.kill(self.redis_proc.pid, signal.SIGCONT)
+
+    def redis_answers(self, timeout: float = 30.0) -> bool:
+        """Waits until Redis answers a PING (after a pause ends)."""
+        def ping():
+            try:
+                return self.redis("PING", timeout=1.0) == "PONG"
+            except RuntimeError:
+                return False
+        return bool(wait_until(ping, timeout, 0.05))
