@@ -102,6 +102,14 @@ class Fault:
 
 
 @dataclass
+class ScriptPause:
+    """A CLIENT PAUSE: Redis runs no script from when it answered the command (`begun`) until
+    at least `sent` + its length (`until`)."""
+    begun: float
+    until: float
+
+
+@dataclass
 class Receipt:
     source: str  # "get#3", "take#4" or a live consumer's name
     live: bool
@@ -149,6 +157,7 @@ class Model:
         self.t0 = time.monotonic()
         self.history: list[str] = []
         self.problems: list[str] = []
+        self.failed = False  # a check has failed already
         self.notes: list[str] = []
         self.adds: list[Add] = []
         self.by_ident: dict[str, Add] = {}
@@ -156,6 +165,7 @@ class Model:
         self.purges: list[Purge] = []
         self.policies: list[PolicyChange] = []
         self.faults: list[Fault] = []
+        self.script_pauses: list[ScriptPause] = []
         self.lives: dict[str, Live] = {}
         self.receipts: dict[str, list[Receipt]] = defaultdict(list)
         self._n = 0
@@ -176,6 +186,7 @@ class Model:
     def problem(self, text: str) -> None:
         with self.lock:
             self.problems.append(text)
+            self.failed = True
             self.log("PROBLEM " + text)
 
     def _reply_checks(self, what: str, status: int | None, body: bytes, sent: float,
@@ -302,6 +313,11 @@ class Model:
         with self.lock:
             fault.ended = time.monotonic() if ended is None else ended
             self.log(f"fault#{fault.n} {fault.kind} over (whole again at {self.at(fault.ended)})")
+
+    def scripts_paused(self, begun: float, until: float) -> None:
+        with self.lock:
+            self.script_pauses.append(ScriptPause(begun, until))
+            self.log(f"no script runs from {self.at(begun)} until at least {self.at(until)}")
 
     def _fault_during(self, t0: float, t1: float) -> Fault | None:
         for fault in self.faults:
@@ -518,15 +534,42 @@ class Model:
 
     def _lossy_consumer(self, add: Add) -> Live | None:
         """A consumer the test closed (or the server cut after it stopped reading) that may
-        have had this message in flight (bound b)."""
+        have had this message in flight (bound b): the message can have been popped while that
+        consumer was still there, and is newer than the last message it read."""
         number = key_number(add.key)
+        popped = self.earliest_pop(add)
         for live in self.lives.values():
             if live.queue != add.queue or (live.dropped is None and live.cut is None):
                 continue
             closed = (live.gone or INF) if live.dropped is not None else live.cut
-            if add.sent < closed and (not live.keys or number > live.keys[-1]):
+            if popped < closed and (not live.keys or number > live.keys[-1]):
                 return live
         return None
+
+    def earliest_pop(self, add: Add) -> float:
+        """A lower bound of when live delivery can have popped this message: not before its
+        add was sent, nor before a live consumer of its queue had connected, nor while Redis
+        was running no scripts."""
+        t = add.sent
+        while True:
+            later = self._first_consumer_since(add.queue, t)
+            for pause in self.script_pauses:
+                if pause.begun <= later < pause.until:
+                    later = pause.until
+            if later == t:
+                return t
+            t = later
+
+    def _first_consumer_since(self, queue: str, t: float) -> float:
+        starts = []
+        for live in self.lives.values():
+            if live.queue != queue or live.status not in (200, 101, None):
+                continue
+            left = min(x for x in (live.gone, live.ended, live.eof, live.cut, INF)
+                       if x is not None)
+            if left > t:
+                starts.append(max(live.opened, t))
+        return min(starts, default=INF)
 
     def _match(self, adds: list[Add], kind: str, label: str, now: float) -> list[str]:
         """Each get (take) answered 503 or not at all explains one retired (deleted) message

@@ -145,8 +145,12 @@ class System:
         """CLIENT KILL TYPE normal|pubsub (our own connection is skipped)."""
         return self.redis("CLIENT", "KILL", "TYPE", kind)
 
-    def client_pause(self, ms: int) -> None:
-        self.redis("CLIENT", "PAUSE", ms, "ALL")
+    def client_pause(self, ms: int, mode: str = "ALL") -> tuple[float, float]:
+        """CLIENT PAUSE for `ms` (`WRITE`: scripts wait, PING and SUBSCRIBE do not); returns
+        when the command was sent and when Redis answered it."""
+        sent = time.monotonic()
+        self.redis("CLIENT", "PAUSE", ms, mode)
+        return sent, time.monotonic()
 
     def stop_redis(self) -> None:
         os.kill(self.redis_proc.pid, signal.SIGSTOP)

@@ -67,6 +67,7 @@ FAULTS = {
     "kill_both": ("kill", ("normal", "pubsub")),
     "pause_300ms": ("pause", 0.3),
     "pause_6s": ("pause", 6.0),
+    "pausewrite_1500ms": ("pausewrite", 1.5),
     "sigstop_1s": ("sigstop", 1.0),
     "sigstop_6s": ("sigstop", 6.0),
 }
@@ -74,8 +75,8 @@ FAULTS = {name: how for name, how in FAULTS.items() if allowed(name, name.split(
 # The short faults twice as often as the long ones, which cost seconds each.
 fault_names = st.sampled_from(sorted(name for name in FAULTS for _ in
                                      range(1 if name.endswith("6s") else 2)) or ["none"])
-# What else happens while the fault lasts.
-DURING = tuple(d for d in ("nothing", "open_then_drop", "open", "drop")
+# What else happens while the fault lasts (churn: a consumer comes and goes, another comes).
+DURING = tuple(d for d in ("nothing", "open_then_drop", "open", "drop", "churn")
                if d not in EARLY or allowed("early_drop"))
 
 
@@ -335,12 +336,19 @@ class Adversary(RuleBasedStateMachine):
     @step
     def fault(self, fault, queue, during, kind, via, how, pick):
         """A fault while adds, hard gets and takes are in flight on `queue`; meanwhile a
-        consumer may connect (and be dropped before it could register) or be dropped."""
-        record = self.model.fault_started(fault)
-        traffic = Traffic(self, queue, ("add", "add", "get", "add", "take"), forever=True)
-        traffic.start()
-        wait_until(lambda: traffic.done >= 2, SYNC)
+        consumer may connect (and perhaps leave before it could register), be dropped, or
+        come and go (churn). A write pause holds every script, and with them whatever waits
+        behind them on a server's Redis connections: it runs without traffic, on messages
+        added just before."""
         action, arg = FAULTS[fault]
+        record = self.model.fault_started(fault)
+        if action == "pausewrite":
+            self.add(queue=queue, via=via, count=3, pad=0)
+            traffic = Traffic(self, queue, ())
+        else:
+            traffic = Traffic(self, queue, ("add", "add", "get", "add", "take"), forever=True)
+            traffic.start()
+            wait_until(lambda: traffic.done >= 2, SYNC)
         started = time.monotonic()
         late: Live | None = None
         try:
@@ -351,19 +359,22 @@ class Adversary(RuleBasedStateMachine):
                         self.model.log(f"CLIENT KILL TYPE {kind_of_client}: "
                                        f"{self.system.kill_clients(kind_of_client)} killed")
                     wait_until(lambda: traffic.answered > answered, SYNC)
-            elif action == "pause":
-                self.system.client_pause(int(arg * 1000))
+            elif action in ("pause", "pausewrite"):
+                sent, begun = self.system.client_pause(
+                    int(arg * 1000), "ALL" if action == "pause" else "WRITE")
+                self.model.scripts_paused(begun, sent + arg)
             else:
                 self.system.stop_redis()
-            late = self.during_fault(during, kind, queue, via, how, pick)
-            if action == "sigstop":
+            late = self.during_fault(action, during, kind, queue, via, how, pick)
+            if action != "kill":
                 time.sleep(max(0.0, arg - (time.monotonic() - started)))  # the fault's length
         finally:
             self.system.continue_redis()
         self.system.redis_answers()
-        done = traffic.done
-        wait_until(lambda: traffic.done >= done + 2, SYNC)
-        traffic.stop()
+        if traffic.is_alive():
+            done = traffic.done
+            wait_until(lambda: traffic.done >= done + 2, SYNC)
+            traffic.stop()
         if late is not None:
             self.read_head(late)
             if not self.clients[late.name].streaming:
@@ -371,18 +382,29 @@ class Adversary(RuleBasedStateMachine):
         self.whole_again()
         self.model.fault_ended(record)
 
-    def during_fault(self, during, kind, queue, via, how, pick) -> Live | None:
-        if during == "open_then_drop":
-            live = self.connect(kind, queue, via)
-            self.clients[live.name].send_request()
-            self.drop(live, how)
-        elif during == "open":
-            live = self.connect(kind, queue, via)
-            self.clients[live.name].send_request()
-            return live  # its head is read once the fault is over
-        elif during == "drop" and self.open_lives():
-            self.drop(self.pick(pick), how)
-        return None
+    def during_fault(self, action, during, kind, queue, via, how, pick) -> Live | None:
+        """Returns a consumer whose head is to be read once the fault is over."""
+        if during == "nothing":
+            return None
+        if during == "drop":
+            if self.open_lives():
+                self.drop(self.pick(pick), how)
+            return None
+        # While Redis answers PING (killed connections, a write pause) a consumer registers at
+        # once, and its first pop is what waits; otherwise it leaves before it registers.
+        registers = action in ("kill", "pausewrite")
+        if during == "open_then_drop" or (during == "churn" and
+                                          (registers or allowed("early_drop"))):
+            first = self.connect(kind, queue, via)
+            self.clients[first.name].send_request()
+            if registers:
+                self.read_head(first)
+            self.drop(first, how)
+            if during == "open_then_drop":
+                return None
+        late = self.connect(kind, queue, via)
+        self.clients[late.name].send_request()
+        return late
 
     def whole_again(self) -> None:
         """Every server answers requests that need Redis, and is subscribed again."""
@@ -399,6 +421,7 @@ class Adversary(RuleBasedStateMachine):
     def checkpoint(self):
         """Lets delivery settle and checks the whole model in the middle of a run."""
         problems = self.settle()
+        self.model.failed |= bool(problems)
         assert not problems, self.model.report(problems)
 
     @invariant()
@@ -434,7 +457,7 @@ class Adversary(RuleBasedStateMachine):
 
     def teardown(self):
         problems = []
-        failed_before = bool(self.model.problems)  # a step failed: do not hide its error
+        failed_before = self.model.failed  # a step failed: do not hide its error
         try:
             if not failed_before:
                 problems = self.settle()
