@@ -81,6 +81,12 @@ class System:
         self.servers = []
         return bad
 
+    def pubsub_settled(self, server: ServerProcess) -> bool:
+        """Whether the server's pub/sub connection is up after its last loss, by its log."""
+        log = server.log()
+        return log.count("pub/sub connection ready") == \
+            log.count("pub/sub connection lost") + 1
+
     def log_lines(self, server: ServerProcess, *needles: str) -> list[str]:
         return [line for line in server.log().splitlines() if any(n in line for n in needles)]
 
@@ -112,21 +118,30 @@ class System:
         except OSError:
             return True
 
-    def subscriptions(self, server: ServerProcess) -> int | None:
-        """How many channels the server's connections to Redis are subscribed to."""
+    def _clients_of(self, server: ServerProcess) -> list[dict[str, str]] | None:
+        """CLIENT LIST rows of the server's connections to Redis."""
         ports = {c.laddr.port for c in self._connections(server)
                  if c.raddr and c.raddr.port == self.redis_proc.port}
         try:
             text = self.redis("CLIENT", "LIST")
         except RuntimeError:
             return None
-        total = 0
+        rows = []
         for line in text.strip().splitlines():
             fields = dict(item.split("=", 1) for item in line.split() if "=" in item)
-            port = int(fields.get("addr", ":0").rsplit(":", 1)[1])
-            if port in ports:
-                total += int(fields.get("sub", "0"))
-        return total
+            if int(fields.get("addr", ":0").rsplit(":", 1)[1]) in ports:
+                rows.append(fields)
+        return rows
+
+    def subscriptions(self, server: ServerProcess) -> int | None:
+        """How many channels the server's connections to Redis are subscribed to."""
+        rows = self._clients_of(server)
+        return None if rows is None else sum(int(row.get("sub", "0")) for row in rows)
+
+    def held_commands(self, server: ServerProcess) -> int:
+        """How many of the server's connections have a command that Redis holds (during a
+        CLIENT PAUSE such a client is flagged `b`, blocked)."""
+        return sum(1 for row in self._clients_of(server) or () if "b" in row.get("flags", ""))
 
     def pending(self, queues) -> dict[str, list[str]]:
         return {q: self.redis("LRANGE", f"{q}:queue", 0, -1) or [] for q in queues}
