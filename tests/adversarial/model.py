@@ -542,9 +542,20 @@ class Model:
             if live.queue != add.queue or (live.dropped is None and live.cut is None):
                 continue
             closed = (live.gone or INF) if live.dropped is not None else live.cut
-            if popped < closed and (not live.keys or number > live.keys[-1]):
+            if self._scripts_ran(max(popped, live.opened), closed) and \
+                    (not live.keys or number > live.keys[-1]):
                 return live
         return None
+
+    def _scripts_ran(self, t0: float, t1: float) -> bool:
+        """Whether Redis can have run a script at some moment of [t0, t1)."""
+        t = t0
+        while t < t1:
+            pause = next((p for p in self.script_pauses if p.begun <= t < p.until), None)
+            if pause is None:
+                return True
+            t = pause.until
+        return False
 
     def earliest_pop(self, add: Add) -> float:
         """A lower bound of when live delivery can have popped this message: not before its
