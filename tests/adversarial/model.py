@@ -13,9 +13,12 @@ its key is *acknowledged*, and must end up in exactly one of these places:
   (a) a hard get or take answered 503 (or not at all) may have consumed one message it did not
       return: each such reply explains one message added before it, a hard get a *retired* one
       (value still readable by its key), a take a deleted one;
-  (b) a live consumer the test closed may lose what was written to it but not read: only a
-      message added before the server was seen to close its end of the connection, and newer
-      than the last message that consumer read (each consumer receives in queue order);
+  (b) a live consumer the test closed (or the server cut after it stopped reading) may lose
+      what was written to it but not read: only a message that Redis could have popped while
+      that consumer was there (after the add was sent and a consumer of the queue connected,
+      before the server was seen to close the connection, not while a CLIENT PAUSE held every
+      script), and newer than the last message that consumer read (it receives in queue
+      order);
   (c) a purge retires what is pending: a retired message added before a purge's reply.
 
 Anything else is a failure, reported with the history. The model does no I/O: the test feeds it
