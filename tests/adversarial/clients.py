@@ -273,9 +273,12 @@ class LiveConsumer(threading.Thread):
                       f"Sec-WebSocket-Key: {self.ws_key}", "Sec-WebSocket-Version: 13"]
         return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
+    sent_request = False
+
     def send_request(self, partial: bool = False) -> None:
         data = self.request_bytes()
         self.sock.sendall(data[:len(data) // 2] if partial else data)
+        self.sent_request = True
 
     def read_head(self, timeout: float = REQUEST_TIMEOUT) -> int | None:
         """Reads the status line and headers; returns the status, None if the connection

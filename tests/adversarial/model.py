@@ -19,7 +19,10 @@ its key is *acknowledged*, and must end up in exactly one of these places:
       before the server was seen to close the connection, not while a CLIENT PAUSE held every
       script), and newer than the last message that consumer read (it receives in queue
       order);
-  (c) a purge retires what is pending: a retired message added before a purge's reply.
+  (c) a purge retires what is pending: a retired message added before a purge's reply;
+  and the losses of live delivery the README documents besides: a batch that no consumer can
+  take any more after a purge, broadcast batches missed while a pub/sub connection is down,
+  roundrobin batches whose pop reply was lost (see `_documented_loss`).
 
 Anything else is a failure, reported with the history. The model does no I/O: the test feeds it
 events (from several threads) and, for the verdict, what Redis holds.
@@ -102,6 +105,8 @@ class Fault:
     kind: str
     started: float
     ended: float | None = None  # when the system was seen whole again
+    pubsub: bool = False  # may cut or silence the servers' pub/sub connections
+    lost_pops: int = 0  # how many popped messages may be lost with a pop's reply
 
 
 @dataclass
@@ -305,9 +310,10 @@ class Model:
 
     # -- faults ----------------------------------------------------------------------------------
 
-    def fault_started(self, kind: str) -> Fault:
+    def fault_started(self, kind: str, pubsub: bool = False, lost_pops: int = 0) -> Fault:
         with self.lock:
-            fault = Fault(self._next(), kind, time.monotonic())
+            fault = Fault(self._next(), kind, time.monotonic(), pubsub=pubsub,
+                          lost_pops=lost_pops)
             self.faults.append(fault)
             self.log(f"fault#{fault.n} {kind} begins")
             return fault
@@ -413,14 +419,21 @@ class Model:
         earlier = self.receipts[name]
         receipt = Receipt(source, live_flag, key, at)
         earlier_sources = [r.source for r in earlier]
+        twice = None
         if earlier:
             if source in earlier_sources:
-                self.problem(f"{source} received {key} twice")
+                twice = f"{source} received {key} twice"
             elif not live_flag or any(not r.live for r in earlier):
-                self.problem(f"{key} delivered twice: {earlier_sources + [source]}")
+                twice = f"{key} delivered twice: {earlier_sources + [source]}"
             elif "broadcast" not in self.possible_policies(queue, add.sent, earlier[0].at):
-                self.problem(f"{key} delivered to several consumers under roundrobin: "
-                             f"{earlier_sources + [source]}")
+                twice = (f"{key} delivered to several consumers under roundrobin: "
+                         f"{earlier_sources + [source]}")
+        if twice and live_flag and self._fault_during(add.sent, at):
+            # Documented: a put-back whose reply was lost is tried again, and may bring back
+            # a message that was delivered meanwhile.
+            self.notes.append(twice + " (a put-back retried after a fault?)")
+        elif twice:
+            self.problem(twice)
         earlier.append(receipt)
         if live is not None:
             number = key_number(key)
@@ -468,6 +481,7 @@ class Model:
         now = time.monotonic() if now is None else now
         with self.lock:
             problems = []
+            self._spent = {}  # per fault: popped messages already counted as lost with a reply
             pending_keys = set()
             for queue, keys in pending.items():
                 if len(keys) != len(set(keys)):
@@ -477,8 +491,11 @@ class Model:
             for add in self.acked():
                 receipts = self.receipts.get(f"m{add.n}", [])
                 if add.key in pending_keys and receipts:
-                    problems.append(f"{add.key} received by {[r.source for r in receipts]} "
-                                    "and still pending")
+                    text = f"{add.key} received by {[r.source for r in receipts]} and still pending"
+                    if self._fault_during(add.sent, now):
+                        self.notes.append(text + " (a put-back retried after a fault?)")
+                    else:
+                        problems.append(text)
                 elif add.key not in pending_keys and not receipts:
                     missing.append(add)
                 elif receipts and receipts[0].live:
@@ -520,13 +537,47 @@ class Model:
                     problems.append(f"{add.key}: deleted (popped for live delivery) but not "
                                     f"received, although {witness.name} was registered under "
                                     f"broadcast throughout{self.hints(add, now)}")
-                elif self._lossy_consumer(add) is None:
+                elif self._lossy_consumer(add) is None and \
+                        self._documented_loss(add, now) is None:
                     deleted.append(add)
         problems += self._match(retired, "get", "retired (as by a hard get or purge) but "
                                 "neither received nor explained by a purge or a 503", now)
         problems += self._match(deleted, "take", "deleted (as by a live pop or a take) but "
                                 "received by no consumer", now)
         return problems
+
+    def _documented_loss(self, add: Add, now: float) -> str | None:
+        """Live-delivery losses the server documents besides a vanished consumer's:
+        (c') a batch popped before a purge (or by a pop that Redis ran just after it) that no
+        consumer can take any more is dropped with the purged messages: popped before the
+        process heard of the purge, which is before its consumers saw their final null;
+        (d) under broadcast, batches published while a process's pub/sub connection is cut or
+        silent miss its consumers; (e) under roundrobin, a pop whose reply is lost (connection
+        killed, or Redis stopped before it sent the reply) loses its batch: at most
+        `lost_pops` messages per fault."""
+        popped = self.earliest_pop(add)
+        if popped == INF:
+            return None
+        for purge in self.purges:
+            if purge.queue != add.queue or purge.replied is None or \
+                    purge.status not in (200, 503, None):
+                continue
+            heard = max([purge.replied] + [live.ended for live in self.lives.values()
+                                           if live.purged == purge.replied and live.ended])
+            if popped < heard:
+                return f"dropped with purge#{purge.n}"
+        for fault in self.faults:
+            ended = INF if fault.ended is None else fault.ended
+            if popped >= ended:
+                continue
+            policies = self.possible_policies(add.queue, popped, ended)
+            if fault.pubsub and "broadcast" in policies:
+                return f"broadcast batch missed during fault#{fault.n}"
+            spent = self._spent.get(fault.n, 0)
+            if "roundrobin" in policies and spent < fault.lost_pops:
+                self._spent[fault.n] = spent + 1
+                return f"pop reply lost in fault#{fault.n}"
+        return None
 
     def _broadcast_witness(self, add: Add, now: float) -> Live | None:
         if self.possible_policies(add.queue, add.sent, now) != {"broadcast"} or \

@@ -12,20 +12,18 @@ import psutil
 
 from tests.conftest import RedisProcess, ServerProcess
 from tests.resp import RedisClient
+from tests.util import peer_has_read, wait_until
 
 RETENTION = 3600  # consumed values stay readable, so the verdict can tell retired from deleted
 
 
-def wait_until(condition: Callable[[], object], timeout: float, interval: float = 0.01):
-    """Polls `condition` until it returns something true (returned) or `timeout` passes (None)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            return None
-        time.sleep(interval)
+def within(condition: Callable[[], object], timeout: float, interval: float = 0.01):
+    """The shared wait_until, answering None when `timeout` passes instead of failing: the
+    adversarial test records that in its model and goes on."""
+    try:
+        return wait_until(condition, timeout, interval=interval)
+    except AssertionError:
+        return None
 
 
 class System:
@@ -109,6 +107,14 @@ class System:
                     return None
         return None
 
+    @staticmethod
+    def request_read(sock) -> bool:
+        """Whether the server has read all we sent on `sock` (False once it is gone)."""
+        try:
+            return peer_has_read(sock)
+        except (AssertionError, OSError):
+            return False
+
     def socket_closed(self, server: ServerProcess, sock: tuple[int, str]) -> bool:
         """Whether the server closed that socket (twisted closes the descriptor in the same
         call that tells the protocol the connection is lost)."""
@@ -180,4 +186,4 @@ class System:
                 return self.redis("PING", timeout=1.0) == "PONG"
             except RuntimeError:
                 return False
-        return bool(wait_until(ping, timeout, 0.05))
+        return bool(within(ping, timeout, 0.05))

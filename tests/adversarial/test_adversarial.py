@@ -28,7 +28,7 @@ from hypothesis.stateful import (RuleBasedStateMachine, invariant, precondition,
 
 from tests.adversarial.clients import LiveConsumer, call
 from tests.adversarial.model import Add, Live, Model
-from tests.adversarial.system import System, wait_until
+from tests.adversarial.system import System, within
 
 SEED = int(os.environ.get("RESTMQ_ADVERSARIAL_SEED", "20250611"))
 EXAMPLES = int(os.environ.get("RESTMQ_ADVERSARIAL_EXAMPLES", "8"))
@@ -49,6 +49,8 @@ QUEUES = ("qa", "qb")
 MAX_LIVE = 6  # open live consumers at a time
 SYNC = 10.0  # seconds for a server to show an expected state (its sockets, Redis)
 SETTLE = 20.0  # seconds for live delivery to settle before the verdict
+KILLS = 3  # CLIENT KILLs per kill fault
+BATCH = 10  # messages per live-delivery pop
 
 queues = st.sampled_from(QUEUES)
 servers = st.integers(0, SERVERS - 1)
@@ -206,14 +208,16 @@ class Adversary(RuleBasedStateMachine):
         server = self.servers[live.via]
         if how == "ws_close" and live.kind != "ws":
             how = "fin"
-        sock = wait_until(lambda: self.system.server_socket(server, client.local_port), SYNC)
+        sock = within(lambda: self.system.server_socket(server, client.local_port), SYNC)
+        if client.sent_request:  # the server has started on it: what it does next matters
+            within(lambda: self.system.request_read(client.sock), SYNC)
         self.model.live_dropped(live, how)
         client.close(how)
         if sock is None:
             self.model.log(f"{live.name}: its server never showed the connection")
             self.model.live_gone(live, True)
             return
-        closed = wait_until(lambda: self.system.socket_closed(server, sock), SYNC)
+        closed = within(lambda: self.system.socket_closed(server, sock), SYNC)
         self.model.live_gone(live, bool(closed))
 
     @contextlib.contextmanager
@@ -222,7 +226,7 @@ class Adversary(RuleBasedStateMachine):
         were answered, and the rest are sent meanwhile."""
         traffic = Traffic(self, queue, ("add",) * burst)
         traffic.start()
-        wait_until(lambda: traffic.done >= min(after, burst), SYNC)
+        within(lambda: traffic.done >= min(after, burst), SYNC)
         try:
             yield
         finally:
@@ -235,7 +239,7 @@ class Adversary(RuleBasedStateMachine):
             if via in self.desynced:
                 continue
             wanted = self.model.active_queues(via)
-            if not wait_until(lambda: self.system.subscriptions(server) == len(wanted), SYNC):
+            if not within(lambda: self.system.subscriptions(server) == len(wanted), SYNC):
                 self.desynced.add(via)
                 got = self.system.subscriptions(server)
                 self.model.problem(
@@ -274,7 +278,7 @@ class Adversary(RuleBasedStateMachine):
                 return
         ending = [live for live in self.model.lives.values() if live.purged == reply.replied
                   and not self.clients[live.name].paused]
-        if not wait_until(lambda: all(live.ended for live in ending), SYNC):
+        if not within(lambda: all(live.ended for live in ending), SYNC):
             self.model.problem(f"purge#{purge.n} did not end "
                                f"{[live.name for live in ending if not live.ended]}")
         self.sync_subscriptions()
@@ -356,24 +360,31 @@ class Adversary(RuleBasedStateMachine):
         behind them on a server's Redis connections: it runs without traffic, on messages
         added just before."""
         action, arg = FAULTS[fault]
-        record = self.model.fault_started(fault)
+        # What the fault may cost live delivery, as the README documents: a broadcast batch
+        # published while a pub/sub connection is cut or silent (5 s of silence replace it),
+        # and a roundrobin batch whose pop reply is lost (a batch per server and kill).
+        long_stop = action in ("pause", "sigstop") and arg > 5
+        record = self.model.fault_started(
+            fault, pubsub=long_stop or (action == "kill" and "pubsub" in arg),
+            lost_pops=(KILLS if action == "kill" and "normal" in arg else
+                       1 if action == "sigstop" and long_stop else 0) * SERVERS * BATCH)
         if action == "pausewrite":
             self.add(queue=queue, via=via, count=3, pad=0)
             traffic = Traffic(self, queue, ())
         else:
             traffic = Traffic(self, queue, ("add", "add", "get", "add", "take"), forever=True)
             traffic.start()
-            wait_until(lambda: traffic.done >= 2, SYNC)
+            within(lambda: traffic.done >= 2, SYNC)
         started = time.monotonic()
         late: Live | None = None
         try:
             if action == "kill":
-                for _ in range(3):  # three times, each once requests are served again
+                for _ in range(KILLS):  # each once requests are served again
                     answered = traffic.answered
                     for kind_of_client in arg:
                         self.model.log(f"CLIENT KILL TYPE {kind_of_client}: "
                                        f"{self.system.kill_clients(kind_of_client)} killed")
-                    wait_until(lambda: traffic.answered > answered, SYNC)
+                    within(lambda: traffic.answered > answered, SYNC)
             elif action in ("pause", "pausewrite"):
                 sent, begun = self.system.client_pause(
                     int(arg * 1000), "ALL" if action == "pause" else "WRITE")
@@ -388,7 +399,7 @@ class Adversary(RuleBasedStateMachine):
         self.system.redis_answers()
         if traffic.is_alive():
             done = traffic.done
-            wait_until(lambda: traffic.done >= done + 2, SYNC)
+            within(lambda: traffic.done >= done + 2, SYNC)
             traffic.stop()
         if late is not None:
             self.read_head(late)
@@ -416,7 +427,7 @@ class Adversary(RuleBasedStateMachine):
             if registers:
                 self.read_head(first)
                 if action == "pausewrite":  # its first pop is held: let it leave meanwhile
-                    wait_until(lambda: self.system.held_commands(self.servers[via]), 2.0)
+                    within(lambda: self.system.held_commands(self.servers[via]), 2.0)
             self.drop(first, how)
             if during == "open_then_drop":
                 return None
@@ -428,10 +439,10 @@ class Adversary(RuleBasedStateMachine):
         """Every server answers requests that need Redis, has its pub/sub connection back
         (its log says so) and is subscribed again."""
         for via, server in enumerate(self.servers):
-            if not wait_until(lambda: call(server.port, "GET", "/stats/qa").status == 200,
+            if not within(lambda: call(server.port, "GET", "/stats/qa").status == 200,
                               SYNC * 2, 0.1):
                 self.model.problem(f"s{via} still fails requests {SYNC * 2} s after a fault")
-            if not wait_until(lambda: self.system.pubsub_settled(server), SYNC * 2, 0.05):
+            if not within(lambda: self.system.pubsub_settled(server), SYNC * 2, 0.05):
                 self.model.problem(f"s{via} has no pub/sub connection {SYNC * 2} s after a "
                                    "fault")
         self.sync_subscriptions()
@@ -463,14 +474,14 @@ class Adversary(RuleBasedStateMachine):
         problems = []
         readers = {live.queue for live in self.model.lives.values() if live.to_the_end}
         for queue in sorted(readers):
-            if not wait_until(lambda: self.system.redis("LLEN", f"{queue}:queue") == 0,
+            if not within(lambda: self.system.redis("LLEN", f"{queue}:queue") == 0,
                               SETTLE, 0.05):
                 problems.append(f"{queue}: {self.system.redis('LLEN', f'{queue}:queue')} "
                                 "messages stay pending although consumers are registered")
         self.verdict_within(SETTLE)
         for queue in sorted(readers):
             marker = self.add_one(queue, 0)
-            if marker.key and not wait_until(
+            if marker.key and not within(
                     lambda: self.model.receipts.get(f"m{marker.n}"), SYNC):
                 problems.append(f"marker {marker.key} was not delivered")
         # Under broadcast the marker reaches the other consumers a little later.
@@ -492,7 +503,7 @@ class Adversary(RuleBasedStateMachine):
             for live in self.open_lives(streaming=False):
                 self.drop(live, "fin")
             for via, server in enumerate(self.servers):
-                if not wait_until(lambda: self.system.subscriptions(server) == 0, SYNC):
+                if not within(lambda: self.system.subscriptions(server) == 0, SYNC):
                     problems.append(f"s{via} stays subscribed to "
                                     f"{self.system.subscriptions(server)} channel(s) after "
                                     "every consumer left")
