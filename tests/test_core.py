@@ -388,6 +388,19 @@ async def test_purge_with_zero_retention_deletes(service, redis):
 
 
 @pytest_twisted.ensureDeferred
+async def test_broadcast_pop_takes_nothing_while_nobody_listens(core, redis, subscribe):
+    """A broadcast pop that Redis runs after the last subscriber left (it was held up, e.g. by
+    a write pause) must not publish its batch to nobody: it pops nothing."""
+    await core.add("q", "kept")
+    assert await core.pop_batch("q") == ("broadcast", [])
+    assert redis("LRANGE", "q:queue", 0, -1) == ["q:1"] and redis("GET", "q:1") == "kept"
+    sub = subscribe("q:PUBSUB")
+    policy, batch = await core.pop_batch("q")
+    assert (policy, [m.key for m in batch]) == ("broadcast", ["q:1"])
+    assert sub.next_json()["messages"] == [{"key": "q:1", "value": "kept"}]
+
+
+@pytest_twisted.ensureDeferred
 @pytest.mark.parametrize("status", [None, "0", "01", "1 ", "true", ""])
 async def test_pop_batch_needs_status_exactly_1(core, redis, subscribe, status):
     redis("SET", "q:UUID", "1")
@@ -465,7 +478,8 @@ async def test_pop_batch_at_most_10(core, redis, subscribe):
 
 
 @pytest_twisted.ensureDeferred
-async def test_pop_batch_stops_at_1_mib(core, redis):
+async def test_pop_batch_stops_at_1_mib(core, redis, subscribe):
+    subscribe("q:PUBSUB")  # broadcast pops only while some process listens
     half = "x" * (MiB // 2)
     for _ in range(3):
         await core.add("q", half)
@@ -586,7 +600,8 @@ NUMERIC = ["007", "1.50", "-0", "42", "1e3", " 5", "0x10", "inf", "nan", "-1"]
 
 
 @pytest_twisted.ensureDeferred
-async def test_numeric_looking_values_stay_strings(core, redis):
+async def test_numeric_looking_values_stay_strings(core, redis, subscribe):
+    subscribe("q:PUBSUB")
     for value in NUMERIC:
         await core.add("q", value)
         assert redis("GET", f"q:{redis('GET', 'q:UUID')}") == value

@@ -596,7 +596,10 @@ async def test_server_operations_touch_only_declared_keys(private_redis, watched
         assert await core.requeue("w", messages) == len(messages)
         check("requeue")
         await core.set_policy("w", "broadcast")
+        listener = private_redis.client()  # broadcast pops only while someone listens
+        listener("SUBSCRIBE", "w:PUBSUB")
         policy, messages = await core.pop_batch("w")
+        listener.close()
         assert policy == "broadcast" and messages
         check("pop_batch broadcast")
         await core.add("w", "again")

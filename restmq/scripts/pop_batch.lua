@@ -3,7 +3,9 @@
 -- Returns {policy, more, key1, value1, key2, value2, ...}; an empty reply when the queue is
 -- not started. `more` is 1 when the batch stopped after `limit` dead entries (the caller may
 -- pop again: more may be pending), else 0. Under broadcast the batch is published for every
--- process to write (the caller never writes it itself).
+-- process to write (the caller never writes it itself). Nothing is popped for broadcast while
+-- no process is subscribed to the channel: a pop held up (a write pause, a failover) until the
+-- last consumer left would otherwise publish its batch to nobody.
 local late = guard(ARGV[6]) if late then return late end
 local pending, policy_key, status = KEYS[1], KEYS[2], KEYS[3]
 local channel, db, limit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[5])
@@ -14,6 +16,8 @@ end
 local policy = 'broadcast'
 if redis.call('GET', policy_key) == '2' then
   policy = 'roundrobin'
+elseif redis.call('PUBSUB', 'NUMSUB', channel)[2] == 0 then
+  return {policy, 0}
 end
 local reply, messages, count, size, dead = {policy, 0}, {}, 0, 0, 0
 while count < max_count and size < max_bytes do
