@@ -174,3 +174,19 @@ def service(redis_proc, redis):
     svc.startService()
     yield svc
     pytest_twisted.blockon(svc.stopService())
+
+
+@pytest.fixture
+def subscribe(redis_proc):
+    """subscribe(channel) -> a tests.util.Subscriber on the session Redis, closed afterwards."""
+    from tests.util import Subscriber
+    subs = []
+
+    def make(channel: str):
+        sub = Subscriber(redis_proc.port, channel)
+        subs.append(sub)
+        return sub
+
+    yield make
+    for sub in subs:
+        sub.close()

@@ -29,48 +29,6 @@ def core(service):
     return Core(service, consumed_ttl=RETENTION)
 
 
-class Subscriber:
-    """A raw RESP connection subscribed to one channel; reads pushed messages synchronously
-    (Redis sends them whether or not the reactor runs)."""
-
-    def __init__(self, port: int, channel: str):
-        self.channel = channel
-        self.client = RedisClient(port, timeout=5.0)
-        assert self.client("SUBSCRIBE", channel) == ["subscribe", channel, 1]
-
-    def next(self):
-        kind, channel, payload = self.client._reply()
-        assert (kind, channel) == ("message", self.channel)
-        return payload
-
-    def next_json(self):
-        payload = self.next()
-        assert isinstance(payload, str)
-        return json.loads(payload)
-
-    def assert_nothing_pending(self, redis):
-        """Nothing was published before this call: a marker published now is the next message."""
-        redis("PUBLISH", self.channel, "--marker--")
-        assert self.next() == "--marker--"
-
-    def close(self):
-        self.client.close()
-
-
-@pytest.fixture
-def subscribe(redis_proc):
-    subs = []
-
-    def make(channel: str) -> Subscriber:
-        sub = Subscriber(redis_proc.port, channel)
-        subs.append(sub)
-        return sub
-
-    yield make
-    for sub in subs:
-        sub.close()
-
-
 async def call(fn, *args):
     """Await fn(*args), whether it raises at once or fails its Deferred."""
     return await fn(*args)
