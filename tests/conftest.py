@@ -140,6 +140,16 @@ def redis_proc():
     proc.stop()
 
 
+@pytest.fixture(scope="session")
+def quiet_redis_proc():
+    """A second private redis-server, which no RestMQ server process of the session uses: the
+    servers tick every second, and a test that runs the tick itself, or counts the commands
+    Redis ran, must not race one. A module opts in by overriding `redis_proc` with it."""
+    proc = RedisProcess().start()
+    yield proc
+    proc.stop()
+
+
 @pytest.fixture
 def redis(redis_proc):
     """A client on the session's Redis, flushed before each test."""

@@ -20,6 +20,12 @@ RETENTION = 100  # consumed_ttl of the default core: distinguishable from the 36
 MiB = 1024 * 1024
 
 
+@pytest.fixture(scope="session")
+def redis_proc(quiet_redis_proc):
+    """This module's Redis: one no server process ticks on (see conftest.quiet_redis_proc)."""
+    return quiet_redis_proc
+
+
 def sleep(seconds: float):
     return deferLater(reactor, seconds, lambda: None)
 

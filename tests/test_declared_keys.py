@@ -26,6 +26,7 @@ from restmq.core import Core, Item, Message
 from restmq.redis import RedisService
 from restmq.redis.scripts import load_script
 from tests.conftest import RedisProcess
+from tests.util import Monitor
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = sorted(p.stem for p in (ROOT / "restmq" / "scripts").glob("*.lua"))
@@ -522,33 +523,6 @@ def test_the_key_name_check_can_fail(tmp_path):
 
 
 # -- the scripts under MONITOR ---------------------------------------------------------------
-
-QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"')
-
-
-def unquote(text: str) -> str:
-    return re.sub(r"\\x([0-9a-f]{2})|\\(.)",
-                  lambda m: chr(int(m.group(1), 16)) if m.group(1) else
-                  {"n": "\n", "r": "\r", "t": "\t"}.get(m.group(2), m.group(2)), text)
-
-
-class Monitor:
-    """A MONITOR connection; `until(marker)` returns the commands seen before `ECHO marker`."""
-
-    def __init__(self, proc: RedisProcess):
-        self.client = proc.client()
-        assert self.client("MONITOR") == "OK"
-
-    def until(self, marker: str) -> list[tuple[str, list[str]]]:
-        seen = []
-        while True:
-            line = self.client.reader.readline().decode("utf-8", "replace")
-            client = re.search(r"\[\d+ ([^\]]+)\]", line).group(1)
-            args = [unquote(a) for a in QUOTED.findall(line)]
-            if args[:2] == ["ECHO", marker] or args[:2] == ["echo", marker]:
-                return seen
-            seen.append((client, args))
-
 
 def undeclared(commands, getkeys) -> list[str]:
     """The keys touched by scripts that their EVALSHA/EVAL did not declare and that are no value

@@ -17,6 +17,12 @@ from restmq.errors import InvalidArgument, InvalidName
 from tests.util import redis_ms, until_redis_passes
 
 RETENTION = 100
+
+
+@pytest.fixture(scope="session")
+def redis_proc(quiet_redis_proc):
+    """This module's Redis: one no server process ticks on (see conftest.quiet_redis_proc)."""
+    return quiet_redis_proc
 RECEIPT = re.compile(r"(\d+)\.(\d+)\.([0-9a-f]{16})\Z")
 
 

@@ -13,6 +13,12 @@ from tests.util import redis_ms, until_redis_passes
 RETENTION = 100
 
 
+@pytest.fixture(scope="session")
+def redis_proc(quiet_redis_proc):
+    """This module's Redis: one no server process ticks on (see conftest.quiet_redis_proc)."""
+    return quiet_redis_proc
+
+
 @pytest.fixture
 def core(service):
     return Core(service, consumed_ttl=RETENTION)

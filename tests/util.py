@@ -7,13 +7,14 @@ after, a request logged after), waits for the marker, and only then asserts the 
 from __future__ import annotations
 
 import json
+import re
 import time
 from typing import Any, Callable
 
 from tests.resp import RedisClient, seed_queue, snapshot
 
 __all__ = ["RedisClient", "seed_queue", "snapshot", "wait_until", "numsub", "peer_has_read",
-           "log_marker", "SweepWatch", "Subscriber", "redis_ms", "until_redis_passes"]
+           "log_marker", "SweepWatch", "Subscriber", "redis_ms", "until_redis_passes", "Monitor"]
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition",
@@ -155,3 +156,32 @@ async def until_redis_passes(redis: RedisClient, ms: int, timeout: float = 5.0) 
         if time.monotonic() > deadline:
             raise AssertionError(f"Redis's clock did not pass {ms} within {timeout} s")
         await deferLater(reactor, 0.02, lambda: None)
+
+
+_QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"')
+
+
+def _unquote(text: str) -> str:
+    return re.sub(r"\\x([0-9a-f]{2})|\\(.)",
+                  lambda m: chr(int(m.group(1), 16)) if m.group(1) else
+                  {"n": "\n", "r": "\r", "t": "\t"}.get(m.group(2), m.group(2)), text)
+
+
+class Monitor:
+    """A MONITOR connection to the Redis of `proc` (a conftest.RedisProcess); `until(marker)`
+    returns the commands seen before `ECHO marker`, as (client, [arguments]); the client is
+    `lua` for the commands a script ran."""
+
+    def __init__(self, proc: Any):
+        self.client = proc.client()
+        assert self.client("MONITOR") == "OK"
+
+    def until(self, marker: str) -> list[tuple[str, list[str]]]:
+        seen = []
+        while True:
+            line = self.client.reader.readline().decode("utf-8", "replace")
+            client = re.search(r"\[\d+ ([^\]]+)\]", line).group(1)
+            args = [_unquote(a) for a in _QUOTED.findall(line)]
+            if args[:2] == ["ECHO", marker] or args[:2] == ["echo", marker]:
+                return seen
+            seen.append((client, args))
