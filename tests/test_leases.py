@@ -12,7 +12,7 @@ import re
 import pytest
 import pytest_twisted
 
-from restmq.core import Core
+from restmq.core import DEAD_STEP, Core
 from restmq.errors import InvalidArgument, InvalidName
 from tests.util import redis_ms, until_redis_passes
 
@@ -117,6 +117,17 @@ async def test_claim_skips_dead_entries_and_forgets_their_counts(core, redis):
 
 
 @pytest_twisted.ensureDeferred
+async def test_claim_skips_many_dead_entries_in_steps(core, redis):
+    dead = 2 * DEAD_STEP + 500
+    redis("EVAL", "for n = 1, tonumber(ARGV[1]) do redis.call('LPUSH', 'q:queue', 'q:' .. n) "
+          "end redis.call('SET', 'q:UUID', ARGV[1])", 0, dead)
+    await core.add("q", "live")
+    claimed = await core.claim("q", limit=2)
+    assert [(m.key, m.value) for m in claimed.messages] == [(f"q:{dead + 1}", "live")]
+    assert redis("EXISTS", "q:queue") == 0
+
+
+@pytest_twisted.ensureDeferred
 async def test_claim_refuses_bad_arguments_before_redis(core, redis):
     for kwargs, name in (({"limit": 0}, "limit"), ({"limit": 101}, "limit"),
                          ({"lease": 0}, "lease"), ({"lease": 43201}, "lease")):
@@ -154,10 +165,11 @@ async def test_settle_calls_answer_per_receipt(core, redis):
     one, two = (await core.claim("q", limit=2)).messages
     other = one.receipt.rsplit(".", 1)[0] + ".0123456789abcdef"  # another delivery's token
     upper = one.receipt.upper()
-    acked = await core.ack("q", [one.receipt, "junk", "", other, upper, two.receipt,
+    # another delivery's token and a token in capitals are stale while `one` is leased
+    acked = await core.ack("q", [other, upper, "junk", "", one.receipt, two.receipt,
                                  one.receipt])
     assert acked.acked == [one.receipt, two.receipt]
-    assert acked.stale == ["junk", "", other, upper, one.receipt]
+    assert acked.stale == [other, upper, "junk", "", one.receipt]
 
 
 @pytest_twisted.ensureDeferred

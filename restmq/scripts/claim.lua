@@ -2,16 +2,16 @@
 -- KEYS: q's block (queue_keys), QUEUESET, DUESET, then the block of q's dead-letter queue
 -- when the caller names one. ARGV: the lease context (lease_context: queue, channel, db,
 -- retention, dead-letter queue, its channel), deadline, limit, lease ms ('' for the queue's
--- configured lease, else 30 s), token (16 hex
--- digits, this request's), mode ('claim', 'pop' or 'push': what is counted), dead limit.
+-- configured lease, else 30 s), token (16 hex digits, this request's), mode ('claim', 'pop'
+-- or 'push': what is counted), dead limit.
 -- Each message taken gets delivery count c (one more than before) and stays in Redis, leased
 -- until now + lease: its deliveries field holds 'c.token', which is what makes its receipt
 -- <n>.<c>.<token> current. A message already delivered max_attempts times (the setting was
 -- lowered meanwhile) is dead-lettered instead.
--- Replies {now, lease, key1, value1, c1, key2, ...} (nothing found: {now, lease}), lease in ms;
--- 'MORE' when `dead limit`
--- dead entries were removed before anything was found (run it again); {'dead_letter', name}
--- when the dead-letter queue is not the one whose keys were given (nothing written).
+-- Replies {now, lease, key1, value1, c1, key2, ...} (nothing found: {now, lease}), lease in
+-- ms; 'MORE' when `dead limit` dead entries were removed before anything was found (run it
+-- again); {'dead_letter', name} when the dead-letter queue is not the one whose keys were
+-- given (nothing written).
 local now = now_ms()
 local late = guard(ARGV[7], now) if late then return late end
 local Q, G, D = queue_keys(1), global_keys(BLOCK + 1), queue_keys(BLOCK + 3)
