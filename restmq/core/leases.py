@@ -24,6 +24,7 @@ from restmq.redis import keys, text
 TOKEN_BYTES = 8  # a receipt's token: 16 hex digits
 BELIEFS_MAX = 10_000  # queues whose dead-letter queue a process remembers
 REDIRECTS_MAX = 3  # times a script may answer "not that dead-letter queue" in one operation
+MODES = ("claim", "pop", "push")  # who claims: only what is counted differs
 
 
 @dataclass(frozen=True)
@@ -145,6 +146,8 @@ class LeasesMixin:
             raise InvalidArgument("limit")
         if lease is not None and not 1 <= lease <= arguments.LEASE_MAX:
             raise InvalidArgument("lease")
+        if mode not in MODES:
+            raise ValueError(f"claim mode {mode!r}: one of {MODES}")
         token = secrets.token_hex(TOKEN_BYTES)
         ms = "" if lease is None else lease * 1000
         return self._lease_script("claim", queue, limit, ms, token, mode, DEAD_STEP,
