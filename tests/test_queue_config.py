@@ -152,9 +152,10 @@ async def test_consumers_forget_counts_priorities_and_origins(core, redis):
 
 
 @pytest_twisted.ensureDeferred
-async def test_the_live_pop_forgets_counts_and_origins(core, redis):
+async def test_the_live_pop_forgets_counts_and_origins(core, redis, subscribe):
     await leased_and_delayed(core, redis)
     await core.set_status("q", True)
+    subscribe("q:PUBSUB")  # a broadcast pop takes nothing while nobody listens
     policy, messages = await core.pop_batch("q")
     assert [m.key for m in messages] == ["q:4", "q:1"]
     assert redis("HKEYS", "q:deliveries") == ["q:2"]
@@ -203,7 +204,8 @@ async def test_a_long_purge_retires_leased_and_delayed_values_in_steps(core, red
 
 
 @pytest_twisted.ensureDeferred
-async def test_the_original_operations_create_no_new_key(core, redis):
+async def test_the_original_operations_create_no_new_key(core, redis, subscribe):
+    subscribe("q:PUBSUB")  # so that the broadcast pop below takes q:4
     await core.add("q", "a", 60)
     await core.add_once("q", "b")
     await core.add_once("q", "b")

@@ -238,7 +238,8 @@ async def test_every_consumer_takes_higher_priorities_first(core, redis):
 
 
 @pytest_twisted.ensureDeferred
-async def test_the_live_pop_takes_priorities_first(core, redis):
+async def test_the_live_pop_takes_priorities_first(core, redis, subscribe):
+    subscribe("q:PUBSUB")  # a broadcast pop takes nothing while nobody listens
     await with_priorities(core)
     await core.set_status("q", True)
     policy, messages = await core.pop_batch("q")
