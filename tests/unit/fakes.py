@@ -42,12 +42,10 @@ class FakeDelivery:
 
 
 class Transport(StringTransport):
-    """A StringTransport that can close its writing side (as TCP does), and report bytes held
-    unsent the way Twisted's TCP transport keeps them (`dataBuffer`)."""
+    """A StringTransport that can close its writing side (as TCP does). Its `producer` is the
+    Outbox of a stream: `producer.pauseProducing()` plays Twisted's buffer filling up."""
 
     write_closed = False
-    dataBuffer = b""
-    offset = 0
 
     def loseWriteConnection(self):
         self.write_closed = True
