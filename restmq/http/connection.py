@@ -316,11 +316,14 @@ class HTTPConnection(protocol.Protocol):
         if message.too_large:
             return self._close_after_refusal()
         if self._close_after or not message.keep_alive or message.upgrade or \
-                self.stream_broken or self._input != self._feed:
+                self.stream_broken:
             return self._close()
         self._deadline_kind = None  # the next head's time counts from this reply
-        if self._queue and not self._pumping:
-            self._pump_call = self.clock.callLater(0, self._pump_later)
+        if self._queue:  # the next request, or the error that stopped the parser
+            if not self._pumping:
+                self._pump_call = self.clock.callLater(0, self._pump_later)
+        elif self._input != self._feed:
+            self._close()
         elif not self._pumping:
             self._settle()
 
