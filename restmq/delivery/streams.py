@@ -109,6 +109,11 @@ class Outbox:
         self.pending.clear()
         self.held = 0
 
+    def discard(self) -> None:
+        """Drop what is held (the connection is being cut)."""
+        self.pending.clear()
+        self.held = 0
+
     def release(self) -> None:
         """The stream is over: what is held goes to the transport, and we leave it (a
         producer left registered would keep a closing connection open)."""

@@ -81,11 +81,13 @@ class LiveHandler(BaseHandler):
             self.log.warn("live consumer of {queue} lost: {reason}", queue=self.queue,
                           reason=reason)  # the kernel gave up on its peer
         self.leave()
-        if self.stall is not None and not _open(self.request.connection.transport):
+        if self.stall is not None and (reason or not _open(self.request.connection.transport)):
             self.stall.stop()
 
     def cut(self, why: str) -> None:
         self.log.warn("live consumer of {queue} {why}: disconnected", queue=self.queue, why=why)
+        if self.outbox is not None:
+            self.outbox.discard()  # nobody will read it
         self.leave()
         if self.stall is not None:
             self.stall.stop()

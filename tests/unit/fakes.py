@@ -53,12 +53,13 @@ class Transport(StringTransport):
 
 class Connection:
     """One connection to an Application built with `make_application(**settings)` on a
-    task.Clock; `clock`, `transport`, `protocol` and `delivery` are there to drive and read."""
+    task.Clock (and `core`, else a FakeCore); `clock`, `transport`, `protocol` and `delivery`
+    are there to drive and read."""
 
-    def __init__(self, **settings):
+    def __init__(self, core=None, **settings):
         self.clock = task.Clock()
         self.delivery = FakeDelivery(self.clock)
-        ctx = Context(core=FakeCore(), delivery=self.delivery)
+        ctx = Context(core=core or FakeCore(), delivery=self.delivery)
         settings.setdefault("wall", lambda: WALL)
         app = make_application(ctx, clock=self.clock, **settings)
         self.protocol = app.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
