@@ -24,19 +24,22 @@ request asking to switch protocols (`Connection: upgrade`) belong to that protoc
 at most UPGRADE_HOLD of them are kept until the handler decides, reading pauses past that, and
 a refused upgrade closes the connection.
 
-Private members of cyclone, Twisted or txredisapi used here: none (cyclone's `HTTPRequest`
-reads `xheaders`, `transport` and the methods below from this class).
+Private members of cyclone, Twisted or txredisapi used here: none. (`Request` subclasses
+cyclone's HTTPRequest and sets every attribute itself; cyclone's RequestHandler reaches this
+class through `write`, `finish`, `notifyFinish`, `no_keep_alive` and `transport`.)
 """
 from __future__ import annotations
 
 import re
+import time
 from collections import deque
 
 import httptools
 from cyclone import httputil
+from cyclone.escape import parse_qs_bytes
 from cyclone.httpserver import HTTPRequest
 from twisted.internet import address, defer, protocol
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IPushProducer, ISSLTransport
 from twisted.python import log
 from zope.interface import implementer
 
@@ -119,6 +122,37 @@ class _Message:
         self.continued = False  # 100 Continue sent
 
 
+class Request(HTTPRequest):
+    """cyclone's HTTPRequest, built from what the parser split already: the same attributes,
+    without parsing the query into `arguments` unless someone asks (RestMQ's handlers parse
+    their own), and with what does not change on a connection (scheme, peer) worked out once
+    per connection."""
+
+    def __init__(self, connection, method: str, uri: str, version: str, headers, body: bytes,
+                 remote_ip: str, protocol: str):
+        self.method, self.uri, self.version = method, uri, version
+        self.headers, self.body = headers, body
+        self.remote_ip, self.protocol = remote_ip, protocol
+        self.host = headers.get("Host") or "127.0.0.1"
+        self.files: dict = {}
+        self.connection = connection
+        self.started, self.finished_at = time.time(), None
+        self.path, _, self.query = uri.partition("?")
+
+    @property
+    def arguments(self) -> dict:
+        if "_args" not in self.__dict__:
+            self.__dict__["_args"] = parse_qs_bytes(self.query, keep_blank_values=True)
+        return self.__dict__["_args"]
+
+    def finish(self) -> None:
+        self.connection.finish()
+        self.finished_at = time.time()
+
+    def request_time(self) -> float:
+        return (self.finished_at or time.time()) - self.started
+
+
 class _Reader:
     """The parser and its callbacks. They record, check our limits and nothing else; what
     they complete goes to `done` (messages and failures, in request order)."""
@@ -145,13 +179,13 @@ class _Reader:
         self.done.append(message)
         raise _Stop()
 
-    def on_message_begin(self):
-        self.message = _Message()
-        self.in_head = True
-        self.head_bytes = 0
-
     def on_url(self, url: bytes):
+        # Also where a message begins: one callback fewer per request than on_message_begin.
         message = self.message
+        if message is None:
+            message = self.message = _Message()
+            self.in_head = True
+            self.head_bytes = 0
         message.url += url
         if len(message.url) > REQUEST_LINE_MAX - 20 and \
                 len(message.url) + len(self.parser.get_method()) + 10 > REQUEST_LINE_MAX:
@@ -240,7 +274,6 @@ class HTTPConnection(protocol.Protocol):
       client who pipelines without reading cannot make us buffer replies without end.
     """
 
-    xheaders = False  # cyclone's HTTPRequest reads it; client addresses are the ACL's business
     outbox = None  # a live stream's writer (restmq.delivery.streams.Outbox) while it runs
 
     def connectionMade(self):
@@ -252,7 +285,7 @@ class HTTPConnection(protocol.Protocol):
         self._reader = _Reader(self.max_body)
         self._queue = self._reader.done
         self._input = self._feed  # where received bytes go
-        self._request: HTTPRequest | None = None  # the request being served
+        self._request: Request | None = None  # the request being served
         self._message: _Message | None = None
         self._finish_callback: defer.Deferred | None = None
         self._close_after = False
@@ -271,6 +304,7 @@ class HTTPConnection(protocol.Protocol):
         self.stream_broken = False  # bytes arrived behind a live stream: close when it ends
         self._producing = True
         self.transport.registerProducer(self, True)
+        self._scheme = "https" if ISSLTransport.providedBy(self.transport) else "http"
         peer = self.transport.getPeer()
         self._remote_ip = ("unix:%s" % self.transport.getHost().name
                            if isinstance(peer, address.UNIXAddress) else peer.host)
@@ -349,7 +383,8 @@ class HTTPConnection(protocol.Protocol):
         except httptools.HttpParserError as error:
             self._stopped(self._classify(error, data))
         else:
-            self._count_raw(len(data))
+            if reader.message is not None:
+                self._count_raw(len(data))
         self._pump()
 
     def _count_raw(self, size: int) -> None:
@@ -357,7 +392,7 @@ class HTTPConnection(protocol.Protocol):
         chunk-size lines and trailers without body bytes."""
         reader = self._reader
         message = reader.message
-        if message is None or message is not self._raw_for:
+        if message is not self._raw_for:
             self._raw_for, self._raw, self._raw_size = message, 0, 0
             return  # begun in this read, which is bounded anyway
         if not reader.in_head and message.size != self._raw_size:
@@ -451,15 +486,15 @@ class HTTPConnection(protocol.Protocol):
 
     def _serve(self, message: _Message) -> None:
         headers = httputil.HTTPHeaders()
+        add = headers.add
         for name, value in message.headers:
-            headers.add(name.decode("latin-1"), value.decode("latin-1").rstrip(" \t"))
-        request = HTTPRequest(
-            method=message.method, uri=message.url.decode("latin-1"),
-            version="HTTP/" + message.version, headers=headers,
-            body=b"".join(message.body), remote_ip=self._remote_ip, connection=self)
+            add(name.decode("latin-1"), value.decode("latin-1").rstrip(" \t"))
+        request = Request(self, message.method, message.url.decode("latin-1"),
+                          "HTTP/" + message.version, headers, b"".join(message.body),
+                          self._remote_ip, self._scheme)
         request.body_too_large = message.too_large
         self._request, self._message = request, message
-        self._set_deadline(None)
+        self._deadline = self._deadline_kind = None  # the server's turn: no client timeout
         try:
             self.factory(request)
         except Exception:
@@ -482,7 +517,7 @@ class HTTPConnection(protocol.Protocol):
         if len(self._queue) >= READ_AHEAD_REQUESTS or \
                 self._reader.done_bytes > READ_AHEAD_BYTES:
             self._pause_reading("read-ahead")
-        else:
+        elif "read-ahead" in self._read_pauses:
             self._resume_reading("read-ahead")
 
     def _answer(self, failure: _Reject) -> None:
