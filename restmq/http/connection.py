@@ -74,6 +74,10 @@ _KNOWN_METHODS = frozenset(
 _REQUEST_LINE = re.compile(rb"^([!#$%&'*+.^_`|~0-9A-Za-z-]+) ([^\s]+) HTTP/(\d\.\d)\r\n", re.M)
 
 
+_SPECIAL_LENGTHS = frozenset((6, 14, 17))  # of Expect, Content-Length, Transfer-Encoding
+_VERSIONS = {"1.1": "HTTP/1.1", "1.0": "HTTP/1.0"}
+
+
 class _Stop(Exception):
     """Raised inside a parser callback to halt the parser for good: the connection closes."""
 
@@ -199,16 +203,19 @@ class _Reader:
             if message.size > self.max_body:
                 self._refuse(message)
             return
-        if size > HEADER_LINE_MAX + 2:
-            self._stop(431, "request header fields too large")
+        headers = message.headers
+        headers.append((name, value))
         self.head_bytes += size
-        if self.head_bytes > HEADER_BYTES_MAX:
-            self._stop(431, "request header fields too large")
-        message.headers.append((name, value))
-        if len(message.headers) > HEADER_COUNT_MAX:
-            self._stop(431, "too many header fields")
-        if len(name) in (6, 14, 17):
+        if self.head_bytes > HEADER_BYTES_MAX or size > HEADER_LINE_MAX + 2 or \
+                len(headers) > HEADER_COUNT_MAX:
+            self._too_large_head(size, len(headers))
+        if len(name) in _SPECIAL_LENGTHS:
             self._special(message, name.lower(), value)
+
+    def _too_large_head(self, size: int, count: int):
+        if count > HEADER_COUNT_MAX:
+            self._stop(431, "too many header fields")
+        self._stop(431, "request header fields too large")
 
     def _special(self, message: _Message, name: bytes, value: bytes):
         if name == b"content-length":
@@ -226,11 +233,12 @@ class _Reader:
         self.in_head = False
         message, parser = self.message, self.parser
         message.method = parser.get_method().decode("ascii")
-        message.version = parser.get_http_version()
+        version = parser.get_http_version()
         message.keep_alive = parser.should_keep_alive()
         message.upgrade = parser.should_upgrade()
-        if message.version not in ("1.1", "1.0"):
-            if message.version == "0.9":  # also what llhttp reports for a line without one
+        message.version = _VERSIONS.get(version)
+        if message.version is None:
+            if version == "0.9":  # also what llhttp reports for a line without one
                 self._stop(400, "malformed request line")
             self._stop(505, "unsupported HTTP version")
         if message.codings is not None and b",".join(message.codings).replace(
@@ -285,6 +293,7 @@ class HTTPConnection(protocol.Protocol):
         self._reader = _Reader(self.max_body)
         self._queue = self._reader.done
         self._input = self._feed  # where received bytes go
+        self._parsing = True  # they go to the parser
         self._request: Request | None = None  # the request being served
         self._message: _Message | None = None
         self._finish_callback: defer.Deferred | None = None
@@ -356,7 +365,7 @@ class HTTPConnection(protocol.Protocol):
         if self._queue:  # the next request, or the error that stopped the parser
             if not self._pumping:
                 self._pump_call = self.clock.callLater(0, self._pump_later)
-        elif self._input != self._feed:
+        elif not self._parsing:
             self._close()
         elif not self._pumping:
             self._settle()
@@ -371,7 +380,7 @@ class HTTPConnection(protocol.Protocol):
         try:
             reader.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
-            self._input = self._hold
+            self._input, self._parsing = self._hold, False
             self._hold(data[upgrade.args[0]:])
         except httptools.HttpParserCallbackError as error:
             if not isinstance(error.__context__, _Stop):
@@ -406,7 +415,7 @@ class HTTPConnection(protocol.Protocol):
 
     def _stopped(self, failure: _Reject | None) -> None:
         """The parser is done for: answer `failure` in its turn, drop what follows."""
-        self._input = self._discard
+        self._input, self._parsing = self._discard, False
         self._reader.message = None
         if failure is not None:
             self._queue.append(failure)
@@ -441,7 +450,7 @@ class HTTPConnection(protocol.Protocol):
                 return _Reject(505, "unsupported HTTP version")
             message = _Message()
             message.method, message.url = method.decode("ascii"), target
-            message.version = version.decode("ascii")
+            message.version = "HTTP/" + version.decode("ascii")
             return message
         return _Reject(400, "malformed request line")
 
@@ -490,7 +499,7 @@ class HTTPConnection(protocol.Protocol):
         for name, value in message.headers:
             add(name.decode("latin-1"), value.decode("latin-1").rstrip(" \t"))
         request = Request(self, message.method, message.url.decode("latin-1"),
-                          "HTTP/" + message.version, headers, b"".join(message.body),
+                          message.version, headers, b"".join(message.body),
                           self._remote_ip, self._scheme)
         request.body_too_large = message.too_large
         self._request, self._message = request, message
@@ -503,7 +512,7 @@ class HTTPConnection(protocol.Protocol):
 
     def _settle(self) -> None:
         """After a feed or a reply: timers, 100 Continue and the read-ahead bound."""
-        if self._request is None and not self._queue and self._input == self._feed:
+        if self._request is None and not self._queue and self._parsing:
             message = self._reader.message
             if message is not None and message.expect and not message.continued and \
                     not self._reader.in_head:
@@ -534,7 +543,7 @@ class HTTPConnection(protocol.Protocol):
 
     def _close(self) -> None:
         self._closing = True
-        self._input = self._discard
+        self._input, self._parsing = self._discard, False
         self._set_deadline(None)
         self._leave_transport()
         self.transport.loseConnection()
@@ -543,7 +552,7 @@ class HTTPConnection(protocol.Protocol):
         # The refused body may still be arriving: close our side only, so the client reads
         # the 413 instead of a reset, drop what comes, and cut the connection a little later.
         self._closing = True
-        self._input = self._discard
+        self._input, self._parsing = self._discard, False
         self._set_deadline(None)
         self._leave_transport()
         if self._read_pauses:
@@ -558,7 +567,7 @@ class HTTPConnection(protocol.Protocol):
 
     def connectionLost(self, reason) -> None:
         self._closing = True
-        self._input = self._discard
+        self._input, self._parsing = self._discard, False
         self._set_deadline(None)
         for call in (self._timer, self._pump_call, self._grace):
             if call is not None and call.active():
@@ -613,7 +622,7 @@ class HTTPConnection(protocol.Protocol):
         pipelined behind it is dropped, and so is what arrives while it runs."""
         self._end_pipeline()
         if self._input == self._feed or self._input == self._hold:
-            self._input = self._during_stream
+            self._input, self._parsing = self._during_stream, False
         self._leave_transport()
         self._resume_reading("output")
         self.outbox = Outbox(self.transport, listener)
@@ -629,7 +638,7 @@ class HTTPConnection(protocol.Protocol):
                 self._producing = True
                 self.transport.registerProducer(self, True)
         if self._input == self._during_stream and not self.stream_broken:
-            self._input = self._feed
+            self._input, self._parsing = self._feed, True
 
     def take_input(self, receiver) -> bytes:
         """From now on every received byte goes to `receiver` (an upgraded protocol);
@@ -637,7 +646,7 @@ class HTTPConnection(protocol.Protocol):
         held = bytes(self._held or b"")
         self._held = None
         self._end_pipeline()
-        self._input = receiver
+        self._input, self._parsing = receiver, False
         self._resume_reading("upgrade")
         return held
 
