@@ -165,10 +165,11 @@ def plot(sec: dict, out_dir: Path, stem: str) -> str | None:
     import matplotlib.pyplot as plt
     cases = list(sec["cases"].values())
     fig, ax = plt.subplots(figsize=(8, 3.2))
-    bars = ax.barh([c["what"] for c in cases], [c["ratio"] for c in cases], color="#4c72b0")
+    bars = ax.barh([c["what"].replace("`", "") for c in cases], [c["ratio"] for c in cases],
+                   color="#4c72b0")
     for bar, case in zip(bars, cases):
         ax.text(bar.get_width() + 0.01, bar.get_y() + bar.get_height() / 2,
-                f"{case['ratio']:.2f}", va="center", fontsize=8)
+                f"{case['ratio']:.3f}", va="center", fontsize=8)
         if case.get("target"):
             ax.plot([case["target"]] * 2, [bar.get_y(), bar.get_y() + bar.get_height()],
                     color="#c44e52", linewidth=2)
