@@ -196,3 +196,17 @@ def test_no_websocket_timer_outlives_its_connection():
     c.clock.advance(PING_INTERVAL)
     c.lose()
     assert c.clock.getDelayedCalls() == []
+
+
+def test_a_missing_private_member_of_cyclone_stops_the_start_with_its_name():
+    import pytest
+
+    from restmq.http.compat import require_private
+
+    class Handler:
+        def method(self):
+            self._assigned = 1
+
+    require_private(Handler, ("method", "_assigned"))  # a method, an attribute it sets
+    with pytest.raises(ImportError, match="_gone of .*Handler"):
+        require_private(Handler, ("_assigned", "_gone"))
