@@ -158,9 +158,9 @@ class BaseHandler(ArgumentsMixin, CoroutineHandlerMixin, cyclone.web.RequestHand
             self._headers["Content-Security-Policy"] = "default-src 'none'; sandbox"
             self._headers["X-Content-Type-Options"] = "nosniff"
         self._list_headers = []
-        if not self.request.supports_http_1_1() and \
-                self.request.headers.get("Connection") == "Keep-Alive":
-            self._headers["Connection"] = "Keep-Alive"
+        if not self.request.supports_http_1_1() and "keep-alive" in \
+                self.request.headers.get("Connection", "").lower():
+            self._headers["Connection"] = "Keep-Alive"  # the connection keeps it open too
         self._write_buffer = []
         self._status_code = 200
         self._reason = "OK"
