@@ -14,7 +14,8 @@ from typing import Any, Callable
 from tests.resp import RedisClient, seed_queue, snapshot
 
 __all__ = ["RedisClient", "seed_queue", "snapshot", "wait_until", "numsub", "peer_has_read",
-           "log_marker", "SweepWatch", "Subscriber", "redis_ms", "until_redis_passes", "Monitor"]
+           "log_marker", "SweepWatch", "Subscriber", "redis_ms", "until_redis_passes", "Monitor",
+           "v2_json"]
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition",
@@ -185,3 +186,15 @@ class Monitor:
             if args[:2] == ["ECHO", marker] or args[:2] == ["echo", marker]:
                 return seen
             seen.append((client, args))
+
+
+def v2_json(reply) -> Any:
+    """The parsed body of a 200 from a route that came with leases (claim, ack, config ...),
+    after checking what they all share: `application/json` without a trailing CRLF, and the
+    headers of every API reply."""
+    assert reply.status == 200, (reply.status, reply.body)
+    assert reply.header("Content-Type") == "application/json"
+    assert not reply.body.endswith(b"\r\n"), reply.body
+    assert reply.header("Cache-Control") == "no-store"
+    assert reply.header("Content-Security-Policy") == "default-src 'none'; sandbox"
+    return json.loads(reply.body)
