@@ -238,15 +238,23 @@ class LiveConsumer(threading.Thread):
 
     def __init__(self, kind: str, port: int, queue: str,
                  on_event: Callable[["LiveConsumer", str, object], None],
-                 rcvbuf: int | None = None):
+                 rcvbuf: int | None = None, sock: socket.socket | None = None,
+                 preread: bytes = b""):
+        """`sock`: a connection whose request was written already (the last of a pipeline),
+        `preread` what was read of it past the replies before."""
         super().__init__(daemon=True)
         self.kind, self.port, self.queue = kind, port, queue
         self.on_event = on_event
-        self.sock = socket.socket()
-        if rcvbuf:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        self.sock.settimeout(REQUEST_TIMEOUT)
-        self.sock.connect(("127.0.0.1", port))
+        piped = sock is not None
+        if sock is None:
+            sock = socket.socket()
+            if rcvbuf:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            sock.settimeout(REQUEST_TIMEOUT)
+            sock.connect(("127.0.0.1", port))
+        self.sock = sock
+        self.preread = preread
+        self.sent_request = piped
         self.local_port = self.sock.getsockname()[1]
         self.ws_key = base64.b64encode(os.urandom(16)).decode()
         self.status: int | None = None
@@ -284,7 +292,7 @@ class LiveConsumer(threading.Thread):
         """Reads the status line and headers; returns the status, None if the connection
         ended first. A refused stream's body is read too."""
         self.sock.settimeout(timeout)
-        raw = b""
+        raw, self.preread = self.preread, b""
         try:
             while b"\r\n\r\n" not in raw:
                 data = self.sock.recv(65536)

@@ -176,6 +176,7 @@ class Model:
         self.script_pauses: list[ScriptPause] = []
         self.lives: dict[str, Live] = {}
         self.receipts: dict[str, list[Receipt]] = defaultdict(list)
+        self.ghosts: dict[str, Live] = {}  # queue of requests written behind a stream -> it
         self._n = 0
 
     # -- bookkeeping -------------------------------------------------------------------------------
@@ -183,6 +184,10 @@ class Model:
     def _next(self) -> int:
         self._n += 1
         return self._n
+
+    def serial(self) -> int:
+        with self.lock:
+            return self._next()
 
     def at(self, t: float | None) -> str:
         return "-" if t is None else ("inf" if t == INF else f"{t - self.t0:.3f}")
@@ -241,6 +246,13 @@ class Model:
                 if status not in (503, None):
                     self.problem(f"{what}: unexpected status {status} {body[:200]!r}")
             self._reply_checks(what, status, body, add.sent, replied)
+
+    def ghosts_behind(self, live: "Live", queue: str) -> None:
+        """Requests to `queue` (which holds one message) are written behind `live` on its
+        connection: while the stream runs, the server must neither answer nor run them."""
+        with self.lock:
+            self.ghosts[queue] = live
+            self.log(f"requests to {queue} written behind {live.name}")
 
     def pull_sent(self, kind: str, queue: str, via: int) -> Pull:
         with self.lock:
@@ -386,6 +398,10 @@ class Model:
                 self.log(f"{live.name} got the final null")
                 if live.ended is not None:
                     self.problem(f"{live.name}: a second final null")
+                if not any(p.queue == live.queue and p.sent < now and
+                           (p.replied or INF) > live.opened for p in self.purges):
+                    self.problem(f"{live.name}: a final null, and no purge of {live.queue} "
+                                 "can have sent it")
                 live.ended = now
             elif kind == "eof":
                 live.eof = now
@@ -501,6 +517,22 @@ class Model:
                 elif receipts and receipts[0].live:
                     problems += self._broadcast_complete(add, receipts)
             problems += self._account(missing, stored([add.key for add in missing]), now)
+            return problems
+
+    def ghost_verdict(self, counters: dict[str, int],
+                      pending: dict[str, list[str]]) -> list[str]:
+        """Requests written behind a stream did nothing: their queue's counter still counts
+        the one message added first, which is still pending. Once the server ended the stream
+        (or refused it), the connection may serve what came behind it as new requests."""
+        with self.lock:
+            problems = []
+            for queue, live in self.ghosts.items():
+                if live.ended is not None or live.eof is not None or not live.streaming:
+                    continue
+                if counters.get(queue) != 1 or pending.get(queue) != [f"{queue}:1"]:
+                    problems.append(
+                        f"{queue}: counter {counters.get(queue)}, pending "
+                        f"{pending.get(queue)}: a request written behind {live.name} ran")
             return problems
 
     def _broadcast_complete(self, add: Add, receipts: list[Receipt]) -> list[str]:

@@ -152,6 +152,9 @@ class System:
     def pending(self, queues) -> dict[str, list[str]]:
         return {q: self.redis("LRANGE", f"{q}:queue", 0, -1) or [] for q in queues}
 
+    def counters(self, queues) -> dict[str, int]:
+        return {q: int(self.redis("GET", f"{q}:UUID") or 0) for q in queues}
+
     def stored(self, keys) -> dict[str, tuple[bool, int]]:
         """(exists, PTTL) for each key."""
         out = {}

@@ -1,7 +1,8 @@
 """A stateful property test: hypothesis drives two real `twistd restmq` servers on the tier's own
 redis-server with adds, hard gets, takes, purges, policy switches, live consumers (comet, SSE,
-WebSocket) opened and dropped at chosen moments, and faults (Redis paused or stopped, its
-connections killed), while `model.Model` accounts for every acknowledged message.
+WebSocket) opened and dropped at chosen moments, requests pipelined on one connection and cut
+into segments (rules.py), and faults (Redis paused or stopped, its connections killed), while
+`model.Model` accounts for every acknowledged message.
 
 Seeded and reproducible: RESTMQ_ADVERSARIAL_SEED (printed at the start and on failure) fixes
 the steps; RESTMQ_ADVERSARIAL_EXAMPLES and RESTMQ_ADVERSARIAL_STEPS size the run (`make soak`
@@ -14,7 +15,6 @@ failures found so far are replayed step by step by `test_replay_of_a_past_failur
 from __future__ import annotations
 
 import contextlib
-import functools
 import itertools
 import json
 import os
@@ -27,7 +27,9 @@ from hypothesis.stateful import (RuleBasedStateMachine, invariant, precondition,
                                  run_state_machine_as_test)
 
 from tests.adversarial.clients import LiveConsumer, call
-from tests.adversarial.model import Add, Live, Model
+from tests.adversarial.model import Add, Live, Model, Purge
+from tests.adversarial.rules import (MAX_LIVE, QUEUES, SERVERS, WITHOUT, PipelineRules,
+                                     allowed, picks, queues, servers, step)
 from tests.adversarial.system import System, within
 
 SEED = int(os.environ.get("RESTMQ_ADVERSARIAL_SEED", "20250611"))
@@ -35,27 +37,12 @@ EXAMPLES = int(os.environ.get("RESTMQ_ADVERSARIAL_EXAMPLES", "8"))
 STEPS = int(os.environ.get("RESTMQ_ADVERSARIAL_STEPS", "25"))
 SHRINK = os.environ.get("RESTMQ_ADVERSARIAL_SHRINK") == "1"
 VERBOSE = os.environ.get("RESTMQ_ADVERSARIAL_VERBOSE") == "1"  # every example's history
-# Leave out some moves to look past a known failure: fault names (`kill_pubsub`) or families
-# (`kill`, `pause`, `sigstop`), `early_drop` (consumers that leave before their head), `stall`.
-WITHOUT = set(filter(None, os.environ.get("RESTMQ_ADVERSARIAL_WITHOUT", "").split(",")))
-
-
-def allowed(*tags: str) -> bool:
-    return not WITHOUT.intersection(tags)
-
-
-SERVERS = 2
-QUEUES = ("qa", "qb")
-MAX_LIVE = 6  # open live consumers at a time
 SYNC = 10.0  # seconds for a server to show an expected state (its sockets, Redis)
 SETTLE = 20.0  # seconds for live delivery to settle before the verdict
 KILLS = 3  # CLIENT KILLs per kill fault
 BATCH = 10  # messages per live-delivery pop
 
-queues = st.sampled_from(QUEUES)
-servers = st.integers(0, SERVERS - 1)
 kinds = st.sampled_from(("comet", "sse", "ws"))
-picks = st.integers(0, 999)
 closes = st.sampled_from(("rst", "fin", "shut_wr", "ws_close"))
 pads = st.sampled_from((0, 0, 0, 2000, 150_000))
 # read: a consumer that reads all along; stalled: one that never reads (tiny receive buffer);
@@ -115,17 +102,7 @@ class Traffic(threading.Thread):
         assert not self.is_alive(), "traffic thread hangs"
 
 
-def step(function):
-    """Logs each step in the model's history, so that a failure shows what came when."""
-    @functools.wraps(function)
-    def logged(self, **kwargs):
-        self.model.log(f"STEP {function.__name__}("
-                       + ", ".join(f"{k}={v!r}" for k, v in sorted(kwargs.items())) + ")")
-        return function(self, **kwargs)
-    return logged
-
-
-class Adversary(RuleBasedStateMachine):
+class Adversary(PipelineRules, RuleBasedStateMachine):
     system: System  # set by the test
 
     def __init__(self):
@@ -181,13 +158,14 @@ class Adversary(RuleBasedStateMachine):
 
     def connect(self, kind: str, queue: str, via: int, stalled: bool = False) -> Live:
         live = self.model.live_opened(kind, queue, via)
-
-        def on_event(client, event, detail):
-            self.model.live_event(live, event, detail)
-
-        self.clients[live.name] = LiveConsumer(kind, self.port(via), queue, on_event,
+        self.clients[live.name] = LiveConsumer(kind, self.port(via), queue, self.on_event(live),
                                                rcvbuf=4096 if stalled else None)
         return live
+
+    def on_event(self, live: Live):
+        def report(client, event, detail):
+            self.model.live_event(live, event, detail)
+        return report
 
     def read_head(self, live: Live, stalled: bool = False) -> None:
         """Reads the response head; a stream starts its reader and waits to be registered."""
@@ -276,12 +254,16 @@ class Adversary(RuleBasedStateMachine):
                     break
             else:
                 return
-        ending = [live for live in self.model.lives.values() if live.purged == reply.replied
+        self.purge_ended(purge)
+        self.sync_subscriptions()
+
+    def purge_ended(self, purge: Purge) -> None:
+        """The consumers of the purged queue that read get their final null."""
+        ending = [live for live in self.model.lives.values() if live.purged == purge.replied
                   and not self.clients[live.name].paused]
         if not within(lambda: all(live.ended for live in ending), SYNC):
             self.model.problem(f"purge#{purge.n} did not end "
                                f"{[live.name for live in ending if not live.ended]}")
-        self.sync_subscriptions()
 
     @rule(queue=queues, via=servers, policy=st.sampled_from(("broadcast", "roundrobin")),
           burst=st.integers(0, 20), after=st.integers(0, 10))
@@ -485,7 +467,11 @@ class Adversary(RuleBasedStateMachine):
                     lambda: self.model.receipts.get(f"m{marker.n}"), SYNC):
                 problems.append(f"marker {marker.key} was not delivered")
         # Under broadcast the marker reaches the other consumers a little later.
-        return problems + self.verdict_within(SYNC) + list(self.model.problems)
+        problems += self.verdict_within(SYNC)
+        ghosts = list(self.model.ghosts)
+        problems += self.model.ghost_verdict(self.system.counters(ghosts),
+                                             self.system.pending(ghosts))
+        return problems + list(self.model.problems)
 
     def verdict_within(self, seconds: float) -> list[str]:
         """The verdict once it is clean, or after `seconds`."""
