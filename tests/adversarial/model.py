@@ -9,6 +9,9 @@ its key is *acknowledged*, and must end up in exactly one of these places:
   the add and the delivery; under broadcast by each consumer at most once, and by *every*
   consumer that was registered before the add and stayed to the end, unless a fault (Redis paused
   or stopped, connections killed) overlapped the delivery;
+* held by a claim, acknowledged by its worker, or in the dead-letter queue, as
+  `leases.LeaseBook` checks (a claimed message may come back once its lease is over: what
+  follows it is judged from then on);
 * lost in one of the ways the server documents as at-most-once, which the model bounds:
   (a) a hard get or take answered 503 (or not at all) may have consumed one message it did not
       return: each such reply explains one message added before it, a hard get a *retired* one
@@ -35,6 +38,8 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Callable
+
+from tests.adversarial.leases import TICK_MARGIN, Lease, LeaseBook
 
 INF = float("inf")
 SLOW_REPLY = 7.0  # the server's Redis budget is 5 s; later replies are noted (never failed)
@@ -119,10 +124,11 @@ class ScriptPause:
 
 @dataclass
 class Receipt:
-    source: str  # "get#3", "take#4" or a live consumer's name
+    source: str  # "get#3", "take#4", "claim#5" or a live consumer's name
     live: bool
     key: str
     at: float
+    lease: Lease | None = None  # a delivery through a claim
 
 
 @dataclass
@@ -143,6 +149,9 @@ class Live:
     stalled: bool = False  # it stopped reading at some point
     cut: float | None = None  # the server closed it (seen at this time) while it was stalled
     keys: list[int] = field(default_factory=list)  # key numbers received, in order
+    # ... of the messages no claim can have held (a lease that ends puts its message back at
+    # the head of the line, out of the order of the adds)
+    ordered: list[int] = field(default_factory=list)
 
     @property
     def streaming(self) -> bool:
@@ -159,7 +168,7 @@ class Live:
         return self.registered is not None and self.active and self.dropped is None
 
 
-class Model:
+class Model(LeaseBook):
     def __init__(self) -> None:
         self.lock = threading.RLock()
         self.t0 = time.monotonic()
@@ -178,6 +187,7 @@ class Model:
         self.receipts: dict[str, list[Receipt]] = defaultdict(list)
         self.ghosts: dict[str, Live] = {}  # queue of requests written behind a stream -> it
         self._n = 0
+        self._init_leases()
 
     # -- bookkeeping -------------------------------------------------------------------------------
 
@@ -340,6 +350,12 @@ class Model:
             self.script_pauses.append(ScriptPause(begun, until))
             self.log(f"no script runs from {self.at(begun)} until at least {self.at(until)}")
 
+    def faults_over(self) -> float:
+        """When the last fault ended (-inf without faults; inf while one lasts)."""
+        with self.lock:
+            return max((INF if f.ended is None else f.ended for f in self.faults),
+                       default=-INF)
+
     def _fault_during(self, t0: float, t1: float) -> Fault | None:
         for fault in self.faults:
             if fault.started < t1 and (fault.ended is None or fault.ended > t0):
@@ -420,7 +436,7 @@ class Model:
     # -- deliveries ---------------------------------------------------------------------------------
 
     def _receive(self, source: str, live_flag: bool, queue: str, key: str, value: str,
-                 at: float, live: Live | None = None) -> None:
+                 at: float, live: Live | None = None, lease: Lease | None = None) -> None:
         name = ident(value)
         add = self.by_ident.get(name)
         if live is not None:
@@ -433,30 +449,51 @@ class Model:
         if add.key is not None and add.key != key:
             self.problem(f"{source} received m{add.n} as {key}, acked as {add.key}")
         earlier = self.receipts[name]
-        receipt = Receipt(source, live_flag, key, at)
-        earlier_sources = [r.source for r in earlier]
-        twice = None
-        if earlier:
-            if source in earlier_sources:
-                twice = f"{source} received {key} twice"
-            elif not live_flag or any(not r.live for r in earlier):
-                twice = f"{key} delivered twice: {earlier_sources + [source]}"
-            elif "broadcast" not in self.possible_policies(queue, add.sent, earlier[0].at):
-                twice = (f"{key} delivered to several consumers under roundrobin: "
-                         f"{earlier_sources + [source]}")
-        if twice and live_flag and self._fault_during(add.sent, at):
+        previous = self.last_lease(add)
+        # Deliveries since the message last came back from a lease (or since its add).
+        since = [r for r in earlier[next((i + 1 for i in range(len(earlier) - 1, -1, -1)
+                                          if earlier[i].lease), 0):]]
+        if previous is not None and not since:
+            if previous.superseded is None:
+                previous.superseded = at
+            problem = self.redelivery_problem(previous, source, at)
+            if problem:
+                self.problem(problem)
+        twice = self._twice(add, source, live_flag, key, since, at, claim=lease is not None)
+        if twice and (live_flag or any(r.live for r in since)) and \
+                self._fault_during(add.sent, at):
             # Documented: a put-back whose reply was lost is tried again, and may bring back
             # a message that was delivered meanwhile.
             self.notes.append(twice + " (a put-back retried after a fault?)")
         elif twice:
             self.problem(twice)
-        earlier.append(receipt)
+        earlier.append(Receipt(source, live_flag, key, at, lease))
         if live is not None:
             number = key_number(key)
-            if live.keys and number < live.keys[-1] and not self._policy_changed(
-                    queue, live.opened, at):
-                self.problem(f"{source} received {key} after {queue}:{live.keys[-1]}")
             live.keys.append(number)
+            if self.possibly_claimed(add):
+                return
+            if live.ordered and number < live.ordered[-1] and not self._policy_changed(
+                    queue, live.opened, at):
+                self.problem(f"{source} received {key} after {queue}:{live.ordered[-1]}")
+            live.ordered.append(number)
+
+    def _twice(self, add: Add, source: str, live_flag: bool, key: str, since: list[Receipt],
+               at: float, claim: bool) -> str | None:
+        """Why this delivery is one too many after the deliveries `since` (those after the
+        message last came back from a lease), if it is."""
+        if not since:
+            return None
+        sources = [r.source for r in since]
+        if source in sources:
+            return f"{source} received {key} twice"
+        if claim or not live_flag or any(not r.live for r in since):
+            return f"{key} delivered twice: {sources + [source]}"
+        back = self.last_lease(add)
+        t0 = add.sent if back is None else back.earliest_end
+        if "broadcast" not in self.possible_policies(add.queue, t0, since[0].at):
+            return f"{key} delivered to several consumers under roundrobin: {sources + [source]}"
+        return None
 
     def possible_policies(self, queue: str, t0: float, t1: float) -> set[str]:
         """The policies `queue` may have had at some moment of [t0, t1]. A change answered 503
@@ -491,10 +528,18 @@ class Model:
 
     def verdict(self, pending: dict[str, list[str]],
                 stored: Callable[[list[str]], dict[str, tuple[bool, int]]],
+                held: dict[str, str] | None = None,
+                dead: list[tuple[str, str, dict | None]] = (),
                 now: float | None = None) -> list[str]:
         """Problems with acknowledged messages. `pending`: LRANGE of every queue; `stored`
-        answers (exists, PTTL in ms) for the keys it is given."""
+        answers (exists, PTTL in ms) for the keys it is given; `held`: key -> `inflight` or
+        `delayed` for the messages of every queue that are leased or wait for their delay;
+        `dead`: the dead letters of every queue as (key, value, origin)."""
         now = time.monotonic() if now is None else now
+        held = held or {}
+        letters = defaultdict(list)
+        for letter in dead:
+            letters[ident(str(letter[1]))].append(letter)
         with self.lock:
             problems = []
             self._spent = {}  # per fault: popped messages already counted as lost with a reply
@@ -503,21 +548,62 @@ class Model:
                 if len(keys) != len(set(keys)):
                     problems.append(f"{queue}:queue holds a key twice: {keys}")
                 pending_keys.update(keys)
-            missing = []
+            twice = pending_keys.intersection(held)
+            if twice:
+                problems.append(f"pending and leased or delayed at once: {sorted(twice)}")
+            missing, leased = [], []  # (add, since when it was pending last)
             for add in self.acked():
                 receipts = self.receipts.get(f"m{add.n}", [])
-                if add.key in pending_keys and receipts:
-                    text = f"{add.key} received by {[r.source for r in receipts]} and still pending"
+                where = held.get(add.key) or ("pending" if add.key in pending_keys else None)
+                if f"m{add.n}" in letters:
+                    problems += self.dead_letter_verdict(add, letters.pop(f"m{add.n}"), where,
+                                                         now)
+                    continue
+                if receipts and receipts[-1].lease is not None:
+                    leased.append((add, receipts[-1].lease, where))
+                    continue
+                last = max((i for i, r in enumerate(receipts) if r.lease), default=None)
+                since = add.sent if last is None else receipts[last].lease.earliest_end
+                after = receipts if last is None else receipts[last + 1:]
+                if where in ("inflight", "delayed"):
+                    problems += self._held_unclaimed(add, where, since, now)
+                elif where and after:
+                    text = f"{add.key} received by {[r.source for r in after]} and still pending"
                     if self._fault_during(add.sent, now):
                         self.notes.append(text + " (a put-back retried after a fault?)")
                     else:
                         problems.append(text)
-                elif add.key not in pending_keys and not receipts:
-                    missing.append(add)
-                elif receipts and receipts[0].live:
-                    problems += self._broadcast_complete(add, receipts)
-            problems += self._account(missing, stored([add.key for add in missing]), now)
+                elif not where and not after:
+                    missing.append((add, since))
+                elif after and after[0].live:
+                    problems += self._broadcast_complete(add, after, since)
+            values = stored([add.key for add, _, where in leased if not where])
+            for add, lease, where in leased:
+                problem, since = self.leased_verdict(add, lease, where,
+                                                     *values.get(add.key, (False, -2)), now)
+                if problem:
+                    problems.append(problem)
+                if since is not None:
+                    missing.append((add, since))
+            problems += self._account(missing, stored([add.key for add, _ in missing]), now)
+            for name, items in letters.items():  # none of an acknowledged add
+                add = self.by_ident.get(name)
+                if add is None or add.status not in (503, None) or \
+                        any(not key.startswith(add.queue + ".dead:") for key, _, _ in items):
+                    problems.append(f"dead letters {[k for k, _, _ in items]} hold {name}, "
+                                    "which no add to their queue can have added")
             return problems
+
+    def _held_unclaimed(self, add: Add, where: str, since: float, now: float) -> list[str]:
+        """A message leased or delayed although no claim of ours holds it: a claim answered
+        503 (or not at all) may have leased it, for that claim's lease."""
+        until = self.unseen_lease_until(add.queue, since)
+        if until > -INF:
+            until = max(until, self.faults_over())
+        if where == "inflight" and now <= until + TICK_MARGIN:
+            return []
+        return [f"{add.key} (m{add.n}) is {where}, and no claim can explain it"
+                f"{self.hints(add, now)}"]
 
     def ghost_verdict(self, counters: dict[str, int],
                       pending: dict[str, list[str]]) -> list[str]:
@@ -535,50 +621,54 @@ class Model:
                         f"{pending.get(queue)}: a request written behind {live.name} ran")
             return problems
 
-    def _broadcast_complete(self, add: Add, receipts: list[Receipt]) -> list[str]:
-        """Under broadcast, every consumer registered before the add that stayed to the end
-        received it, unless a fault overlapped the delivery."""
+    def _broadcast_complete(self, add: Add, receipts: list[Receipt],
+                            since: float) -> list[str]:
+        """Under broadcast, every consumer registered before the message was pending (its
+        add, or the end of its last lease) that stayed to the end received it, unless a fault
+        overlapped the delivery."""
         first = receipts[0].at
-        if self.possible_policies(add.queue, add.sent, first) != {"broadcast"} or \
-                self._fault_during(add.sent, first):
+        if self.possible_policies(add.queue, since, first) != {"broadcast"} or \
+                self._fault_during(since, first):
             return []
         got = {r.source for r in receipts}
         return [f"{add.key}: broadcast consumer {live.name} (registered at "
                 f"{self.at(live.registered)}) never received it; {sorted(got)} did"
                 for live in self.lives.values()
-                if live.queue == add.queue and live.to_the_end and live.registered < add.sent
+                if live.queue == add.queue and live.to_the_end and live.registered < since
                 and live.name not in got]
 
-    def _account(self, missing: list[Add], stored: dict[str, tuple[bool, int]],
+    def _account(self, missing: list[tuple[Add, float]], stored: dict[str, tuple[bool, int]],
                  now: float) -> list[str]:
+        """`missing`: messages neither pending nor leased nor received since `since`, when
+        they were pending last (their add, or the end of their last lease)."""
         retired, deleted, problems = [], [], []
-        for add in missing:
+        for add, since in missing:
             exists, pttl = stored.get(add.key, (False, -2))
             if exists and pttl >= 0:
                 purge = next((p for p in self.purges if p.queue == add.queue and
-                              p.replied is not None and p.replied > add.sent and
+                              p.replied is not None and p.replied > since and
                               p.status in (200, 503, None)), None)
                 if purge is None:
-                    retired.append(add)
+                    retired.append((add, since))
             elif exists:
                 problems.append(f"{add.key}: stored without expiry, yet neither pending nor "
                                 f"delivered{self.hints(add, now)}")
             else:
-                witness = self._broadcast_witness(add, now)
+                witness = self._broadcast_witness(add, since, now)
                 if witness is not None:
                     problems.append(f"{add.key}: deleted (popped for live delivery) but not "
                                     f"received, although {witness.name} was registered under "
                                     f"broadcast throughout{self.hints(add, now)}")
-                elif self._lossy_consumer(add) is None and \
-                        self._documented_loss(add, now) is None:
-                    deleted.append(add)
+                elif self._lossy_consumer(add, since) is None and \
+                        self._documented_loss(add, since, now) is None:
+                    deleted.append((add, since))
         problems += self._match(retired, "get", "retired (as by a hard get or purge) but "
                                 "neither received nor explained by a purge or a 503", now)
         problems += self._match(deleted, "take", "deleted (as by a live pop or a take) but "
                                 "received by no consumer", now)
         return problems
 
-    def _documented_loss(self, add: Add, now: float) -> str | None:
+    def _documented_loss(self, add: Add, since: float, now: float) -> str | None:
         """Live-delivery losses the server documents besides a vanished consumer's:
         (c') a batch popped before a purge (or by a pop that Redis ran just after it) that no
         consumer can take any more is dropped with the purged messages: popped before the
@@ -587,7 +677,7 @@ class Model:
         silent miss its consumers; (e) under roundrobin, a pop whose reply is lost (connection
         killed, or Redis stopped before it sent the reply) loses its batch: at most
         `lost_pops` messages per fault."""
-        popped = self.earliest_pop(add)
+        popped = self.earliest_pop(add, since)
         if popped == INF:
             return None
         for purge in self.purges:
@@ -611,25 +701,27 @@ class Model:
                 return f"pop reply lost in fault#{fault.n}"
         return None
 
-    def _broadcast_witness(self, add: Add, now: float) -> Live | None:
-        if self.possible_policies(add.queue, add.sent, now) != {"broadcast"} or \
-                self._fault_during(add.sent, now):
+    def _broadcast_witness(self, add: Add, since: float, now: float) -> Live | None:
+        if self.possible_policies(add.queue, since, now) != {"broadcast"} or \
+                self._fault_during(since, now):
             return None
         return next((live for live in self.lives.values() if live.queue == add.queue and
-                     live.to_the_end and live.registered < add.sent), None)
+                     live.to_the_end and live.registered < since), None)
 
-    def _lossy_consumer(self, add: Add) -> Live | None:
+    def _lossy_consumer(self, add: Add, since: float) -> Live | None:
         """A consumer the test closed (or the server cut after it stopped reading) that may
         have had this message in flight (bound b): the message can have been popped while that
-        consumer was still there, and is newer than the last message it read."""
+        consumer was still there, and is newer than the last message it read (when no claim
+        can have held it: one that did puts it back out of order)."""
         number = key_number(add.key)
-        popped = self.earliest_pop(add)
+        claimed = self.possibly_claimed(add)
+        popped = self.earliest_pop(add, since)
         for live in self.lives.values():
             if live.queue != add.queue or (live.dropped is None and live.cut is None):
                 continue
             closed = (live.gone or INF) if live.dropped is not None else live.cut
             if self._scripts_ran(max(popped, live.opened), closed) and \
-                    (not live.keys or number > live.keys[-1]):
+                    (claimed or not live.ordered or number > live.ordered[-1]):
                 return live
         return None
 
@@ -643,11 +735,11 @@ class Model:
             t = pause.until
         return False
 
-    def earliest_pop(self, add: Add) -> float:
-        """A lower bound of when live delivery can have popped this message: not before its
-        add was sent, nor before a live consumer of its queue had connected, nor while Redis
-        was running no scripts."""
-        t = add.sent
+    def earliest_pop(self, add: Add, since: float) -> float:
+        """A lower bound of when live delivery can have popped this message: not before it
+        was pending (`since`), nor before a live consumer of its queue had connected, nor while
+        Redis was running no scripts."""
+        t = since
         while True:
             later = self._first_consumer_since(add.queue, t)
             for pause in self.script_pauses:
@@ -668,14 +760,15 @@ class Model:
                 starts.append(max(live.opened, t))
         return min(starts, default=INF)
 
-    def _match(self, adds: list[Add], kind: str, label: str, now: float) -> list[str]:
+    def _match(self, adds: list[tuple[Add, float]], kind: str, label: str,
+               now: float) -> list[str]:
         """Each get (take) answered 503 or not at all explains one retired (deleted) message
-        added before its reply (bound a); earliest first, which is an optimal matching."""
+        pending before its reply (bound a); earliest first, which is an optimal matching."""
         spare = sorted((p for p in self.pulls if p.kind == kind and p.maybe_consumed_unseen),
                        key=lambda p: p.replied)
         problems = []
-        for add in sorted(adds, key=lambda a: a.sent):
-            use = next((p for p in spare if p.queue == add.queue and p.replied > add.sent), None)
+        for add, since in sorted(adds, key=lambda pair: pair[1]):
+            use = next((p for p in spare if p.queue == add.queue and p.replied > since), None)
             if use is not None:
                 spare.remove(use)
             else:

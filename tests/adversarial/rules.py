@@ -1,21 +1,24 @@
-"""Rules of the adversarial tier for pipelining (requests written together on one connection,
-cut into segments at chosen bytes, perhaps with a live stream last and requests behind it),
-mixed into the state machine of test_adversarial.py; and what every rule shares (`step`,
-`allowed`, the queues)."""
+"""Rules of the adversarial tier for workers (claim, ack, extend, release, a lease left to
+lapse, `max_attempts` with a dead-letter queue) and for pipelining (requests written together on one connection, cut into segments at
+chosen bytes, perhaps with a live stream last and requests behind it), mixed into the state
+machine of test_adversarial.py; and what every rule shares (`step`, `allowed`, the queues)."""
 from __future__ import annotations
 
 import functools
 import os
+import time
 
 from hypothesis import strategies as st
 from hypothesis.stateful import rule
 
 from tests.adversarial.clients import LiveConsumer, call
+from tests.adversarial.leases import TICK_MARGIN, Lease, dead_letter_queue
 from tests.adversarial.pipeline import Pipeline, request_bytes
+from tests.adversarial.system import within
 
 # Leave out some moves to look past a known failure: fault names (`kill_pubsub`) or families
 # (`kill`, `pause`, `sigstop`), `early_drop` (consumers that leave before their head), `stall`,
-# `pipeline`.
+# `leases` (every worker rule), `pipeline`.
 WITHOUT = set(filter(None, os.environ.get("RESTMQ_ADVERSARIAL_WITHOUT", "").split(",")))
 
 
@@ -28,6 +31,7 @@ QUEUES = ("qa", "qb")
 queues = st.sampled_from(QUEUES)
 servers = st.integers(0, SERVERS - 1)
 picks = st.integers(0, 999)
+leases = st.sampled_from((1, 2))  # seconds: short enough to lapse within a run
 MAX_LIVE = 6  # open live consumers at a time
 
 
@@ -54,6 +58,144 @@ def maybe(tag: str):
     return wrap
 
 
+class WorkerRules:
+    """Workers: what the test claimed and has not settled yet is `held`."""
+
+    held: list[Lease]
+    settled: list[Lease]
+
+    def claim_one(self, queue: str, via: int, limit: int, lease: int,
+                  hold: bool = True) -> tuple[int | None, list[Lease]]:
+        """The reply's status and the leases got, which are `held` unless told otherwise."""
+        claim = self.model.claim_sent(queue, via, limit, lease)
+        reply = call(self.port(via), "POST", f"/claim/{queue}", {"limit": limit, "lease": lease})
+        got = self.model.claim_replied(claim, reply.status, reply.body, reply.replied)
+        if hold:
+            with self.model.lock:
+                self.held += got
+        return reply.status, got
+
+    def settle_one(self, op: str, queue: str, via: int, chosen: list[Lease],
+                   extra: list[str] = (), arg: int | None = None):
+        receipts = [lease.receipt for lease in chosen] + list(extra)
+        form = {"receipt": ",".join(receipts)}
+        if op == "extend":
+            form["lease"] = arg
+        elif op == "release":
+            form["delay"] = arg
+        settle = self.model.settle_sent(op, queue, via, receipts, arg)
+        reply = call(self.port(via), "POST", f"/{op}/{queue}", form)
+        self.model.settle_replied(settle, reply.status, reply.body, reply.replied)
+        return reply.status
+
+    def take_held(self, pick: int, count: int) -> list[Lease]:
+        """Up to `count` held leases of one queue, from the `pick`th on; no longer held."""
+        with self.model.lock:
+            if not self.held:
+                self.model.log("no lease held: nothing to do")
+                return []
+            first = self.held[pick % len(self.held)]
+            chosen = [lease for lease in self.held[self.held.index(first):]
+                      if lease.claim.queue == first.claim.queue][:count]
+            self.held = [lease for lease in self.held if lease not in chosen]
+            return chosen
+
+    def junk_receipts(self, queue: str, junk: str, pick: int) -> list[str]:
+        """Receipts that must be answered stale: of a lease that was settled, of the other
+        queue, or made up."""
+        if junk == "settled":
+            old = [lease.receipt for lease in self.settled if lease.claim.queue == queue]
+            return [old[pick % len(old)]] if old else []
+        if junk == "other_queue":
+            other = [lease.receipt for lease in self.settled + self.held
+                     if lease.claim.queue != queue]
+            return [other[pick % len(other)]] if other else []
+        if junk == "forged":
+            return [f"{pick % 50 + 1}.1.{pick:016x}"]
+        return []
+
+    @rule(queue=queues, via=servers, limit=st.integers(1, 3), lease=leases,
+          fresh=st.integers(0, 3))
+    @step
+    @maybe("leases")
+    def claim(self, queue, via, limit, lease, fresh):
+        """Claims, after `fresh` adds (which live consumers compete for)."""
+        for _ in range(fresh):
+            self.add_one(queue, via)
+        self.claim_one(queue, via, limit, lease)
+
+    @rule(queue=queues, via=servers, attempts=st.sampled_from((1, 2, 3, 0)))
+    @step
+    @maybe("leases")
+    def configure(self, queue, via, attempts):
+        """`max_attempts` with a dead-letter queue, or (0) no configuration at all."""
+        change = self.model.config_sent(queue, attempts, via)
+        if attempts:
+            reply = call(self.port(via), "POST", f"/config/{queue}",
+                         {"max_attempts": attempts, "dead_letter": dead_letter_queue(queue)})
+        else:
+            reply = call(self.port(via), "DELETE", f"/config/{queue}")
+        self.model.config_replied(change, reply.status, reply.body, reply.replied)
+
+    @rule(pick=picks, count=st.integers(1, 3), via=servers,
+          junk=st.sampled_from(("none", "none", "settled", "other_queue", "forged")))
+    @step
+    @maybe("leases")
+    def ack(self, pick, count, via, junk):
+        """Acks held leases, perhaps with a receipt that must be stale among them."""
+        chosen = self.take_held(pick, count)
+        queue = chosen[0].claim.queue if chosen else ("qa", "qb")[pick % 2]
+        extra = self.junk_receipts(queue, junk, pick)
+        if chosen or extra:
+            self.settle_one("ack", queue, via, chosen, extra)
+        self.settled += chosen
+
+    @rule(pick=picks, count=st.integers(1, 2), via=servers, lease=st.sampled_from((1, 2, 3)))
+    @step
+    @maybe("leases")
+    def extend(self, pick, count, via, lease):
+        chosen = self.take_held(pick, count)
+        if chosen:
+            self.settle_one("extend", chosen[0].claim.queue, via, chosen, arg=lease)
+        self.held += chosen
+
+    @rule(pick=picks, count=st.integers(1, 2), via=servers, delay=st.sampled_from((0, 0, 1)))
+    @step
+    @maybe("leases")
+    def release(self, pick, count, via, delay):
+        chosen = self.take_held(pick, count)
+        if chosen:
+            self.settle_one("release", chosen[0].claim.queue, via, chosen, arg=delay)
+        self.settled += chosen
+
+    @rule(pick=picks, via=servers, limit=st.integers(1, 3))
+    @step
+    @maybe("leases")
+    def lapse(self, pick, via, limit):
+        """A worker too slow: its lease ends, the server must hand the message back (seen in
+        Redis), the next claim of the queue may get it again (one delivery more), and the
+        worker's late ack must not ack the copy now held by another."""
+        chosen = self.take_held(pick, 1)
+        if not chosen:
+            return
+        lease = chosen[0]
+        queue = lease.claim.queue
+        # The servers hand leases back once Redis runs again after a fault.
+        end = max(lease.latest_end, self.model.faults_over())
+        back = within(lambda: not self.system.current(queue, lease.key, lease.receipt),
+                      max(0.1, end + TICK_MARGIN - time.monotonic()), 0.05)
+        if not back:
+            self.model.problem(f"{lease.key}: still in flight {TICK_MARGIN} s after its lease "
+                               f"{lease.receipt} ended (no later than "
+                               f"{self.model.at(lease.latest_end)}) or the last fault")
+            return
+        self.model.handed_back(lease)
+        self.model.log(f"{lease.key} is no longer leased")
+        self.claim_one(queue, via, limit, 1)
+        self.settle_one("ack", queue, via, [lease])
+        self.settled.append(lease)
+
+
 class PipelineRules:
     """Requests pipelined on one keep-alive connection."""
 
@@ -72,8 +214,17 @@ class PipelineRules:
         if kind == "purge":
             return m.purge_sent(queue, via), "DELETE", request_bytes("DELETE", f"/q/{queue}"), \
                 m.purge_replied
-        return m.policy_sent(queue, kind, via), "POST", request_bytes(
-            "POST", f"/p/{queue}", {"policy": kind}), m.policy_replied
+        if kind in ("broadcast", "roundrobin"):
+            return m.policy_sent(queue, kind, via), "POST", request_bytes(
+                "POST", f"/p/{queue}", {"policy": kind}), m.policy_replied
+        def claimed(record, status, body, replied):
+            got = m.claim_replied(record, status, body, replied)
+            with m.lock:
+                self.held += got
+
+        record = m.claim_sent(queue, via, 2, 1)
+        return record, "POST", request_bytes("POST", f"/claim/{queue}",
+                                             {"limit": 2, "lease": 1}), claimed
 
     @staticmethod
     def ghost_bytes(kind: str, queue: str) -> bytes:
@@ -95,7 +246,7 @@ class PipelineRules:
         return queue
 
     @rule(ops=st.lists(st.tuples(st.sampled_from(
-              ("add", "add", "get", "take", "purge", "roundrobin", "broadcast")),
+              ("add", "add", "get", "take", "purge", "roundrobin", "broadcast", "claim")),
               queues), min_size=2, max_size=8),
           via=servers, stream=st.sampled_from(("none", "none", "comet", "comet", "sse")),
           stream_queue=queues,

@@ -3,6 +3,7 @@ servers for every example, the faults the test injects into them and the probes 
 what the processes did (Redis state, subscriptions per server, sockets a server still holds)."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -10,6 +11,7 @@ from typing import Callable
 
 import psutil
 
+from tests.adversarial.leases import dead_letter_queue
 from tests.conftest import RedisProcess, ServerProcess
 from tests.resp import RedisClient
 from tests.util import peer_has_read, wait_until
@@ -151,6 +153,37 @@ class System:
 
     def pending(self, queues) -> dict[str, list[str]]:
         return {q: self.redis("LRANGE", f"{q}:queue", 0, -1) or [] for q in queues}
+
+    def held(self, queues) -> dict[str, str]:
+        """Key -> `inflight` (leased) or `delayed` (released with a delay)."""
+        out = {}
+        for q in queues:
+            for where in ("inflight", "delayed"):
+                out.update(dict.fromkeys(self.redis("ZRANGE", f"{q}:{where}", 0, -1) or [],
+                                         where))
+        return out
+
+    def dead_letters(self, queues) -> list[tuple[str, str, dict | None]]:
+        """(key, value, origin) of every dead letter of the queues: what their dead-letter
+        queues hold, with the record of where each came from."""
+        out = []
+        for q in queues:
+            dead = dead_letter_queue(q)
+            flat = self.redis("HGETALL", f"{dead}:origin") or []
+            origins = dict(zip(flat[::2], flat[1::2]))
+            for key in self.redis("LRANGE", f"{dead}:queue", 0, -1) or []:
+                try:
+                    origin = json.loads(origins.get(key) or "null")
+                except ValueError:
+                    origin = None
+                out.append((key, self.redis("GET", key), origin))
+        return out
+
+    def current(self, queue: str, key: str, receipt: str) -> bool:
+        """Whether the receipt names the message's current lease: its delivery field holds
+        the receipt's count and token until the lease is over (acked, handed back, purged)."""
+        count_and_token = receipt.split(".", 1)[1]
+        return self.redis("HGET", f"{queue}:deliveries", key) == count_and_token
 
     def counters(self, queues) -> dict[str, int]:
         return {q: int(self.redis("GET", f"{q}:UUID") or 0) for q in queues}

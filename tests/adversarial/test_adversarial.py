@@ -1,8 +1,9 @@
 """A stateful property test: hypothesis drives two real `twistd restmq` servers on the tier's own
 redis-server with adds, hard gets, takes, purges, policy switches, live consumers (comet, SSE,
-WebSocket) opened and dropped at chosen moments, requests pipelined on one connection and cut
-into segments (rules.py), and faults (Redis paused or stopped, its connections killed), while
-`model.Model` accounts for every acknowledged message.
+WebSocket) opened and dropped at chosen moments, workers that claim, ack, extend, release or let
+a lease lapse (rules.py), requests pipelined on one connection and cut into segments, and faults
+(Redis paused or stopped, its connections killed), while `model.Model` accounts for every
+acknowledged message.
 
 Seeded and reproducible: RESTMQ_ADVERSARIAL_SEED (printed at the start and on failure) fixes
 the steps; RESTMQ_ADVERSARIAL_EXAMPLES and RESTMQ_ADVERSARIAL_STEPS size the run (`make soak`
@@ -29,7 +30,7 @@ from hypothesis.stateful import (RuleBasedStateMachine, invariant, precondition,
 from tests.adversarial.clients import LiveConsumer, call
 from tests.adversarial.model import Add, Live, Model, Purge
 from tests.adversarial.rules import (MAX_LIVE, QUEUES, SERVERS, WITHOUT, PipelineRules,
-                                     allowed, picks, queues, servers, step)
+                                     WorkerRules, allowed, picks, queues, servers, step)
 from tests.adversarial.system import System, within
 
 SEED = int(os.environ.get("RESTMQ_ADVERSARIAL_SEED", "20250611"))
@@ -82,6 +83,7 @@ class Traffic(threading.Thread):
         self.ops = itertools.cycle(ops) if forever else iter(ops)
         self.done = 0
         self.answered = 0  # replies other than 503
+        self.leases = []  # what its claims got, acked in turn by its acks
         self._halt = threading.Event()
 
     def run(self) -> None:
@@ -91,6 +93,17 @@ class Traffic(threading.Thread):
             via = i % SERVERS
             if op == "add":
                 status = self.machine.add_one(self.queue, via).status
+            elif op == "claim":
+                if not allowed("leases"):
+                    continue
+                status, got = self.machine.claim_one(self.queue, via, 1, 1, hold=False)
+                self.leases += got
+            elif op == "ack":
+                if not self.leases:
+                    continue
+                lease = self.leases.pop(0)
+                status = self.machine.settle_one("ack", self.queue, via, [lease])
+                self.machine.settled.append(lease)
             else:
                 status = self.machine.pull_one(op, self.queue, via)
             self.done += 1
@@ -100,9 +113,11 @@ class Traffic(threading.Thread):
         self._halt.set()
         self.join(60)
         assert not self.is_alive(), "traffic thread hangs"
+        with self.machine.model.lock:  # the test's workers go on with what it still holds
+            self.machine.held += self.leases
 
 
-class Adversary(PipelineRules, RuleBasedStateMachine):
+class Adversary(WorkerRules, PipelineRules, RuleBasedStateMachine):
     system: System  # set by the test
 
     def __init__(self):
@@ -115,6 +130,7 @@ class Adversary(PipelineRules, RuleBasedStateMachine):
             self.system.stop_servers()
             raise
         self.clients: dict[str, LiveConsumer] = {}
+        self.held, self.settled = [], []  # leases claimed and not settled yet; settled ones
         self.desynced: set[int] = set()  # servers already reported with wrong subscriptions
         self.model.log("servers " + " ".join(f"s{i}=:{s.port}" for i, s in
                                              enumerate(self.servers)))
@@ -354,7 +370,8 @@ class Adversary(PipelineRules, RuleBasedStateMachine):
             self.add(queue=queue, via=via, count=3, pad=0)
             traffic = Traffic(self, queue, ())
         else:
-            traffic = Traffic(self, queue, ("add", "add", "get", "add", "take"), forever=True)
+            traffic = Traffic(self, queue, ("add", "add", "get", "claim", "add", "take", "ack"),
+                              forever=True)
             traffic.start()
             within(lambda: traffic.done >= 2, SYNC)
         started = time.monotonic()
@@ -445,7 +462,9 @@ class Adversary(PipelineRules, RuleBasedStateMachine):
         assert not problems, self.model.report(problems)
 
     def verdict(self) -> list[str]:
-        return self.model.verdict(self.system.pending(QUEUES), self.system.stored)
+        held = self.system.held(QUEUES)
+        dead = self.system.dead_letters(QUEUES)
+        return self.model.verdict(self.system.pending(QUEUES), self.system.stored, held, dead)
 
     def settle(self) -> list[str]:
         """Every consumer reads again; once the queues with consumers are drained and every
