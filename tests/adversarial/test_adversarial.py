@@ -11,7 +11,8 @@ runs many more examples); RESTMQ_ADVERSARIAL_SHRINK=1 lets hypothesis shrink a f
 every attempt starts fresh servers); RESTMQ_ADVERSARIAL_WITHOUT leaves moves out, to look past
 a known failure; RESTMQ_ADVERSARIAL_VERBOSE=1 prints every example's history. Timing still
 varies from run to run, so a failure found with a seed may need a few runs to show again; the
-failures found so far are replayed step by step by `test_replay_of_a_past_failure`.
+failures found so far are replayed step by step by `test_replay_of_a_past_failure`, and
+`test_scenario` walks the paths a short run may not draw.
 """
 from __future__ import annotations
 
@@ -566,6 +567,52 @@ REPLAYS = {
          for during, kind in (("open_then_drop", "comet"), ("churn", "sse"),
                               ("open_then_drop", "ws"))],
 }
+
+
+# Walks through the workers' paths that a short run may not draw (a release and a lapse that
+# dead-letter, a lapse that hands a message back, an extend, a delayed release, stale
+# receipts), and a pipeline with a stream and requests behind it, with what each must show.
+SCENARIOS = {
+    "workers_to_the_dead_letter_queue": [
+        ("configure", dict(queue="qa", via=0, attempts=1)),
+        ("claim", dict(queue="qa", via=1, limit=2, lease=1, fresh=2)),
+        ("release", dict(pick=0, count=1, via=0, delay=0)),  # qa:1, its last attempt
+        ("configure", dict(queue="qa", via=1, attempts=2)),
+        ("lapse", dict(pick=0, via=0, limit=1)),  # qa:2 comes back, is claimed again ...
+        ("lapse", dict(pick=0, via=1, limit=1)),  # ... and lapses after its last attempt
+        ("claim", dict(queue="qb", via=0, limit=3, lease=2, fresh=3)),
+        ("extend", dict(pick=0, count=2, via=1, lease=1)),
+        ("release", dict(pick=0, count=1, via=1, delay=1)),
+        ("ack", dict(pick=0, count=3, via=0, junk="settled")),
+        ("configure", dict(queue="qa", via=0, attempts=0)),
+        ("pipeline", dict(ops=[("add", "qa"), ("claim", "qa"), ("get", "qb"), ("add", "qb")],
+                          via=1, stream="comet", stream_queue="qa",
+                          behind=["add", "get", "purge"], cuts=[3, 150, 151, 400], pause=0.01)),
+    ],
+}
+SCENARIO_CHECKS = {
+    "workers_to_the_dead_letter_queue": lambda machine: [
+        f"expected qa:1 and qa:2 in the dead-letter queue, found {letters}"
+        for letters in [sorted(origin["key"] for _, _, origin in
+                               machine.system.dead_letters(["qa"]))]
+        if letters != ["qa:1", "qa:2"]],
+}
+
+
+@pytest.mark.adversarial
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
+def test_scenario(adversarial_system, name):
+    Adversary.system = adversarial_system
+    machine = Adversary()
+    try:
+        for rule_name, args in SCENARIOS[name]:
+            getattr(machine, rule_name)(**args)
+            machine.nothing_wrong_so_far()
+        machine.checkpoint()
+        problems = SCENARIO_CHECKS[name](machine)
+        assert not problems, machine.model.report(problems)
+    finally:
+        machine.teardown()
 
 
 @pytest.mark.adversarial
