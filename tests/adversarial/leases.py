@@ -184,7 +184,12 @@ class LeaseBook:
         since = add.sent if previous is None else previous.claim.sent
         unseen = [c for c in self.claims if c is not claim and c.queue == claim.queue
                   and c.unknown and c.sent < at and (c.replied or INF) > since]
-        if count < expected or (count > expected and not unseen):
+        # Live delivery forgets a popped message's count, and a roundrobin pop that nobody
+        # can take puts the message back without it (docs/redis-layout.md, "pop batch", step
+        # 3, and "requeue"): it is then claimed as new.
+        reset = count == 1 and previous is not None and \
+            self._maybe_put_back(add, previous.earliest_end, at)
+        if (count < expected and not reset) or (count > expected and not unseen):
             self.problem(f"claim#{claim.n}: {key} comes with {count} deliveries, the "
                          f"previous lease had {previous.count if previous else 0}")
         limits = self.possible_max_attempts(claim.queue, claim.sent, at)
@@ -196,6 +201,11 @@ class LeaseBook:
         self.leases.append(lease)
         self.by_receipt[receipt] = lease
         return lease
+
+    def _maybe_put_back(self, add, t0: float, t1: float) -> bool:
+        """Whether a roundrobin pop can have taken the message and put it back in [t0, t1]."""
+        return "roundrobin" in self.possible_policies(add.queue, t0, t1) and \
+            self.earliest_pop(add, t0) < t1
 
     def last_lease(self, add) -> Lease | None:
         return next((r.lease for r in reversed(self.receipts.get(f"m{add.n}", ()))
