@@ -224,9 +224,14 @@ class LeaseBook:
             return (f"{lease.key} came back to {source} after its lease {lease.receipt} of "
                     f"delivery {lease.count}, although max_attempts was {sorted(limits)} (it "
                     "belongs in the dead-letter queue)")
-        if at < lease.earliest_end:
+        # A release or extend still waiting for its reply may have ended the lease already.
+        earliest = min([lease.earliest_end] + [
+            s.sent + s.arg - SLACK for s in self.settles
+            if s.op in ("release", "extend") and lease in s.leases and s.sent <= at
+            and s.replied is None])
+        if at < earliest:
             return (f"{lease.key} was delivered to {source} while its lease {lease.receipt} "
-                    f"ran (it cannot end before {self.at(lease.earliest_end)})")
+                    f"ran (it cannot end before {self.at(earliest)})")
         return None
 
     def possibly_claimed(self, add) -> bool:
@@ -309,6 +314,9 @@ class LeaseBook:
             self.problem(f"{what}: {outcome}, a receipt that names no lease")
             return
         over = lease.known_over or self._purged_surely(lease, settle.sent)
+        if over == "delivered again" and outcome == "released" and \
+                lease.superseded >= settle.sent:
+            over = None  # the message came back once this release had put it back
         if over:
             self.problem(f"{what}: {outcome}, although that lease was over ({over})")
         if settle.op == "release":
