@@ -128,6 +128,9 @@ class LeaseBook:
 
     def _init_leases(self) -> None:
         self.claims: list[Claim] = []
+        # Those that may have leased messages nobody saw (in flight, 503, no reply): few, and
+        # every delivery asks about them.
+        self.unknown_claims: list[Claim] = []
         self.leases: list[Lease] = []
         self.by_receipt: dict[str, Lease] = {}
         self.settles: list[Settle] = []
@@ -139,12 +142,15 @@ class LeaseBook:
         with self.lock:
             claim = Claim(self._next(), queue, via, limit, lease, time.monotonic())
             self.claims.append(claim)
+            self.unknown_claims.append(claim)
             return claim
 
     def claim_replied(self, claim: Claim, status: int | None, body: bytes,
                       replied: float) -> list[Lease]:
         with self.lock:
             claim.status, claim.replied = status, replied
+            if not claim.unknown:
+                self.unknown_claims.remove(claim)
             what = f"claim#{claim.n} {claim.queue} limit {claim.limit} lease {claim.lease}s " \
                    f"via s{claim.via}"
             self._reply_checks(what, status, body, claim.sent, replied)
@@ -182,8 +188,8 @@ class LeaseBook:
         previous = self.last_lease(add)
         expected = 1 if previous is None else previous.count + 1
         since = add.sent if previous is None else previous.claim.sent
-        unseen = [c for c in self.claims if c is not claim and c.queue == claim.queue
-                  and c.unknown and c.sent < at and (c.replied or INF) > since]
+        unseen = [c for c in self.unknown_claims if c is not claim and c.queue == claim.queue
+                  and c.sent < at and (c.replied or INF) > since]
         # Live delivery forgets a popped message's count, and a roundrobin pop that nobody
         # can take puts the message back without it (docs/redis-layout.md, "pop batch", step
         # 3, and "requeue"): it is then claimed as new.
@@ -237,8 +243,8 @@ class LeaseBook:
     def possibly_claimed(self, add) -> bool:
         """Whether a claim may have held the message (it may come back out of order)."""
         return self.last_lease(add) is not None or any(
-            c.queue == add.queue and c.unknown and (c.replied or INF) > add.sent
-            for c in self.claims)
+            c.queue == add.queue and (c.replied or INF) > add.sent
+            for c in self.unknown_claims)
 
     # -- ack, extend, release --------------------------------------------------------------------
 
@@ -383,14 +389,14 @@ class LeaseBook:
                 lease.returned = time.monotonic()
 
     def unseen_claims(self, queue: str, since: float) -> bool:
-        return any(c.queue == queue and c.unknown and (c.replied or INF) > since
-                   for c in self.claims)
+        return any(c.queue == queue and (c.replied or INF) > since
+                   for c in self.unknown_claims)
 
     def unseen_lease_until(self, queue: str, since: float) -> float:
         """When the leases that claims of unknown outcome may have taken since `since` end
         at the latest (-inf without such claims)."""
-        return max(((c.replied or INF) + c.lease for c in self.claims
-                    if c.queue == queue and c.unknown and (c.replied or INF) > since),
+        return max(((c.replied or INF) + c.lease for c in self.unknown_claims
+                    if c.queue == queue and (c.replied or INF) > since),
                    default=-INF)
 
     # -- configuration ----------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import time
 from typing import Callable
 
@@ -108,6 +109,16 @@ class System:
                 except OSError:
                     return None
         return None
+
+    @staticmethod
+    def tcp_state(port: int) -> str:
+        """What `ss` says of the TCP sockets with `port` at one end (state, queues, timers)."""
+        try:
+            out = subprocess.run(["ss", "-tnoiaH", f"( sport = :{port} or dport = :{port} )"],
+                                 capture_output=True, text=True, timeout=5).stdout
+        except (OSError, subprocess.SubprocessError) as e:
+            return f"ss failed: {e!r}"
+        return " | ".join(" ".join(line.split()) for line in out.splitlines()) or "none"
 
     @staticmethod
     def request_read(sock) -> bool:

@@ -207,12 +207,17 @@ class Adversary(WorkerRules, PipelineRules, RuleBasedStateMachine):
         if client.sent_request:  # the server has started on it: what it does next matters
             within(lambda: self.system.request_read(client.sock), SYNC)
         self.model.live_dropped(live, how)
+        before = self.system.tcp_state(client.local_port)  # told only should the server stay
         client.close(how)
         if sock is None:
             self.model.log(f"{live.name}: its server never showed the connection")
             self.model.live_gone(live, True)
             return
         closed = within(lambda: self.system.socket_closed(server, sock), SYNC)
+        if not closed:
+            self.model.log(f"{live.name}: its reader {'runs' if client.is_alive() else 'ended'}; "
+                           f"sockets before the close: {before}; "
+                           f"now: {self.system.tcp_state(client.local_port)}")
         self.model.live_gone(live, bool(closed))
 
     @contextlib.contextmanager
