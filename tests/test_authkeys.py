@@ -379,6 +379,8 @@ BAD_RECORDS = {
     "queue_in_privs": '{"privs": ["kq"]}',
     "empty_text": "",
     "json_with_nan": "{\"queues\": [\"kq\"], \"privs\": [NaN]}",
+    # deeper than Python's recursion limit: json.loads raises RecursionError, not ValueError
+    "deeply_nested": '{"queues": ' + "[" * 100000 + "]" * 100000 + "}",
 }
 
 
