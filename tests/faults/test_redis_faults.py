@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 
+from tests.conftest import SHORT_TIMEOUT
 from tests.faults.load import (Load, Target, assert_replies_clean, client_list, explain_lost,
                                figures, pending_values, probe, redis_client, settle, wait_for)
 from tests.http_client import request
@@ -193,9 +194,10 @@ def test_requests_answered_503_during_a_pause_change_nothing_afterwards(procs):
     after Redis resumes and reads what was sent to it before the watchdog dropped the
     connection (Redis runs commands that reached its socket before the reset). An add
     carries a deadline for this; a get, take or purge that runs late takes messages that
-    nobody receives."""
+    nobody receives. The server runs with the shortest command timeout (2 s): each 503
+    comes sooner, and the write deadline still comes a second before it."""
     redis = procs.redis()
-    server = procs.server(redis.port)
+    server = procs.server(redis.port, *SHORT_TIMEOUT)
     form = {"Content-Type": "application/x-www-form-urlencoded"}
 
     def call(method, path, body=None, timeout=15.0):
