@@ -25,6 +25,26 @@ TWISTD = str(Path(sys.executable).with_name("twistd"))
 REDIS_TIMEOUT = 2.0
 SHORT_TIMEOUT = ("--redis-timeout", str(REDIS_TIMEOUT))
 
+# `make test` runs the suite on two pytest-xdist workers. The tiers that inject faults and bound
+# how long recovery takes go to one worker as one unit, run in order: two of them at once would
+# load the machine whose timing they measure. Every other test is a unit of its own.
+SERIAL_PATHS = ("tests/faults/", "tests/adversarial/", "tests/test_faults.py")
+
+
+@pytest.hookimpl(optionalhook=True, tryfirst=True)
+def pytest_xdist_make_scheduler(config, log):
+    """The units of work, made here: xdist's own grouping (--dist loadgroup) marks a test by
+    rewriting its node id, which pytest 9.2 ignores, so it would silently spread the group."""
+    if config.getoption("dist") != "load":
+        return None  # another --dist was asked for
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FaultTiersApart(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "fault tiers" if nodeid.startswith(SERIAL_PATHS) else nodeid
+
+    return FaultTiersApart(config, log)
+
 
 def free_port() -> int:
     with socket.socket() as s:
