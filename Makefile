@@ -25,6 +25,7 @@ $(STAMP): setup.py Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "twisted>=24.7" "txredisapi>=1.6,<1.7" hiredis pyopenssl service_identity \
+		"httptools>=0.9,<0.10" "wsproto>=1.3,<1.4" h11 \
 		pytest pytest-twisted "pytest-xdist>=3.6,<4" autobahn psutil hypothesis "schemathesis>=4,<5" \
 		pyyaml
 	$(PY) -m pip install -q --no-deps "cyclone==1.3"

@@ -22,9 +22,12 @@ setup(
         "hiredis",
         "pyopenssl",
         "service_identity",
+        # llhttp's HTTP/1.x parser and a sans-I/O WebSocket (docs/stack-notes.md#versions)
+        "httptools>=0.9,<0.10",
+        "wsproto>=1.3,<1.4",
     ],
     entry_points={"console_scripts": ["restmq-engine = restmq.engine:main"]},
-    extras_require={"test": ["pytest", "pytest-twisted", "autobahn"]},
+    extras_require={"test": ["pytest", "pytest-twisted", "autobahn", "h11"]},
     classifiers=[
         "Framework :: Twisted",
         "Programming Language :: Python :: 3",

@@ -113,8 +113,13 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--sink-port", type=int, default=None)
     parser.add_argument("--listen", default="127.0.0.1")
+    parser.add_argument("--restmq-connection", action="store_true",
+                        help="serve through RestMQ's HTTP connection instead of cyclone's")
     args = parser.parse_args()
-    app = cyclone.web.Application([
+    application = cyclone.web.Application
+    if args.restmq_connection:
+        from restmq.http.compat import Application as application
+    app = application([
         (r"/bare", BareHandler),
         (r"/c/(.*)", StreamHandler),
         (r"/fan/(.*)", FanHandler),

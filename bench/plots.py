@@ -48,6 +48,9 @@ def draw(a, out_dir: Path, stem: str = "report") -> list[str]:
         _live(a, out_dir, stem, written)
     if a.rabbit or a.collectd or getattr(a, "syslog_rates", None):
         _peers(a, out_dir, stem, written)
+    if a.sec.get("parser", {}).get("cases"):
+        import parser as layer
+        written.append(layer.plot(a.sec["parser"], out_dir, stem))
     return written
 
 

@@ -588,6 +588,10 @@ def render(results: dict, out_path: Path, with_plots: bool = True) -> str:
         ["- every target was met"]
     o.append("")
 
+    if a.sec.get("parser", {}).get("cases"):
+        import parser as layer
+        o += layer.render(a.sec["parser"]) + plot("parser")
+
     if a.http:
         labels = {"bare.post": "bare POST", "bare.get": "bare GET"}
         keys = [("bare.post", "bare POST `value=hello`"), ("bare.get", "bare GET")] + \

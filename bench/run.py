@@ -14,6 +14,8 @@ Sections, each figure beside a baseline measured in the same run and interleaved
   live      add→delivery latency (comet, WebSocket, SSE) vs a bare POST round trip;
             fan-out to 1,000 / 10,000, memory per idle consumer, backlog drain vs bare
   rabbitmq  RabbitMQ's management HTTP API publish / get vs RestMQ add / hard get
+  parser    the HTTP layer's CPU per request, in pinned pairs against the connection it
+            replaced and stock cyclone's (bench/parser.py; its own servers)
 
 Everything (wrk, Redis, the servers, the clients) shares this machine; the report records
 the machine, the versions, the load average, and each process's CPU during each wrk run.
@@ -39,6 +41,7 @@ from pathlib import Path
 
 import httpbench
 import live
+import parser as layer
 import rabbit
 import redis_private
 import syslog as syslogd
@@ -47,7 +50,7 @@ from common import (BENCH_DIR, ServerProcess, checkout_env, cpu_seconds, dist_ve
                     free_ports, log_problems, raise_exit, raise_nofile_limit, software_info,
                     start_all, stop_all, venv_bin)
 
-SECTIONS = ("http", "reuse", "collectd", "syslog", "live", "rabbitmq")
+SECTIONS = ("http", "reuse", "collectd", "syslog", "live", "rabbitmq", "parser")
 OUT_DIR = BENCH_DIR / "out"
 FORM = "application/x-www-form-urlencoded"
 PREFILL_MARGIN = 1.5  # queues are filled for 1.5x the requests the run is expected to make
@@ -443,6 +446,9 @@ def run_all(args: argparse.Namespace) -> dict:
                     ("syslog", lambda: syslog_section(s, args)),
                     ("live", lambda: live_section(s, args, nofile)),
                     ("rabbitmq", lambda: rabbit_section(s, tmp, q, settings50, best)),
+                    ("parser", lambda: layer.measure(
+                        redis_bin, wrk_bin, pairs=layer.PAIRS if not args.quick else 1,
+                        duration=layer.DURATION if not args.quick else 1.0)),
                 ]
                 for name, run in plan:
                     if name not in sections:

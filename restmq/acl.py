@@ -22,8 +22,12 @@ from twisted.logger import Logger
 
 from restmq.errors import Unauthorized
 
-CATEGORIES = ("rest:producer", "rest:consumer", "comet:consumer", "websocket:consumer",
-              "sse:consumer")
+CATEGORIES = ("rest:producer", "rest:consumer", "rest:admin", "comet:consumer",
+              "websocket:consumer", "sse:consumer")
+# A section a file may lack: its routes then follow another one's rules. `[rest:admin]` came
+# after files were written whose `[rest:producer]` guards every write, the administrative
+# ones included; without the fallback those files would leave the new writes open.
+FALLBACK = {"rest:admin": "rest:producer"}
 ALL = "all"
 
 
@@ -232,8 +236,11 @@ class AclFile:
         self._load(strict=False)
 
     def check(self, category: str, request: Any) -> None:
-        """Raise Unauthorized unless `request` may use `category`."""
+        """Raise Unauthorized unless `request` may use `category` (or, when the file has no
+        such section, the one it falls back to)."""
         rule = self.rules.get(category)
+        if rule is None and category in FALLBACK:
+            rule = self.rules.get(FALLBACK[category])
         if rule is None:
             return
         cookie_ok = category in ("websocket:consumer", "sse:consumer")

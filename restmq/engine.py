@@ -149,9 +149,15 @@ class Engine:
         self.say(f"policy: {self.policy()}")
 
     def producer(self):
-        key = self.redis.run(load_script("add"), keys.add_keys(self.q), self.q, self.o.value, "",
-                             keys.channel(self.q), self.o.redis_db, "")
-        self.say(f"key: {key}")
+        # The add script's arguments: queue, channel, db, no deadline, no once window, no
+        # idempotency key, then the one item (value, no ttl, delay, eta or priority).
+        reply = self.redis.run(load_script("add"), keys.add_keys(self.q), self.q,
+                               keys.channel(self.q), self.o.redis_db, "", 0, "", "",
+                               self.o.value, "", "", "", "")
+        if reply[0] != "ok":
+            raise RedisError("message too large for the queue's max_message"
+                             if reply[0] == "too_large" else f"add refused: {reply[0]}")
+        self.say(f"key: {reply[2]}")
 
     def consumer(self):
         self.message(self.redis.run_steps(load_script("hard_get"), keys.consume_keys(self.q),

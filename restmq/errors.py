@@ -45,6 +45,16 @@ class MissingArgument(BadRequest):
 class InvalidArgument(BadRequest):
     def __init__(self, name: str):
         super().__init__(f"invalid argument: {name}")
+        self.name = name
+
+
+class InvalidItem(InvalidArgument):
+    """An argument of one item of an add: `field` of item `index` (from 0). Reads as
+    `invalid argument: <field>`; a batch route names the item itself."""
+
+    def __init__(self, field: str, index: int = 0):
+        super().__init__(field)
+        self.field, self.index = field, index
 
 
 class EmptyQueue(RestMQError):
@@ -65,6 +75,24 @@ class MethodNotAllowed(RestMQError):
 class BodyTooLarge(RestMQError):
     status = 413
     reason = "request body too large"
+
+
+class MessageTooLarge(RestMQError):
+    """A value over the queue's configured `max_message` bytes; `index` is the item's (from 0)."""
+
+    status = 413
+    reason = "message too large"
+
+    def __init__(self, index: int = 0):
+        super().__init__()
+        self.index = index
+
+
+class IdempotencyKeyReused(RestMQError):
+    """An idempotency key already used by a different request on this queue."""
+
+    status = 422
+    reason = "idempotency key reused"
 
 
 class Unauthorized(RestMQError):

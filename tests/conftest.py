@@ -166,6 +166,16 @@ def redis_proc():
     proc.stop()
 
 
+@pytest.fixture(scope="session")
+def quiet_redis_proc():
+    """A second private redis-server, which no RestMQ server process of the session uses: the
+    servers tick every second, and a test that runs the tick itself, or counts the commands
+    Redis ran, must not race one. A module opts in by overriding `redis_proc` with it."""
+    proc = RedisProcess().start()
+    yield proc
+    proc.stop()
+
+
 @pytest.fixture
 def redis(redis_proc):
     """A client on the session's Redis, flushed before each test."""
@@ -200,3 +210,19 @@ def service(redis_proc, redis):
     svc.startService()
     yield svc
     pytest_twisted.blockon(svc.stopService())
+
+
+@pytest.fixture
+def subscribe(redis_proc):
+    """subscribe(channel) -> a tests.util.Subscriber on the session Redis, closed afterwards."""
+    from tests.util import Subscriber
+    subs = []
+
+    def make(channel: str):
+        sub = Subscriber(redis_proc.port, channel)
+        subs.append(sub)
+        return sub
+
+    yield make
+    for sub in subs:
+        sub.close()

@@ -60,6 +60,11 @@ def snapshot(redis: RedisClient) -> dict:
             value = redis("LRANGE", key, 0, -1)
         elif kind == "set":
             value = sorted(redis("SMEMBERS", key))
+        elif kind == "hash":
+            flat = redis("HGETALL", key)
+            value = sorted(zip(flat[::2], flat[1::2]))
+        elif kind == "zset":
+            value = redis("ZRANGE", key, 0, -1, "WITHSCORES")
         else:
             value = kind
         state[key] = (kind, value, redis("TTL", key) >= 0)

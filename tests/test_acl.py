@@ -133,6 +133,12 @@ Hosts_Deny =   all
 username = cons
 password =  s3cret%(x)s
 
+[rest:admin]
+hosts_allow = 127.0.0.7
+hosts_deny = all
+username = adm
+password = adm1n
+
 [comet:consumer]
 hosts_allow = 127.0.0.4
 hosts_deny = all
@@ -157,6 +163,7 @@ CATEGORY = {
     # category: (allowed address, credentials or None)
     "rest:producer": ("127.0.0.2", ("prod", "p:ss:w0rd")),
     "rest:consumer": ("127.0.0.3", ("cons", "s3cret%(x)s")),
+    "rest:admin": ("127.0.0.7", ("adm", "adm1n")),
     "comet:consumer": ("127.0.0.4", None),
     "websocket:consumer": ("127.0.0.5", ("wsuser", "wspass")),
     "sse:consumer": ("127.0.0.6", ("sseuser", "ssepass")),
@@ -272,6 +279,38 @@ def _jobs_page(reply, redis):
 
 
 HARD_GOT = {"key": "aclq:1", "value": "hello", "count": 0}
+STALE = "1.1.0123456789abcdef"
+
+
+def _leased(reply, redis):
+    assert reply.status == 200, reply
+    assert reply.header("Content-Type") == JSON
+    [message] = json.loads(reply.body)["messages"]
+    assert (message["key"], message["value"], message["deliveries"]) == ("aclq:1", "hello", 1)
+    assert redis("ZCARD", "aclq:inflight") == 1
+
+
+def _config(stored: set[str]):
+    def check(reply, redis):
+        assert reply.status == 200, reply
+        assert reply.header("Content-Type") == JSON
+        body = json.loads(reply.body)
+        assert (body["queue"], set(body["set"])) == ("aclq", stored)
+    return check
+
+
+def _info(reply, redis):
+    assert reply.status == 200, reply
+    assert reply.header("Content-Type") == JSON
+    assert json.loads(reply.body)["pending"] == 1
+
+
+def _redriven(reply, redis):
+    assert reply.status == 200, reply
+    assert reply.header("Content-Type") == JSON
+    assert json.loads(reply.body) == {"queue": "aclq", "moved": [{"from": "aclq:1",
+                                                                  "to": "other:1"}],
+                                      "remaining": 0, "stopped": None}
 
 ROUTES = [
     # rest:producer
@@ -335,6 +374,27 @@ ROUTES = [
           body=xml_call("status_get", "aclq"), check=_xml("start")),
     Route("xmlrpc queues", "rest:consumer", "POST", "/xmlrpc", body=xml_call("queues"),
           check=_xml(["aclq"])),
+    # leases: consumers
+    Route("POST /claim/<q>", "rest:consumer", "POST", "/claim/aclq", form={"limit": "5"},
+          check=_leased),
+    Route("POST /ack/<q>", "rest:consumer", "POST", "/ack/aclq", form={"receipt": STALE},
+          check=_json({"queue": "aclq", "acked": [], "stale": [STALE]}, JSON, crlf=False)),
+    Route("POST /extend/<q>", "rest:consumer", "POST", "/extend/aclq",
+          form={"receipt": STALE, "lease": "5"},
+          check=_json({"queue": "aclq", "extended": [], "stale": [STALE]}, JSON, crlf=False)),
+    Route("POST /release/<q>", "rest:consumer", "POST", "/release/aclq",
+          form={"receipt": STALE},
+          check=_json({"queue": "aclq", "released": [], "dead_lettered": [], "stale": [STALE]},
+                      JSON, crlf=False)),
+    Route("GET /config/<q>", "rest:consumer", "GET", "/config/aclq", check=_config(set())),
+    Route("GET /info/<q>", "rest:consumer", "GET", "/info/aclq", check=_info),
+    # leases: administration
+    Route("POST /redrive/<q>", "rest:admin", "POST", "/redrive/aclq", form={"to": "other"},
+          check=_redriven),
+    Route("POST /config/<q>", "rest:admin", "POST", "/config/aclq", form={"lease": "9"},
+          check=_config({"lease"})),
+    Route("DELETE /config/<q>", "rest:admin", "DELETE", "/config/aclq",
+          check=_json({"queue": "aclq", "deleted": False}, JSON, crlf=False)),
     # live consumers
     Route("GET /c/<q>", "comet:consumer", "GET", "/c/aclq", check=_stream("text/plain"),
           kind="stream"),
@@ -447,6 +507,12 @@ def test_acl_comes_before_argument_validation(table_server, redis):
     """docs/http-api.md#processing-order: step 3 (ACL) before step 4 (names and arguments)."""
     port = table_server.port
     for method, path, form in (("POST", "/q/", {"value": "v"}), ("GET", "/q/bad%20name", None),
+                               ("POST", "/claim/", None), ("POST", "/claim/aclq?limit=0", None),
+                               ("POST", "/ack/aclq", None), ("POST", "/extend/aclq", None),
+                               ("POST", "/release/aclq?delay=x&receipt=1", None),
+                               ("POST", "/redrive/aclq?to=aclq", None),
+                               ("POST", "/config/aclq?unset=x", None), ("GET", "/config/", None),
+                               ("GET", "/info/a%20b", None),
                                ("POST", "/", {"queue": "aclq"}), ("POST", "/queue", None),
                                ("GET", "/c/", None), ("GET", "/sse/", None),
                                ("GET", "/?queue=QUEUESET", None), ("GET", "/stats/?callback=1",
@@ -660,6 +726,59 @@ def test_decision_procedure(redis_proc, redis):
             got = {source: _allowed(server.port, source) for source in expected}
             assert got == expected, text
     assert redis("KEYS", "*") == []
+
+
+ADMIN_REQUESTS = [("POST", "/redrive/aclq", {"to": "other"}),
+                  ("POST", "/config/aclq", {"lease": "9"}), ("DELETE", "/config/aclq", None)]
+
+ADMIN_FILES = [
+    # (ACL text, {source: allowed for the admin requests}, producer from 127.0.0.2 allowed)
+    # No [rest:admin]: [rest:producer]'s rules guard the administrative writes too.
+    ("[rest:producer]\nhosts_allow = 127.0.0.2\nhosts_deny = all\n",
+     {"127.0.0.2": True, "127.0.0.3": False}, True),
+    ("[rest:producer]\nhosts_deny = all\n", {"127.0.0.2": False}, False),
+    # With one, it decides alone, and producers keep their own rules.
+    ("[rest:producer]\nhosts_deny = all\n[rest:admin]\nhosts_allow = 127.0.0.3\n"
+     "hosts_deny = all\n", {"127.0.0.2": False, "127.0.0.3": True}, False),
+    ("[rest:producer]\nhosts_deny = all\n[rest:admin]\n", {"127.0.0.2": True}, False),
+    ("[rest:admin]\nhosts_deny = all\n", {"127.0.0.2": False}, True),
+    # Neither section: open, whatever the other sections say.
+    ("[rest:consumer]\nhosts_deny = all\n", {"127.0.0.2": True}, True),
+]
+
+
+def test_admin_section_falls_back_to_the_producer_section(redis_proc, redis):
+    for text, expected, producer in ADMIN_FILES:
+        with acl_server(redis_proc.port, text) as (server, _):
+            for source, allowed in expected.items():
+                for method, path, form in ADMIN_REQUESTS:
+                    redis("FLUSHALL")
+                    seed(redis)
+                    before = snapshot(redis)
+                    reply = send(server.port, source, method, path, form=form)
+                    if allowed:
+                        assert reply.status == 200, (text, source, path, reply)
+                    else:
+                        assert_denied(reply, challenge=False)
+                        assert snapshot(redis) == before
+            reply = send(server.port, "127.0.0.2", "POST", "/q/aclq", form={"value": "v"})
+            assert (reply.status == 200) == producer, text
+
+
+def test_admin_section_falls_back_to_the_producer_credentials(redis_proc, redis):
+    acl = "[rest:producer]\nusername = prod\npassword = pw\n"
+    with acl_server(redis_proc.port, acl) as (server, _):
+        seed(redis)
+        before = snapshot(redis)
+        for method, path, form in ADMIN_REQUESTS:
+            assert_denied(send(server.port, "127.0.0.2", method, path, form=form), True)
+            assert_denied(send(server.port, "127.0.0.2", method, path, form=form,
+                               headers=basic("prod", "nope")), True)
+        assert snapshot(redis) == before
+        for method, path, form in ADMIN_REQUESTS:
+            reply = send(server.port, "127.0.0.2", method, path, form=form,
+                         headers=basic("prod", "pw"))
+            assert reply.status == 200, (path, reply)
 
 
 CREDENTIAL_RULES = [

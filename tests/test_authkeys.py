@@ -173,6 +173,16 @@ ROUTES = [
     Route("xmlrpc policy_set", "POST", "/xmlrpc", xml=("policy_set", "{q}", "broadcast")),
     Route("xmlrpc status_get", "POST", "/xmlrpc", xml=("status_get", "{q}")),
     Route("xmlrpc status_set", "POST", "/xmlrpc", xml=("status_set", "{q}", "start")),
+    Route("POST /claim/<q>", "POST", "/claim/{q}"),
+    Route("POST /ack/<q>", "POST", "/ack/{q}", form={"receipt": "1.1.0123456789abcdef"}),
+    Route("POST /extend/<q>", "POST", "/extend/{q}",
+          form={"receipt": "1.1.0123456789abcdef", "lease": "5"}),
+    Route("POST /release/<q>", "POST", "/release/{q}", form={"receipt": "1.1.0123456789abcdef"}),
+    Route("POST /redrive/<q> to", "POST", "/redrive/{q}", form={"to": "other1"}),
+    Route("GET /config/<q>", "GET", "/config/{q}"),
+    Route("POST /config/<q>", "POST", "/config/{q}", form={"lease": "5"}),
+    Route("DELETE /config/<q>", "DELETE", "/config/{q}"),
+    Route("GET /info/<q>", "GET", "/info/{q}"),
     Route("GET /c/<q>", "GET", "/c/{q}", kind="stream"),
     Route("GET /sse/<q>", "GET", "/sse/{q}", kind="stream"),
     Route("GET /ws/<q>", "GET", "/ws/{q}", kind="websocket", status=101),
@@ -274,6 +284,7 @@ ALL_QUEUES = [
     ("GET /stats/", "GET", "/stats/", None, 200),
     ("GET /control/", "GET", "/control/", None, 200),
     ("xmlrpc queues", "POST", "/xmlrpc", xml_call("queues"), 200),
+    ("POST /redrive/<q> without to", "POST", "/redrive/kq", None, 200),
 ]
 
 
@@ -297,6 +308,57 @@ def test_all_queue_requests_need_create(locked, H, redis, name, method, path, bo
             reply = request(base, method, path, body=body, headers={"X-Auth-Key": "lister"})
             assert_unauthorized(reply)
         assert snapshot(redis) == before
+
+
+# -- requests that name a second queue ---------------------------------------------------------
+
+
+SECOND_QUEUE = [
+    # (path, form, queues a key must list besides the path's own); the path's queue is kq
+    ("/config/kq", {"dead_letter": "kq.dead", "max_attempts": "2"}, ["kq.dead"]),
+    ("/config/kq", {"dead_letter": "kq.dead"}, ["kq.dead"]),
+    ("/redrive/kq", {"to": "kq.retry"}, ["kq.retry"]),
+]
+
+
+@pytest.mark.parametrize("path,form,others", SECOND_QUEUE, ids=[str(c[1]) for c in SECOND_QUEUE])
+def test_a_dead_letter_or_to_queue_must_be_granted_too(locked, redis, path, form, others):
+    seed(redis, "kq")
+    set_record(redis, "path_only", queues=["kq"])
+    set_record(redis, "other_only", queues=others)
+    set_record(redis, "both", queues=["kq", *others])
+    before = snapshot(redis)
+    for key in ("path_only", "other_only"):
+        assert_unauthorized(request(locked, "POST", path, form=form,
+                                    headers={"X-Auth-Key": key}))
+    assert snapshot(redis) == before
+    reply = request(locked, "POST", path, form=form, headers={"X-Auth-Key": "both"})
+    assert reply.status == 200, reply
+
+
+def test_settings_that_name_no_other_queue_need_only_the_path_queue(locked, redis):
+    set_record(redis, "k", queues=["kq"])
+    for method, path, form in (("POST", "/config/kq", {"lease": "5", "unset": "dead_letter"}),
+                               ("GET", "/config/kq", None), ("DELETE", "/config/kq", None),
+                               ("GET", "/info/kq", None), ("POST", "/claim/kq", None)):
+        reply = request(locked, method, path, form=form, headers={"X-Auth-Key": "k"})
+        assert reply.status in (200, 204), (path, reply)
+
+
+def test_v2_arguments_are_validated_before_the_key(H, redis):
+    """docs/http-api.md#processing-order: a bad argument is 400 whatever the key."""
+    headers = {"X-Auth-Key": "missing"}
+    for method, path, form, reason in (
+            ("POST", "/claim/kq", {"limit": "0"}, "invalid argument: limit"),
+            ("POST", "/ack/kq", None, "missing argument: receipt"),
+            ("POST", "/extend/kq", {"receipt": "1.1.x"}, "missing argument: lease"),
+            ("POST", "/release/kq", {"receipt": "1.1.x", "delay": "x"}, "invalid argument: delay"),
+            ("POST", "/redrive/kq", {"to": "kq"}, "invalid argument: to"),
+            ("POST", "/config/kq", {"dead_letter": "a b"}, "invalid argument: dead_letter"),
+            ("GET", "/info/", None, "invalid queue name")):
+        reply = request(H, method, path, form=form, headers=headers)
+        assert (reply.status, json.loads(reply.body)) == (400, {"error": reason}), path
+    assert redis("KEYS", "*") == []
 
 
 # -- records that grant nothing ----------------------------------------------------------------

@@ -20,6 +20,12 @@ RETENTION = 100  # consumed_ttl of the default core: distinguishable from the 36
 MiB = 1024 * 1024
 
 
+@pytest.fixture(scope="session")
+def redis_proc(quiet_redis_proc):
+    """This module's Redis: one no server process ticks on (see conftest.quiet_redis_proc)."""
+    return quiet_redis_proc
+
+
 def sleep(seconds: float):
     return deferLater(reactor, seconds, lambda: None)
 
@@ -27,48 +33,6 @@ def sleep(seconds: float):
 @pytest.fixture
 def core(service):
     return Core(service, consumed_ttl=RETENTION)
-
-
-class Subscriber:
-    """A raw RESP connection subscribed to one channel; reads pushed messages synchronously
-    (Redis sends them whether or not the reactor runs)."""
-
-    def __init__(self, port: int, channel: str):
-        self.channel = channel
-        self.client = RedisClient(port, timeout=5.0)
-        assert self.client("SUBSCRIBE", channel) == ["subscribe", channel, 1]
-
-    def next(self):
-        kind, channel, payload = self.client._reply()
-        assert (kind, channel) == ("message", self.channel)
-        return payload
-
-    def next_json(self):
-        payload = self.next()
-        assert isinstance(payload, str)
-        return json.loads(payload)
-
-    def assert_nothing_pending(self, redis):
-        """Nothing was published before this call: a marker published now is the next message."""
-        redis("PUBLISH", self.channel, "--marker--")
-        assert self.next() == "--marker--"
-
-    def close(self):
-        self.client.close()
-
-
-@pytest.fixture
-def subscribe(redis_proc):
-    subs = []
-
-    def make(channel: str) -> Subscriber:
-        sub = Subscriber(redis_proc.port, channel)
-        subs.append(sub)
-        return sub
-
-    yield make
-    for sub in subs:
-        sub.close()
 
 
 async def call(fn, *args):

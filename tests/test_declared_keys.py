@@ -19,11 +19,14 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
 
-from restmq.core import Core, Message
+from restmq.core import Core, Item, Message
 from restmq.redis import RedisService
 from restmq.redis.scripts import load_script
 from tests.conftest import RedisProcess
+from tests.util import Monitor
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = sorted(p.stem for p in (ROOT / "restmq" / "scripts").glob("*.lua"))
@@ -38,6 +41,7 @@ TOKEN = re.compile(r"""
   | (?P<name>[A-Za-z_]\w*)
   | (?P<op>\.\.\.|\.\.|==|~=|<=|>=|[-+*/%^\#<>=(){}\[\];:,.])
 """, re.X | re.S)
+MEMBER_READS = {"LRANGE", "ZRANGE", "ZRANGEBYSCORE", "ZPOPMIN"}
 BINARY = {"+", "-", "*", "/", "%", "^", "..", "==", "~=", "<", "<=", ">", ">=", "and", "or"}
 UNARY = {"not", "-", "#"}
 
@@ -242,20 +246,24 @@ class LuaKeys:
 
     def table(self):
         self.take("{")
+        fields = {}
         while not self.at("}"):
+            name = None
             if self.at("["):
                 self.take()
                 self.exp()
                 self.take("]")
                 self.take("=")
             elif self.peek()[0] == "name" and self.peek(1)[1] == "=":
-                self.take()
+                name = self.take()[1]
                 self.take("=")
-            self.exp()
+            expr = self.exp()
+            if name is not None:
+                fields[name] = expr
             if self.at(",", ";"):
                 self.take()
         self.take("}")
-        return ("lit",)
+        return ("table", fields)
 
     def suffixed(self):
         if self.at("("):
@@ -307,6 +315,10 @@ class LuaKeys:
             return True
         if expr[0] == "index" and expr[1] == ("name", "KEYS"):
             return True
+        if expr[0] == "index":
+            return self.listy(expr[1], seen)
+        if expr[0] == "field":
+            return self.field_declared(expr[1], expr[2], seen)
         if expr[0] == "name":
             return self.declared_name(expr[1], seen)
         if expr[0] == "elem":
@@ -346,13 +358,35 @@ class LuaKeys:
         return (bool(roles) or unused) and all(judge(e, i) for e, i in roles)
 
     def listy(self, expr, seen) -> bool:
-        """An LRANGE reply of a declared list, or a name only ever holding one."""
+        """A reply listing the entries of a declared list or sorted set (LRANGE, ZRANGE,
+        ZRANGEBYSCORE, ZPOPMIN; lenient: the scores of a WITHSCORES reply pass too), a local
+        function returning only such replies, or a name only ever holding one."""
         if expr[0] == "call" and expr[1] == ("name", "ipairs"):
             return self.listy(expr[2][0], seen)
         if expr[0] == "call" and expr[1] == ("field", ("name", "redis"), "call"):
-            return expr[2][0][1].upper() == "LRANGE" and self.declared(expr[2][1], 0, seen)
+            return expr[2][0][1].upper() in MEMBER_READS and self.declared(expr[2][1], 0, seen)
+        if expr[0] == "call" and expr[1][0] == "name" and expr[1][1] in self.returns:
+            returns = self.returns[expr[1][1]]
+            return bool(returns) and all(r and self.listy(r[0], seen) for r in returns)
         if expr[0] == "name":
             return self.every_role(expr[1], lambda e, i: i == 0 and self.listy(e, seen))
+        return False
+
+    def field_declared(self, base, field: str, seen) -> bool:
+        """`base.field` is declared: base is a table constructor whose `field` is, or a name
+        (a local, a parameter) or a local function's result only ever holding such tables."""
+        if base[0] == "table":
+            return field in base[1] and self.declared(base[1][field], 0, seen)
+        if base[0] == "name":
+            if ("field", base[1], field) in seen:
+                return True
+            inner = seen | {("field", base[1], field)}
+            return self.every_role(base[1], lambda e, i: i == 0 and
+                                   self.field_declared(e, field, inner))
+        if base[0] == "call" and base[1][0] == "name" and base[1][1] in self.returns:
+            returns = self.returns[base[1][1]]
+            return bool(returns) and all(r and self.field_declared(r[0], field, seen)
+                                         for r in returns)
         return False
 
 
@@ -402,15 +436,22 @@ def test_the_reader_refuses_what_the_rules_refuse(key_positions):
                  "local k = KEYS[1] if x then k = ARGV[1] end redis.call('DEL', k)",
                  "local function f(k) redis.call('DEL', 'x', k) end f(KEYS[1]) f(ARGV[2])",
                  "local p = 'q:' redis.call('DEL', value_key(p, 1))",
-                 "for _, k in ipairs(ARGV) do redis.call('DEL', k) end"):
+                 "for _, k in ipairs(ARGV) do redis.call('DEL', k) end",
+                 "local T = {k = ARGV[1]} redis.call('DEL', T.k)",
+                 "local T = {k = KEYS[1]} redis.call('DEL', T.j)",
+                 "local function f() return {k = ARGV[1]} end redis.call('DEL', f().k)",
+                 "local r = redis.call('HGETALL', KEYS[1]) redis.call('DEL', r[1])",
+                 "local r = redis.call('ZRANGE', ARGV[1], 0, 0) redis.call('DEL', r[1])"):
         reader = LuaKeys(prelude + body)
         assert not all(reader.declared(args[p - 1]) for command, args in reader.calls
                        for p in key_positions(command, len(args))), body
-    ok = "local k = KEYS[2] for _, v in ipairs(redis.call('LRANGE', k, 0, 1)) do " \
-         "redis.call('DEL', v, refcount_of(v)) end redis.call('PUBLISH', ARGV[1], 'x')"
-    reader = LuaKeys(prelude + ok)
-    assert all(reader.declared(args[p - 1]) for command, args in reader.calls
-               for p in key_positions(command, len(args)))
+    for ok in ("local k = KEYS[2] for _, v in ipairs(redis.call('LRANGE', k, 0, 1)) do "
+               "redis.call('DEL', v, refcount_of(v)) end redis.call('PUBLISH', ARGV[1], 'x')",
+               "local Q = queue_keys(1) local top = redis.call('ZPOPMIN', Q.priority) "
+               "redis.call('DEL', Q.pending, top[1])"):
+        reader = LuaKeys(prelude + ok)
+        assert all(reader.declared(args[p - 1]) for command, args in reader.calls
+                   for p in key_positions(command, len(args))), ok
 
 
 # -- key names are built in restmq/redis/keys.py alone ---------------------------------------------
@@ -482,33 +523,6 @@ def test_the_key_name_check_can_fail(tmp_path):
 
 
 # -- the scripts under MONITOR ---------------------------------------------------------------
-
-QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"')
-
-
-def unquote(text: str) -> str:
-    return re.sub(r"\\x([0-9a-f]{2})|\\(.)",
-                  lambda m: chr(int(m.group(1), 16)) if m.group(1) else
-                  {"n": "\n", "r": "\r", "t": "\t"}.get(m.group(2), m.group(2)), text)
-
-
-class Monitor:
-    """A MONITOR connection; `until(marker)` returns the commands seen before `ECHO marker`."""
-
-    def __init__(self, proc: RedisProcess):
-        self.client = proc.client()
-        assert self.client("MONITOR") == "OK"
-
-    def until(self, marker: str) -> list[tuple[str, list[str]]]:
-        seen = []
-        while True:
-            line = self.client.reader.readline().decode("utf-8", "replace")
-            client = re.search(r"\[\d+ ([^\]]+)\]", line).group(1)
-            args = [unquote(a) for a in QUOTED.findall(line)]
-            if args[:2] == ["ECHO", marker] or args[:2] == ["echo", marker]:
-                return seen
-            seen.append((client, args))
-
 
 def undeclared(commands, getkeys) -> list[str]:
     """The keys touched by scripts that their EVALSHA/EVAL did not declare and that are no value
@@ -614,6 +628,48 @@ async def test_server_operations_touch_only_declared_keys(private_redis, watched
         check("purge by number")
         assert await core.requeue("w", [Message("w:1", "back")]) == 1
         check("requeue one")
+    finally:
+        await svc.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_lease_operations_touch_only_declared_keys(private_redis, watched):
+    redis, check = watched
+    svc = RedisService(port=private_redis.port)
+    svc.startService()
+    try:
+        core = Core(svc, consumed_ttl=60)
+        await svc.execute("PING")
+        await core.config_set("v", {"max_attempts": "1", "dead_letter": "v.dead", "lease": "1"})
+        check("config_set")
+        await core.add_items("v", [Item("a", priority=4), Item("b", delay=1), Item("c")],
+                             idempotency=("k", "fp"))
+        check("add with priority, delay, idempotency key")
+        one, two = (await core.claim("v", limit=2)).messages
+        check("claim")
+        await core.extend("v", [one.receipt], 1)
+        check("extend")
+        await core.ack("v", [one.receipt])
+        check("ack")
+        await core.release("v", [two.receipt])
+        check("release to the dead-letter queue")
+        await core.info("v")
+        check("info")
+        await core.redrive("v.dead")
+        check("redrive")
+        await core.claim("v")
+        redis("PEXPIRE", "v:2", 1)  # a delayed message gone when due
+        await core.config_set("v", {"max_attempts": "0"})
+        while redis("ZCARD", "v:inflight") or redis("ZCARD", "v:delayed"):
+            await deferLater(reactor, 0.05, lambda: None)
+            for queue in (await core.due()).queues:
+                await core.tick(queue)
+        check("due and tick")
+        await core.add("v", "d")
+        assert await core.purge("v") == 1
+        check("purge")
+        await core.config_clear("v")
+        check("config clear")
     finally:
         await svc.stopService()
 

@@ -386,28 +386,45 @@ async def test_requeue_after_its_deadline_writes_nothing(service, redis):
 
 # -- StallWatch: when a stream's peer counts as no longer reading --------------------------------
 
-class Transport:
-    """What StallWatch reads of a transport: Twisted's send buffer (no socket here)."""
-
-    connected = True
+class Outbox:
+    """What StallWatch reads of a stream's Outbox: how much is outstanding, and a counter of
+    what the peer acknowledged (the kernel's, on a real socket)."""
 
     def __init__(self):
-        self.dataBuffer, self.offset, self._tempDataLen = b"", 0, 0
+        self.transport = self
+        self.connected = True
+        self.written = self.acked_count = 0
 
     def holding(self, size: int) -> None:
-        self.dataBuffer = b"x" * size
+        self.acked_count = self.written - size
+
+    def outstanding(self) -> int:
+        return self.written - self.acked_count
+
+    def acked(self) -> int:
+        return self.acked_count
+
+    def write(self, size: int) -> None:
+        self.written += size
 
 
-def watch(transport):
+def watch(outbox):
     clock, stalls = task.Clock(), []
-    return StallWatch(transport, clock, 5, lambda: stalls.append(clock.seconds())), clock, stalls
+
+    def wrote(size):
+        outbox.write(size)
+        stall.wrote(size)
+
+    stall = StallWatch(outbox, clock, 5, lambda: stalls.append(clock.seconds()))
+    stall.write = wrote
+    return stall, clock, stalls
 
 
 def test_a_peer_that_takes_nothing_for_the_timeout_is_reported():
-    transport = Transport()
-    stall, clock, stalls = watch(transport)
-    transport.holding(1000)
-    stall.wrote(1000)
+    outbox = Outbox()
+    stall, clock, stalls = watch(outbox)
+    stall.write(1000)
+    outbox.holding(1000)
     clock.advance(4.9)
     assert stalls == []
     clock.advance(0.1)
@@ -415,12 +432,12 @@ def test_a_peer_that_takes_nothing_for_the_timeout_is_reported():
 
 
 def test_a_slow_peer_that_keeps_reading_is_left_alone_until_it_stops():
-    transport = Transport()
-    stall, clock, stalls = watch(transport)
-    transport.holding(1000)
-    stall.wrote(1000)
+    outbox = Outbox()
+    stall, clock, stalls = watch(outbox)
+    stall.write(1000)
+    outbox.holding(1000)
     for held in (900, 800, 700):  # it reads a little in every period
-        transport.holding(held)
+        outbox.holding(held)
         clock.advance(5)
     assert stalls == []
     clock.advance(5)  # then nothing more for a whole period
@@ -428,25 +445,26 @@ def test_a_slow_peer_that_keeps_reading_is_left_alone_until_it_stops():
 
 
 def test_a_peer_that_read_everything_is_not_watched_until_the_next_write():
-    transport = Transport()
-    stall, clock, stalls = watch(transport)
-    stall.wrote(10)
+    outbox = Outbox()
+    stall, clock, stalls = watch(outbox)
+    stall.write(10)
+    outbox.holding(0)
     clock.advance(5)  # nothing outstanding
     assert not clock.getDelayedCalls()
-    transport.holding(10)
-    stall.wrote(10)
+    stall.write(10)
+    outbox.holding(10)
     clock.advance(5)
     assert stalls == [10]
 
 
 def test_no_report_once_stopped_or_disconnected():
-    transport = Transport()
-    stall, clock, stalls = watch(transport)
-    transport.holding(10)
-    stall.wrote(10)
+    outbox = Outbox()
+    stall, clock, stalls = watch(outbox)
+    stall.write(10)
+    outbox.holding(10)
     stall.stop()
     clock.advance(10)
-    stall.wrote(10)
-    transport.connected = False
+    stall.write(10)
+    outbox.connected = False
     clock.advance(10)
     assert stalls == []

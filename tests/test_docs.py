@@ -154,9 +154,14 @@ def test_route_patterns_table_lists_every_pattern_in_order():
 
 # -- error reasons -------------------------------------------------------------------------------
 
-REASON_ARGUMENT = {"BadRequest": 0, "RestMQError": 0, "_Reject": 1, "Fault": 1, "with_status": 1}
+REASON_ARGUMENT = {"BadRequest": 0, "RestMQError": 0, "_Reject": 1, "_stop": 1, "Fault": 1,
+                   "with_status": 1}
 NAMED_ARGUMENT = {"MissingArgument": "missing argument: ", "InvalidArgument": "invalid argument: ",
                   "required": "missing argument: "}
+# The checks of restmq.core.arguments that take the argument's name second: integer(text, name,
+# low, high) raises `invalid argument: <name>`.
+SECOND_NAMED_ARGUMENT = {"integer": "invalid argument: ", "decimal": "invalid argument: ",
+                         "queue_other_than": "invalid argument: "}
 
 
 def _text(node: ast.AST, constants: dict[str, str]) -> tuple[str, bool] | None:
@@ -179,7 +184,7 @@ def code_reasons() -> tuple[set[str], set[str]]:
     """Every error reason restmq/ can produce: (complete texts, prefixes of variable texts).
 
     Sources: `reason = "..."` in a class, the reason argument of BadRequest, RestMQError,
-    RestMQError.with_status, _Reject and Fault, MissingArgument/InvalidArgument/required(name),
+    RestMQError.with_status, _Reject, _stop and Fault, MissingArgument/InvalidArgument/required(name),
     `{"error": ...}` and `{"stat": ...}` literals, and strings returned by functions named
     `*error*` (the JSON protocol's field checks)."""
     literals, prefixes = set(), set()
@@ -210,6 +215,10 @@ def code_reasons() -> tuple[set[str], set[str]]:
                         literals.add(NAMED_ARGUMENT[name] + found[0])
                     else:
                         prefixes.add(NAMED_ARGUMENT[name])
+                elif name in SECOND_NAMED_ARGUMENT and len(node.args) > 1:
+                    found = _text(node.args[1], constants)
+                    if found and found[1]:
+                        literals.add(SECOND_NAMED_ARGUMENT[name] + found[0])
             elif isinstance(node, ast.Dict):
                 for key, value in zip(node.keys, node.values):
                     if isinstance(key, ast.Constant) and key.value in ("error", "stat"):

@@ -364,13 +364,15 @@ def test_invalid_queue_name_routes(H, redis, seeded, method, path, form):
     rejected(H, redis, seeded, method, path, 400, "invalid queue name", **kw)
 
 
-def test_invalid_raw_byte_in_path(H, redis, seeded):
-    """A raw invalid UTF-8 byte (not percent-encoded) in the request target."""
+@pytest.mark.parametrize("target", [b"/q/a\xffb", "/q/é".encode(), b"/q/a\x7fb"])
+def test_invalid_raw_byte_in_path(H, redis, seeded, target):
+    """A raw byte past ASCII (not percent-encoded) in the request target, even valid UTF-8:
+    the request line is malformed (RFC 9112 §3.2), whatever name it would spell."""
     port = urlsplit(H).port
     status, headers, body = raw_exchange(
-        port, b"GET /q/a\xffb HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        port, b"POST " + target + b"?value=v HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     assert (status, headers["content-type"]) == (400, JSON_TYPE)
-    assert json.loads(body) == {"error": "invalid queue name"}
+    assert json.loads(body) == {"error": "malformed request line"}
     assert snapshot(redis) == seeded
 
 

@@ -338,3 +338,31 @@ def test_a_websocket_client_that_does_not_read_its_echoes_is_not_read_either(H, 
             sent += len(frame)
     # The server stopped reading once the echoes backed up: it does not buffer them all.
     assert sent < 64 * 1024 * 1024
+
+
+# -- the 16 MiB cap, on its own --------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def patient_server(redis_proc):
+    """A server whose stall watch waits an hour: only the 16 MiB cap can cut a consumer."""
+    server = ServerProcess(redis_proc.port, "--live-stall-timeout", "3600").start()
+    yield server
+    server.stop()
+    log = server.log()
+    assert "Traceback" not in log and "Unhandled" not in log, log
+
+
+@pytest.mark.parametrize("kind", ["c", "sse", "ws"])
+def test_a_consumer_more_than_16_mib_behind_is_cut(patient_server, redis, closing, kind):
+    """The cap used to read Twisted's private buffer fields with a default of 0: had they
+    changed, it would have stopped cutting anybody. Now it counts what the stream holds."""
+    url, queue = patient_server.url, f"far-{kind}"
+    log_before = len(patient_server.log())
+    closing(Silent(url, kind, queue))
+    wait_until(lambda: numsub(redis, queue) == 1, what="the consumer to register")
+    value = "x" * 900_000
+    for _ in range(24):  # 21 MB: more than the cap and every buffer on the way
+        add(url, queue, value)
+    wait_until(lambda: "is more than 16 MiB behind" in patient_server.log()[log_before:], 20,
+               what="the consumer to be cut by the cap")
+    wait_until(lambda: numsub(redis, queue) == 0, what="the consumer to leave")

@@ -1,11 +1,13 @@
-"""The worked example of docs/http-api.md#worked-example, steps 1-11 and 13-21, driven with
-curl against a real server and Redis."""
+"""The worked example of docs/http-api.md#worked-example, steps 1-11 and 13-21, and the walk
+through of README.rst's "Reliable workers", driven with curl against a real server and Redis."""
 from __future__ import annotations
 
 import json
 import subprocess
 
 import pytest
+
+from tests.util import wait_until
 
 
 def curl(*args: str) -> str:
@@ -103,3 +105,52 @@ def test_api_replies_carry_no_store_and_csp(H, path):
     assert headers["cache-control"] == "no-store"
     assert headers["content-security-policy"] == "default-src 'none'; sandbox"
     assert "etag" not in headers
+
+
+def test_reliable_workers_walk_through(H, redis):
+    """README.rst, "Reliable workers": steps 1 to 9 with curl. The lease is 1 s instead of 5,
+    and instead of `sleep 6` the test waits until the server handed the lapsed lease back."""
+    step1 = curl("-d", "lease=1&max_attempts=2&dead_letter=jobs.dead", f"{H}/config/jobs")
+    assert not step1.endswith("\r\n")
+    assert json.loads(step1) == {
+        "queue": "jobs", "config": {"ttl": None, "delay": 0, "max_message": None, "lease": 1,
+                                    "max_attempts": 2, "dead_letter": "jobs.dead",
+                                    "dedup_window": 300},
+        "set": ["dead_letter", "lease", "max_attempts"]}
+    assert curl("-d", "value=a", f"{H}/q/jobs") == "jobs:1\r\n"
+    step3 = json.loads(curl("-X", "POST", f"{H}/claim/jobs"))
+    [leased] = step3["messages"]
+    assert (step3["queue"], leased["key"], leased["value"], leased["deliveries"]) == \
+        ("jobs", "jobs:1", "a", 1)
+    first = leased["receipt"]
+    assert first.startswith("1.1.")
+    status, _, body = curl_i(f"{H}/q/jobs")
+    assert (status, body) == (204, "")
+    wait_until(lambda: redis("ZCARD", "jobs:inflight") == 0
+               and redis("LRANGE", "jobs:queue", 0, -1) == ["jobs:1"], 10, "the lease to lapse")
+    assert json.loads(curl("-d", f"receipt={first}", f"{H}/ack/jobs")) == {
+        "queue": "jobs", "acked": [], "stale": [first]}
+    [again] = json.loads(curl("-X", "POST", f"{H}/claim/jobs"))["messages"]
+    assert (again["key"], again["deliveries"]) == ("jobs:1", 2)
+    second = again["receipt"]
+    assert second.startswith("1.2.")
+    assert json.loads(curl("-d", f"receipt={second}", f"{H}/release/jobs")) == {
+        "queue": "jobs", "released": [], "dead_lettered": [second], "stale": []}
+    info = json.loads(curl(f"{H}/info/jobs"))
+    assert {k: info[k] for k in ("pending", "inflight", "delayed", "dead_letter")} == {
+        "pending": 0, "inflight": 0, "delayed": 0,
+        "dead_letter": {"queue": "jobs.dead", "pending": 1}}
+    step9 = curl("-X", "POST", f"{H}/redrive/jobs.dead")
+    assert not step9.endswith("\r\n")
+    assert json.loads(step9) == {"queue": "jobs.dead",
+                                 "moved": [{"from": "jobs.dead:1", "to": "jobs:1"}],
+                                 "remaining": 0, "stopped": None}
+
+    # Redis after step 9: jobs:1 pending again under its own key, no lease or origin left.
+    assert redis("LRANGE", "jobs:queue", 0, -1) == ["jobs:1"]
+    assert redis("GET", "jobs:1") == "a"
+    assert redis("GET", "jobs.dead:UUID") == "1"
+    assert sorted(redis("SMEMBERS", "QUEUESET")) == ["jobs", "jobs.dead"]
+    for key in ("jobs:inflight", "jobs:deliveries", "jobs.dead:origin", "jobs.dead:queue",
+                "jobs.dead:1"):
+        assert redis("EXISTS", key) == 0, key

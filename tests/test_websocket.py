@@ -1,6 +1,6 @@
 """WebSocket consumers, `GET /ws/<q>` (docs/live-delivery.md#websocket, #consumers, #purge).
 
-Three independent views of the server's RFC 6455 codec (restmq/_cyclone_py3.py):
+Three independent views of the server's RFC 6455 layer (restmq/http/websocket.py, on wsproto):
 * autobahn's asyncio client, run in a fresh asyncio loop inside plain synchronous tests (the
   Twisted reactor of pytest-twisted is never touched here);
 * raw sockets for the handshake, checking status lines, headers and error bodies;
@@ -862,3 +862,24 @@ def test_mixed_consumers_broadcast(H, redis):
 
     run(body)
     assert redis("LLEN", "mix:queue") == 0
+
+
+# -- a refused handshake ends the connection ----------------------------------------------------
+
+
+@pytest.mark.parametrize("request_bytes, status", [
+    (handshake("/ws/t", version="8"), 426),
+    (handshake("/ws/t", connection="keep-alive"), 400),
+    (handshake("/ws/t", key="short"), 400),
+    (handshake("/ws/t", upgrade="h2c"), 403),
+    (handshake("/ws/a%20b"), 400),
+], ids=["426", "400-no-connection-upgrade", "400-bad-key", "403-other-upgrade", "400-name"])
+def test_a_refused_handshake_closes_the_connection_after_its_reply(H, redis, request_bytes,
+                                                                   status):
+    """Found by a docs reviewer: the connection stayed open and 20 s later got an unsolicited
+    `408 request timeout`. What follows a request asking to switch protocols is not HTTP."""
+    with Raw(H) as raw:
+        raw.send(request_bytes + frame(OP_TEXT, b"not http"))
+        line, _, _ = raw.read_reply()
+        assert line.startswith(b"HTTP/1.1 %d " % status), line
+        raw.expect_eof()  # at once: the socket timeout (5 s) fails the test otherwise

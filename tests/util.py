@@ -6,13 +6,16 @@ makes something observable happen after the thing that must not (a marker messag
 after, a request logged after), waits for the marker, and only then asserts the absence."""
 from __future__ import annotations
 
+import json
+import re
 import time
 from typing import Any, Callable
 
 from tests.resp import RedisClient, seed_queue, snapshot
 
 __all__ = ["RedisClient", "seed_queue", "snapshot", "wait_until", "numsub", "peer_has_read",
-           "log_marker", "SweepWatch"]
+           "log_marker", "SweepWatch", "Subscriber", "redis_ms", "until_redis_passes", "Monitor",
+           "v2_json"]
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition",
@@ -107,3 +110,91 @@ class SweepWatch:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class Subscriber:
+    """A raw RESP connection subscribed to one channel; reads pushed messages synchronously
+    (Redis sends them whether or not the reactor runs). The `subscribe` fixture of conftest.py
+    makes them and closes them after the test."""
+
+    def __init__(self, port: int, channel: str):
+        self.channel = channel
+        self.client = RedisClient(port, timeout=5.0)
+        assert self.client("SUBSCRIBE", channel) == ["subscribe", channel, 1]
+
+    def next(self):
+        kind, channel, payload = self.client._reply()
+        assert (kind, channel) == ("message", self.channel)
+        return payload
+
+    def next_json(self):
+        payload = self.next()
+        assert isinstance(payload, str)
+        return json.loads(payload)
+
+    def assert_nothing_pending(self, redis):
+        """Nothing was published before this call: a marker published now is the next message."""
+        redis("PUBLISH", self.channel, "--marker--")
+        assert self.next() == "--marker--"
+
+    def close(self):
+        self.client.close()
+
+
+def redis_ms(redis: RedisClient) -> int:
+    """Redis's clock (TIME) in milliseconds since the epoch: what due times are written in."""
+    seconds, micros = redis("TIME")
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
+async def until_redis_passes(redis: RedisClient, ms: int, timeout: float = 5.0) -> None:
+    """In a Twisted test: poll Redis's clock (not ours) until it is past `ms`, the reactor
+    running in between; a bounded wait for a due time, not a sleep of its length."""
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+    deadline = time.monotonic() + timeout
+    while redis_ms(redis) <= ms:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"Redis's clock did not pass {ms} within {timeout} s")
+        await deferLater(reactor, 0.02, lambda: None)
+
+
+_QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"')
+
+
+def _unquote(text: str) -> str:
+    return re.sub(r"\\x([0-9a-f]{2})|\\(.)",
+                  lambda m: chr(int(m.group(1), 16)) if m.group(1) else
+                  {"n": "\n", "r": "\r", "t": "\t"}.get(m.group(2), m.group(2)), text)
+
+
+class Monitor:
+    """A MONITOR connection to the Redis of `proc` (a conftest.RedisProcess); `until(marker)`
+    returns the commands seen before `ECHO marker`, as (client, [arguments]); the client is
+    `lua` for the commands a script ran."""
+
+    def __init__(self, proc: Any):
+        self.client = proc.client()
+        assert self.client("MONITOR") == "OK"
+
+    def until(self, marker: str) -> list[tuple[str, list[str]]]:
+        seen = []
+        while True:
+            line = self.client.reader.readline().decode("utf-8", "replace")
+            client = re.search(r"\[\d+ ([^\]]+)\]", line).group(1)
+            args = [_unquote(a) for a in _QUOTED.findall(line)]
+            if args[:2] == ["ECHO", marker] or args[:2] == ["echo", marker]:
+                return seen
+            seen.append((client, args))
+
+
+def v2_json(reply) -> Any:
+    """The parsed body of a 200 from a route that came with leases (claim, ack, config ...),
+    after checking what they all share: `application/json` without a trailing CRLF, and the
+    headers of every API reply."""
+    assert reply.status == 200, (reply.status, reply.body)
+    assert reply.header("Content-Type") == "application/json"
+    assert not reply.body.endswith(b"\r\n"), reply.body
+    assert reply.header("Cache-Control") == "no-store"
+    assert reply.header("Content-Security-Policy") == "default-src 'none'; sandbox"
+    return json.loads(reply.body)

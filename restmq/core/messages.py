@@ -13,7 +13,11 @@ from typing import Any
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from restmq.core.adds import AddsMixin, Item
+from restmq.core.config import ConfigMixin
+from restmq.core.leases import LeasesMixin
 from restmq.core.policy import PolicyMixin
+from restmq.core.schedule import ScheduleMixin
 from restmq.core.stats import StatsMixin
 from restmq.core.steps import DEAD_STEP, PURGE_STEP, StepsMixin
 from restmq.errors import EmptyQueue, InvalidName, RedisUnavailable, RestMQError
@@ -31,14 +35,21 @@ class Message:
     count: int = 0
 
 
-class Core(PolicyMixin, StatsMixin, StepsMixin):
+class Core(AddsMixin, LeasesMixin, ConfigMixin, ScheduleMixin, PolicyMixin, StatsMixin,
+           StepsMixin):
     """The queue operations (docs/redis-layout.md#operations) on one Redis database: the
-    message operations here, policy and status in restmq.core.policy, the queue list and stats
-    in restmq.core.stats, the running of scripts in steps in restmq.core.steps.
+    message operations here, adds in restmq.core.adds, leases and dead letters in
+    restmq.core.leases, per-queue configuration and state in restmq.core.config, what is due
+    (the tick) in restmq.core.schedule, policy and status in restmq.core.policy, the queue list
+    and stats in restmq.core.stats, the running of scripts in steps in restmq.core.steps.
 
     `redis` is a restmq.redis.RedisService (or anything with `execute`, `run_script`, `db`).
     Every method fails with RedisUnavailable or RedisFailure when Redis does, and with
     InvalidName for a name that is neither valid nor admitted (see `admit`).
+
+    `on_due(seconds)` is called when an operation created a due time (a lease, a delayed
+    message) that many seconds from now, so that the ticker (restmq.delivery.ticker) of this
+    process meets it on time; it does nothing until the ticker sets it.
     """
 
     log = Logger()
@@ -53,8 +64,14 @@ class Core(PolicyMixin, StatsMixin, StepsMixin):
         self.consumed_ttl = consumed_ttl
         self.clock = clock
         self.scripts = {name: load_script(name) for name in (
-            "add", "add_once", "hard_get", "soft_get", "take", "del", "purge", "pop_batch",
-            "set", "stats", "retire_range", "requeue")}
+            "add", "hard_get", "soft_get", "take", "del", "purge", "pop_batch", "set", "stats",
+            "retire_range", "requeue", "claim", "ack", "extend", "release", "redrive", "due",
+            "tick", "config_set", "info")}
+        self.on_due = _ignore
+        # What this process believes (restmq.core.leases): queue -> its dead-letter queue, and
+        # ('redrive', dead-letter queue) -> the origin its last redrive moved messages to.
+        self._dead_letters: dict[Any, str] = {}
+        self._scans: dict[str, str] = {}  # queue -> position of its clean-up scan (schedule)
 
     def admit(self, name: str) -> defer.Deferred:
         """Fires with `name` when it is valid; when it breaks only the rule for new names, asks
@@ -73,17 +90,17 @@ class Core(PolicyMixin, StatsMixin, StepsMixin):
         return self.redis.execute("SISMEMBER", keys.QUEUESET, name).addCallback(decide)
 
     def add(self, queue: str, value: str, ttl: int | None = None) -> defer.Deferred:
-        """ADD: fires with the new key `<q>:<n>`; live consumers are woken by the script."""
+        """ADD of one message: fires with the new key `<q>:<n>`; live consumers are woken by
+        the script. The queue's configuration applies (restmq.core.adds); without one this is
+        exactly the original add. Fails with MessageTooLarge over a configured `max_message`."""
         check_name(queue)
-        return self._write("add", keys.add_keys(queue), queue, value,
-                           "" if ttl is None else ttl, keys.channel(queue), self.redis.db)
+        return self._add(queue, [Item(value, ttl)]).addCallback(_only_key)
 
     def add_once(self, queue: str, value: str, window: int = 1000) -> defer.Deferred:
         """ADD for a retry after an unknown outcome: when one of the `window` newest pending
         messages already holds `value` (the first try did run), fires with its key instead."""
         check_name(queue)
-        return self._write("add_once", keys.add_keys(queue), queue, value, keys.channel(queue),
-                           self.redis.db, window)
+        return self._add(queue, [Item(value)], once=window).addCallback(_only_key)
 
     def hard_get(self, queue: str) -> defer.Deferred:
         """HARD_GET: fires with the oldest Message (retained for consumed_ttl); EmptyQueue."""
@@ -201,6 +218,14 @@ class Core(PolicyMixin, StatsMixin, StepsMixin):
         """Fires with the raw AUTHKEY record text, or None."""
         record = yield self.redis.execute("GET", keys.authkey(key))
         return text(record)
+
+
+def _ignore(seconds: float) -> None:
+    pass
+
+
+def _only_key(added) -> str:
+    return added.keys[0]
 
 
 def _message(reply) -> Message:

@@ -26,9 +26,10 @@ class StatsMixin:
     """Core's reads of queue lengths, the queue list and stats."""
 
     def length(self, queue: str) -> defer.Deferred:
-        """Fires with the pending count (0 for an unknown queue)."""
+        """Fires with the pending count, priority messages included (0 for an unknown queue):
+        the stats script for one queue."""
         check_name(queue)
-        return self.redis.execute("LLEN", keys.pending(queue)).addCallback(int)
+        return self._run("stats", keys.stats_keys([queue])).addCallback(lambda r: int(r[0]))
 
     def queues(self) -> defer.Deferred:
         """Fires with the sorted list of QUEUESET members."""

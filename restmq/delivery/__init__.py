@@ -1,6 +1,8 @@
-"""Live delivery: who is connected to which queue and which of them gets a popped message, and
-when (live), and the flow control of their stream connections (streams)."""
+"""Delivery: who is connected to which queue and which of them gets a popped message, and
+when (live), the flow control of their stream connections (streams), and when a process looks
+at what is due: leases ending, delayed messages (ticker)."""
 from restmq.delivery.live import Consumer, Delivery
-from restmq.delivery.streams import StallWatch, tune_stream, unsent_bytes
+from restmq.delivery.streams import Outbox, StallWatch, tune_stream
+from restmq.delivery.ticker import Ticker
 
-__all__ = ["Consumer", "Delivery", "StallWatch", "tune_stream", "unsent_bytes"]
+__all__ = ["Consumer", "Delivery", "Outbox", "StallWatch", "Ticker", "tune_stream"]

@@ -12,7 +12,7 @@ from typing import Any
 
 from restmq import core as corelib
 from restmq.names import check_name
-from restmq.errors import BadRequest, EmptyQueue, InvalidName
+from restmq.errors import BadRequest, EmptyQueue, InvalidName, MessageTooLarge
 
 FIELDS = {
     "add": ("queue", "value"),
@@ -105,3 +105,5 @@ async def execute(core: corelib.Core, obj: dict[str, Any]) -> dict[str, Any]:
         return {"queue": queue, "deleted": deleted, "key": obj["key"]}
     except EmptyQueue:
         return {"error": "empty queue"}
+    except MessageTooLarge as e:  # over the queue's configured max_message
+        return {"error": e.reason}

@@ -16,7 +16,7 @@ from twisted.logger import Logger
 
 from restmq.acl import normal_ip
 from restmq.clock import reactor_clock, wall_time
-from restmq.errors import RedisFailure, RedisUnavailable
+from restmq.errors import MessageTooLarge, RedisFailure, RedisUnavailable
 
 SEVERITIES = ("emerg", "alert", "crit", "err", "warn", "notice", "info", "debug")
 FACILITIES = ("kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news", "uucp", "cron",
@@ -210,6 +210,10 @@ class SyslogProtocol(protocol.Protocol):
                 except RedisFailure as e:
                     self.log.error("syslog message from {ip} dropped, Redis refused it: {error}",
                                    ip=self.host, error=e.detail)
+                except MessageTooLarge:
+                    self.log.warn("syslog message from {ip} dropped: longer than the queue's "
+                                  "max_message ({size} bytes)", ip=self.host,
+                                  size=len(self.pending[0].encode("utf-8")))
                 self.pending.popleft()
                 if self.paused and len(self.pending) <= LOW_WATER:
                     self._resume()

@@ -14,7 +14,7 @@ from typing import Any
 
 from restmq import core as corelib
 from restmq.names import check_name
-from restmq.errors import BadRequest, EmptyQueue, InvalidName
+from restmq.errors import BadRequest, EmptyQueue, InvalidName, MessageTooLarge
 
 MALFORMED = "malformed XML-RPC request"
 
@@ -169,5 +169,7 @@ async def call(core: corelib.Core, method: str, params: tuple) -> Any:
         return await core.queues()
     except EmptyQueue:
         raise Fault(404, "empty queue") from None
+    except MessageTooLarge as e:  # over the queue's configured max_message
+        raise Fault(e.status, e.reason) from None
     except InvalidName:
         raise Fault(400, "invalid queue name") from None

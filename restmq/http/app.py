@@ -11,7 +11,10 @@ from restmq.http.accesslog import AccessLog
 from restmq.http.base import Context
 from restmq.http.commands import JsonProtocolHandler, XmlRpcHandler
 from restmq.http.compat import Application, ChunkedTransferEncoding
+from restmq.http.config import ConfigHandler, InfoHandler
 from restmq.http.connection import BODY_TIMEOUT, HEAD_TIMEOUT
+from restmq.http.leases import (AckHandler, ClaimHandler, ExtendHandler, RedriveHandler,
+                                ReleaseHandler)
 from restmq.http.live import SSE_KEEPALIVE, CometHandler, SSEHandler, WebSocketHandler
 from restmq.http.pages import JobsHandler, NotFoundHandler, StaticHandler
 from restmq.http.queues import (CollectdHandler, ControlHandler, PolicyHandler, QueueHandler,
@@ -48,6 +51,13 @@ def routes(ctx: Context, collectd_frontend: bool = False) -> list:
         (r"/j/.*", JobsHandler, kw),
         (r"/queue", JsonProtocolHandler, kw),
         (r"/xmlrpc", XmlRpcHandler, kw),
+        (r"/claim/.*", ClaimHandler, kw),
+        (r"/ack/.*", AckHandler, kw),
+        (r"/extend/.*", ExtendHandler, kw),
+        (r"/release/.*", ReleaseHandler, kw),
+        (r"/redrive/.*", RedriveHandler, kw),
+        (r"/config/.*", ConfigHandler, kw),
+        (r"/info/.*", InfoHandler, kw),
         (r"/static/.*", StaticHandler, kw),
         (r"/(?:favicon\.ico|robots\.txt)", StaticHandler, kw),
         (r".*", NotFoundHandler, kw),

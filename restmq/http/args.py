@@ -1,5 +1,6 @@
 """Request arguments: query and form parsing (strict UTF-8, the last occurrence wins), the
-queue name in the path, the JSONP callback, and the bounded numbers an argument may hold."""
+queue name in the path and the JSONP callback. What a value may hold is checked by
+restmq.core.arguments, for every route alike."""
 from __future__ import annotations
 
 import re
@@ -10,19 +11,6 @@ from cyclone import httputil
 from restmq.errors import InvalidArgument, InvalidName, MissingArgument
 
 CALLBACK = re.compile(r"[A-Za-z_$][A-Za-z0-9_$]*(\.[A-Za-z_$][A-Za-z0-9_$]*)*\Z")
-TTL_MAX = 2147483647
-
-
-def bounded_int(text: str, maximum: int) -> int | None:
-    """ASCII decimal digits (leading zeros allowed) as an int of at most `maximum`, else None.
-    The length is checked before int(), which refuses over 4,300 digits with a ValueError."""
-    if not (text.isascii() and text.isdigit()):
-        return None
-    digits = text.lstrip("0") or "0"
-    if len(digits) > len(str(maximum)):
-        return None
-    value = int(digits)
-    return value if value <= maximum else None
 
 
 def _decode(raw: bytes, name: str) -> str:

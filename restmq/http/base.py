@@ -139,6 +139,10 @@ class BaseHandler(ArgumentsMixin, CoroutineHandlerMixin, cyclone.web.RequestHand
     sections: dict[str, str] | None = None  # None: undeclared, and every request is refused
     queue_from: dict[str, QueueSource] | None = None
     target: str | None = EVERY_QUEUE
+    # Queues a request names besides its own, set by its check_<method> from its arguments (a
+    # redrive's `to`, a configuration's `dead_letter`; EVERY_QUEUE for a request that reaches
+    # queues it cannot name in advance): an auth key must grant them too.
+    also_addressed: tuple[str | None, ...] = ()
     prefix = ""
     jsonp_methods: tuple[str, ...] = ()
     api = True
@@ -158,9 +162,9 @@ class BaseHandler(ArgumentsMixin, CoroutineHandlerMixin, cyclone.web.RequestHand
             self._headers["Content-Security-Policy"] = "default-src 'none'; sandbox"
             self._headers["X-Content-Type-Options"] = "nosniff"
         self._list_headers = []
-        if not self.request.supports_http_1_1() and \
-                self.request.headers.get("Connection") == "Keep-Alive":
-            self._headers["Connection"] = "Keep-Alive"
+        if not self.request.supports_http_1_1() and "keep-alive" in \
+                self.request.headers.get("Connection", "").lower():
+            self._headers["Connection"] = "Keep-Alive"  # the connection keeps it open too
         self._write_buffer = []
         self._status_code = 200
         self._reason = "OK"
@@ -200,7 +204,7 @@ class BaseHandler(ArgumentsMixin, CoroutineHandlerMixin, cyclone.web.RequestHand
         if check is not None:
             check()
         if source.names_queue:
-            await self.grant(self.target)
+            await self.grant(self.target, *self.also_addressed)
 
     def check_acl(self, section: str) -> None:
         """The ACL file's `section` decides, unless an auth key was presented: the key is
@@ -220,14 +224,14 @@ class BaseHandler(ArgumentsMixin, CoroutineHandlerMixin, cyclone.web.RequestHand
         except BadRequest:
             return None
 
-    async def grant(self, queue: str | None) -> None:
-        """With an auth key presented, judge it against its record for `queue` (EVERY_QUEUE:
-        the request addresses every queue); without one the ACL file already decided. Only
-        `_authorize` calls it: handlers declare, they do not remember."""
+    async def grant(self, *queues: str | None) -> None:
+        """With an auth key presented, judge it against its record for each of `queues`
+        (EVERY_QUEUE: the request addresses every queue); without one the ACL file already
+        decided. Only `_authorize` calls it: handlers declare, they do not remember."""
         if self.authkey is None:
             return
         record = await self.ctx.core.authkey(self.authkey)
-        if acl.judge_record(record, queue) != "authorized":
+        if any(acl.judge_record(record, queue) != "authorized" for queue in queues):
             raise Unauthorized()
 
     # -- replies -----------------------------------------------------------------------------
@@ -242,6 +246,11 @@ class BaseHandler(ArgumentsMixin, CoroutineHandlerMixin, cyclone.web.RequestHand
             self.clear_header("X-Content-Type-Options")
         self.set_header("Content-Type", ctype)
         self.finish(body + "\r\n" if crlf else body)
+
+    def reply_json(self, obj: Any) -> None:
+        """The reply of the routes that came with leases: application/json without CRLF,
+        never wrapped as JSONP."""
+        self.reply(json_text(obj), ctype=JSON, crlf=False)
 
     def reply_key(self, key: str, callback: str | None) -> None:
         if callback:

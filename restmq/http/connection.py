@@ -1,319 +1,695 @@
-"""The HTTP/1.x connection: cyclone's, hardened. What bytes a request may take (limits on the
-line, the head and the body, chunked bodies, slow clients) and the errors it gets otherwise.
+"""The HTTP/1.x connection: requests read by httptools (the llhttp parser, in C) and served one
+after another through cyclone's Application and RequestHandler API.
+
+Reading. llhttp does the framing (request line, headers, Content-Length or chunked bodies) and
+does it strictly: no `lenient_*` flag is ever turned on, so obs-fold, a bare LF, a chunk size
+such as `0x7`, `0_7` or `-7`, two Content-Lengths or one beside Transfer-Encoding are errors.
+Its callbacks (`_Reader`) only record what they are given, and check our own limits (sizes,
+header count, versions, transfer codings); nothing of cyclone's runs inside them, because an
+exception there would leave the parser failing every later call. When the connection is going
+to close anyway, a callback halts the parser for good by raising `_Stop`.
+
+Serving. Complete requests wait in a queue and go to the Application one at a time: the next
+only once the reply to the previous one is finished, so that replies keep request order
+(pipelining). The read-ahead is bounded: with READ_AHEAD_REQUESTS requests or READ_AHEAD_BYTES
+waiting, the transport stops reading until the queue drains. An error the parser finds is
+answered in its turn, after the replies to the requests before it; then the connection closes,
+and nothing behind it is run.
+
+Streams. A live stream (comet, SSE, WebSocket) takes the connection over (`begin_stream`): what
+was pipelined behind it is never answered, and bytes that arrive while it runs are read and
+dropped (so that a client who leaves is noticed), after which the connection closes when the
+stream ends. A WebSocket takes the raw input instead (`take_input`). Bytes that follow a
+request asking to switch protocols (`Connection: upgrade`) belong to that protocol or to nobody:
+at most UPGRADE_HOLD of them are kept until the handler decides, reading pauses past that, and
+a refused upgrade closes the connection.
+
+Private members of cyclone, Twisted or txredisapi used here: none. (`Request` subclasses
+cyclone's HTTPRequest and sets every attribute itself; cyclone's RequestHandler reaches this
+class through `write`, `finish`, `notifyFinish`, `no_keep_alive` and `transport`.)
 """
 from __future__ import annotations
 
-import io
 import re
+import time
+from collections import deque
 
-import cyclone.httpserver
+import httptools
 from cyclone import httputil
+from cyclone.escape import parse_qs_bytes
+from cyclone.httpserver import HTTPRequest
+from twisted.internet import address, defer, protocol
+from twisted.internet.interfaces import IPushProducer, ISSLTransport
+from twisted.python import log
+from zope.interface import implementer
 
 from restmq.clock import reactor_clock
-
-# How long a connection whose request body was refused may keep sending before it is cut.
-DISCARD_GRACE = 5.0
-
-
-class _Reject(Exception):
-    """A request we answer at the connection level, then close: (status, reason)."""
-
-    def __init__(self, status: int, reason: str):
-        super().__init__(reason)
-        self.status, self.reason = status, reason
-
+from restmq.delivery.streams import Outbox
 
 REQUEST_LINE_MAX = 8192  # longer: 414
 HEADER_LINE_MAX = 16384  # one header line; longer: 431
 HEADER_BYTES_MAX = 65536  # the whole header block; more: 431
 HEADER_COUNT_MAX = 100  # more header fields: 431
 LENGTH_DIGITS_MAX = 18  # a Content-Length with more significant digits: 400
-_HEX = re.compile(rb"[0-9A-Fa-f]+")
 HEAD_TIMEOUT = 20.0  # from connect (or the end of the previous reply) to a complete head
 BODY_TIMEOUT = 60.0  # from the end of the head to the end of the body
+DISCARD_GRACE = 5.0  # how long a connection whose request body was refused may keep sending
+READ_AHEAD_REQUESTS = 32  # complete requests waiting behind the one served, past which ...
+READ_AHEAD_BYTES = 1024 * 1024  # ... or past these many bytes of them, reading pauses
+UPGRADE_HOLD = 64 * 1024  # bytes after an Upgrade request kept until its handler decides
+# Bytes the parser may take without finishing a head, or without a body byte (chunk-size
+# lines, extensions, trailers): counted per read, so a read's worth comes on top.
+HEAD_RAW_MAX = REQUEST_LINE_MAX + HEADER_BYTES_MAX
+BODY_IDLE_MAX = HEADER_BYTES_MAX
+
 _PHRASES = {400: "Bad Request", 408: "Request Timeout", 414: "URI Too Long",
-            431: "Request Header Fields Too Large", 501: "Not Implemented",
-            505: "HTTP Version Not Supported"}
+            431: "Request Header Fields Too Large", 500: "Internal Server Error",
+            501: "Not Implemented", 505: "HTTP Version Not Supported"}
+
+# Methods llhttp accepts on an HTTP/1.x request line; any other is its "invalid method".
+_KNOWN_METHODS = frozenset(
+    b"DELETE GET HEAD POST PUT CONNECT OPTIONS TRACE COPY LOCK MKCOL MOVE PROPFIND PROPPATCH "
+    b"SEARCH UNLOCK BIND REBIND UNBIND ACL REPORT MKACTIVITY CHECKOUT MERGE M-SEARCH NOTIFY "
+    b"SUBSCRIBE UNSUBSCRIBE PATCH PURGE MKCALENDAR LINK UNLINK SOURCE QUERY PRI".split())
+_REQUEST_LINE = re.compile(rb"^([!#$%&'*+.^_`|~0-9A-Za-z-]+) ([^\s]+) HTTP/(\d\.\d)\r\n", re.M)
 
 
-class HTTPConnection(cyclone.httpserver.HTTPConnection):
-    """cyclone's HTTP/1.x connection, hardened.
+_SPECIAL_LENGTHS = frozenset((6, 14, 17))  # of Expect, Content-Length, Transfer-Encoding
+_VERSIONS = {"1.1": "HTTP/1.1", "1.0": "HTTP/1.0"}
+
+
+class _Stop(Exception):
+    """Raised inside a parser callback to halt the parser for good: the connection closes."""
+
+
+class _Reject:
+    """A request the connection answers itself, in its turn, before it closes."""
+
+    __slots__ = ("status", "reason")
+
+    def __init__(self, status: int, reason: str):
+        self.status, self.reason = status, reason
+
+
+# llhttp's error texts, in the order they are matched, as our statuses and reasons.
+_PARSE_ERRORS = (
+    ("can't be present with", _Reject(400, "Content-Length with Transfer-Encoding")),
+    ("Content-Length", _Reject(400, "malformed Content-Length")),
+    ("Transfer-Encoding", _Reject(501, "unsupported transfer coding")),
+    ("hunk", _Reject(400, "malformed chunked body")),
+    ("after version", _Reject(400, "malformed request line")),
+    ("major version", _Reject(400, "malformed request line")),
+    ("version", _Reject(505, "unsupported HTTP version")),
+    ("Expected dot", _Reject(505, "unsupported HTTP version")),
+    ("header", _Reject(400, "malformed header field")),
+    ("start line", _Reject(400, "malformed header field")),
+)
+
+
+class _Message:
+    """One request as the parser saw it."""
+
+    __slots__ = ("method", "url", "version", "headers", "body", "size", "keep_alive", "upgrade",
+                 "too_large", "length", "codings", "expect", "continued")
+
+    def __init__(self):
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body: list[bytes] = []
+        self.size = 0  # body bytes (and trailer bytes) so far
+        self.keep_alive = False
+        self.upgrade = False
+        self.too_large = False
+        self.length = 0
+        self.codings: list[bytes] | None = None  # Transfer-Encoding values
+        self.expect = False  # Expect: 100-continue
+        self.continued = False  # 100 Continue sent
+
+
+class Request(HTTPRequest):
+    """cyclone's HTTPRequest, built from what the parser split already: the same attributes,
+    without parsing the query into `arguments` unless someone asks (RestMQ's handlers parse
+    their own), and with what does not change on a connection (scheme, peer) worked out once
+    per connection."""
+
+    def __init__(self, connection, method: str, uri: str, version: str, headers, body: bytes,
+                 remote_ip: str, protocol: str):
+        self.method, self.uri, self.version = method, uri, version
+        self.headers, self.body = headers, body
+        self.remote_ip, self.protocol = remote_ip, protocol
+        self.host = headers.get("Host") or "127.0.0.1"
+        self.files: dict = {}
+        self.connection = connection
+        self.started, self.finished_at = time.time(), None
+        self.path, _, self.query = uri.partition("?")
+
+    @property
+    def arguments(self) -> dict:
+        if "_args" not in self.__dict__:
+            self.__dict__["_args"] = parse_qs_bytes(self.query, keep_blank_values=True)
+        return self.__dict__["_args"]
+
+    def finish(self) -> None:
+        self.connection.finish()
+        self.finished_at = time.time()
+
+    def request_time(self) -> float:
+        return (self.finished_at or time.time()) - self.started
+
+
+class _Reader:
+    """The parser and its callbacks. They record, check our limits and nothing else; what
+    they complete goes to `done` (messages and failures, in request order)."""
+
+    def __init__(self, max_body: int):
+        self.parser = httptools.HttpRequestParser(self)
+        self.max_body = max_body
+        self.done: deque = deque()
+        self.done_bytes = 0  # body bytes of the messages in `done`
+        self.message: _Message | None = None  # the one being read
+        self.in_head = False
+        self.head_bytes = 0
+        self.failure: _Reject | None = None  # why a callback stopped the parser
+
+    def _stop(self, status: int, reason: str):
+        self.failure = _Reject(status, reason)
+        raise _Stop()
+
+    def _refuse(self, message: _Message):
+        # Dispatched at once, unread: routing and the method check still answer first.
+        message.too_large = True
+        message.body = []
+        self.message = None
+        self.done.append(message)
+        raise _Stop()
+
+    def on_url(self, url: bytes):
+        # Also where a message begins: one callback fewer per request than on_message_begin.
+        message = self.message
+        if message is None:
+            message = self.message = _Message()
+            self.in_head = True
+            self.head_bytes = 0
+        message.url += url
+        if len(message.url) > REQUEST_LINE_MAX - 20 and \
+                len(message.url) + len(self.parser.get_method()) + 10 > REQUEST_LINE_MAX:
+            self._stop(414, "request line too long")
+
+    def on_header(self, name: bytes, value: bytes):
+        message = self.message
+        size = len(name) + len(value) + 4
+        if not self.in_head:  # a trailer of a chunked body: read as body, never kept
+            message.size += size
+            if message.size > self.max_body:
+                self._refuse(message)
+            return
+        headers = message.headers
+        headers.append((name, value))
+        self.head_bytes += size
+        if self.head_bytes > HEADER_BYTES_MAX or size > HEADER_LINE_MAX + 2 or \
+                len(headers) > HEADER_COUNT_MAX:
+            self._too_large_head(size, len(headers))
+        if len(name) in _SPECIAL_LENGTHS:
+            self._special(message, name.lower(), value)
+
+    def _too_large_head(self, size: int, count: int):
+        if count > HEADER_COUNT_MAX:
+            self._stop(431, "too many header fields")
+        self._stop(431, "request header fields too large")
+
+    def _special(self, message: _Message, name: bytes, value: bytes):
+        if name == b"content-length":
+            # llhttp has checked the digits; no body is longer than 18 of them.
+            digits = value.strip(b" \t").lstrip(b"0")
+            if len(digits) > LENGTH_DIGITS_MAX:
+                self._stop(400, "malformed Content-Length")
+            message.length = int(digits or b"0")
+        elif name == b"transfer-encoding":
+            message.codings = (message.codings or []) + [value]
+        elif name == b"expect":
+            message.expect = value.strip(b" \t").lower() == b"100-continue"
+
+    def on_headers_complete(self):
+        self.in_head = False
+        message, parser = self.message, self.parser
+        message.method = parser.get_method().decode("ascii")
+        version = parser.get_http_version()
+        message.keep_alive = parser.should_keep_alive()
+        message.upgrade = parser.should_upgrade()
+        message.version = _VERSIONS.get(version)
+        if message.version is None:
+            if version == "0.9":  # also what llhttp reports for a line without one
+                self._stop(400, "malformed request line")
+            self._stop(505, "unsupported HTTP version")
+        if message.codings is not None and b",".join(message.codings).replace(
+                b" ", b"").replace(b"\t", b"").lower() != b"chunked":
+            self._stop(501, "unsupported transfer coding")
+        if message.upgrade and (message.length or message.codings) and \
+                message.method != "CONNECT":
+            # llhttp would take the body for the upgraded protocol's bytes.
+            self._stop(400, "upgrade with a request body")
+        if message.length > self.max_body:
+            self._refuse(message)
+
+    def on_body(self, body: bytes):
+        message = self.message
+        message.size += len(body)
+        if message.size > self.max_body:
+            self._refuse(message)
+        message.body.append(body)
+
+    def on_message_complete(self):
+        message, self.message = self.message, None
+        self.done.append(message)
+        self.done_bytes += message.size
+
+
+@implementer(IPushProducer)
+class HTTPConnection(protocol.Protocol):
+    """One HTTP/1.x connection of an Application (the factory, whose settings may give
+    `max_body`, `clock` (an IReactorTime), `head_timeout` and `body_timeout`).
 
     * A body whose declared length exceeds `max_body` is never read: the request is
       dispatched at once with `request.body_too_large` set, so routing and the method check
-      still come first (docs/http-api.md#processing-order), and the connection is closed
-      after the reply.
-    * Chunked request bodies are decoded and limited like others; a malformed, negative,
-      repeated or conflicting Content-Length, or a transfer coding other than chunked, is
-      answered 400 or 501 and the connection closed: never a 200 with the body dropped.
-    * Caps on the request line (414), header lines, header bytes and header count (431).
-    * Slow clients (slowloris): the head must arrive within HEAD_TIMEOUT of the connection
-      or of the previous reply (which is also the keep-alive idle timeout), the body within
-      BODY_TIMEOUT of the head; then 408 and close. Streams (comet, SSE, WebSocket) are
-      past their head and never time out this way. The Application's settings may give
-      `clock` (an IReactorTime), `head_timeout` and `body_timeout`.
-    * The request line and headers are decoded as Latin-1 so that no byte can make the parser
-      raise; handlers decode paths and arguments as UTF-8 themselves.
+      still come first (docs/http-api.md#processing-order); after the reply our sending side
+      closes and the connection is cut DISCARD_GRACE later.
+    * Slow clients: the head must arrive within `head_timeout` of the connection or of the
+      previous reply (also the keep-alive idle timeout), the body within `body_timeout` of the
+      head; then 408 and close. Only time spent waiting for the client counts.
+    * Requests keep their order; see the module docstring for pipelining and streams.
+    * The connection is the streaming producer of its own replies: while Twisted holds more
+      of them unsent than the transport's bufferSize, it reads no further request, so that a
+      client who pipelines without reading cannot make us buffer replies without end.
     """
 
-    MAX_LENGTH = HEADER_LINE_MAX
+    outbox = None  # a live stream's writer (restmq.delivery.streams.Outbox) while it runs
 
     def connectionMade(self):
-        super().connectionMade()
         settings = self.factory.settings
         self.max_body = settings.get("max_body", 1024 * 1024)
         self.clock = settings.get("clock") or reactor_clock()
         self.head_timeout = settings.get("head_timeout", HEAD_TIMEOUT)
         self.body_timeout = settings.get("body_timeout", BODY_TIMEOUT)
-        self._chunked = None  # bytearray of undecoded chunked input while reading such a body
-        self._discarding = False
-        self._rejected = False
-        self._head_bytes = 0
-        self.upgrade_buffer: bytearray | None = None  # bytes after an Upgrade request's headers
+        self._reader = _Reader(self.max_body)
+        self._queue = self._reader.done
+        self._input = self._feed  # where received bytes go
+        self._parsing = True  # they go to the parser
+        self._request: Request | None = None  # the request being served
+        self._message: _Message | None = None
+        self._finish_callback: defer.Deferred | None = None
+        self._close_after = False
+        self._closing = False
+        self._pumping = False
+        self._pump_call = None
+        self._held: bytearray | None = None  # bytes after an Upgrade request
+        self._read_pauses: set[str] = set()
+        self._raw_for: _Message | None = None  # the message the raw byte count is about
+        self._raw_size = 0
+        self._raw = 0
+        self._deadline: float | None = None
+        self._deadline_kind: str | None = None
         self._timer = None
-        self._arm(self.head_timeout)
+        self._grace = None
+        self.stream_broken = False  # bytes arrived behind a live stream: close when it ends
+        self._producing = True
+        self.transport.registerProducer(self, True)
+        self._scheme = "https" if ISSLTransport.providedBy(self.transport) else "http"
+        peer = self.transport.getPeer()
+        self._remote_ip = ("unix:%s" % self.transport.getHost().name
+                           if isinstance(peer, address.UNIXAddress) else peer.host)
+        self._set_deadline("head")
 
-    def connectionLost(self, reason):
-        self._disarm()
-        super().connectionLost(reason)
+    # -- what cyclone's request and handler objects use --------------------------------------
 
-    # -- timeouts --------------------------------------------------------------------------
+    @property
+    def no_keep_alive(self) -> bool:
+        return self._close_after
 
-    def _arm(self, seconds: float) -> None:
-        self._disarm()
-        self._timer = self.clock.callLater(seconds, self._timed_out)
+    @no_keep_alive.setter
+    def no_keep_alive(self, value: bool) -> None:
+        # cyclone's RequestHandler writes False on every request: only True counts.
+        if value:
+            self._close_after = True
 
-    def _disarm(self) -> None:
-        if self._timer is not None:
-            if self._timer.active():
-                self._timer.cancel()
-            self._timer = None
+    def write(self, chunk: bytes) -> None:
+        if self._request is None or not self.connected:
+            return  # a handler whose reply is over: its bytes would land in another's
+        if self.outbox is not None:
+            self.outbox.write(chunk)
+        else:
+            self.transport.write(chunk)
 
-    def _timed_out(self) -> None:
-        self._timer = None
-        if self._request is None or self.content_length is not None or \
-                self._chunked is not None:
-            self._reject(_Reject(408, "request timeout"))
+    def notifyFinish(self) -> defer.Deferred:
+        """Fires with None when the current reply is finished, or with a message when the
+        connection is lost first."""
+        if self._finish_callback is None:
+            self._finish_callback = defer.Deferred()
+        return self._finish_callback
 
-    # -- head ------------------------------------------------------------------------------
-
-    def lineReceived(self, line):
-        if self._rejected:
+    def finish(self) -> None:
+        message = self._message
+        if self._request is None:
             return
+        self._request = self._message = None
+        callback, self._finish_callback = self._finish_callback, None
+        if callback is not None:
+            callback.callback(None)
+        if self._closing or not self.connected:
+            return
+        if message.too_large:
+            return self._close_after_refusal()
+        if self._close_after or not message.keep_alive or message.upgrade or \
+                self.stream_broken:
+            return self._close()
+        self._deadline_kind = None  # the next head's time counts from this reply
+        if self._queue:  # the next request, or the error that stopped the parser
+            if not self._pumping:
+                self._pump_call = self.clock.callLater(0, self._pump_later)
+        elif not self._parsing:
+            self._close()
+        elif not self._pumping:
+            self._settle()
+
+    # -- reading --------------------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        self._input(data)
+
+    def _feed(self, data: bytes) -> None:
+        reader = self._reader
         try:
-            self._check_head_line(line)
-        except _Reject as e:
-            return self._reject(e)
-        super().lineReceived(line)
+            reader.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            self._input, self._parsing = self._hold, False
+            self._hold(data[upgrade.args[0]:])
+        except httptools.HttpParserCallbackError as error:
+            if not isinstance(error.__context__, _Stop):
+                return self._stopped(self._callback_bug(error))
+            failure = reader.failure  # None: a refused body, already in the queue
+            if failure is not None and failure.reason == "malformed request line" and b" HTTP/0.9\r\n" in data:
+                failure = _Reject(505, "unsupported HTTP version")  # llhttp reads none as 0.9
+            self._stopped(failure)
+        except httptools.HttpParserError as error:
+            self._stopped(self._classify(error, data))
+        else:
+            if reader.message is not None:
+                self._count_raw(len(data))
+        self._pump()
 
-    def _check_head_line(self, line: bytes) -> None:
-        if not self._headersbuffer:
-            if not line:
-                return  # tolerated empty lines before a request (RFC 9112 §2.2)
-            self._head_bytes = 0
-            if len(line) > REQUEST_LINE_MAX:
-                raise _Reject(414, "request line too long")
-        elif line and len(self._headersbuffer) > HEADER_COUNT_MAX:
-            raise _Reject(431, "too many header fields")
-        self._head_bytes += len(line) + 2
-        if self._head_bytes > HEADER_BYTES_MAX:
-            raise _Reject(431, "request header fields too large")
-
-    def lineLengthExceeded(self, line):
-        if self._rejected:
+    def _count_raw(self, size: int) -> None:
+        """Bound what the parser holds for us without a callback: a head that never ends, or
+        chunk-size lines and trailers without body bytes."""
+        reader = self._reader
+        message = reader.message
+        if message is not self._raw_for:
+            self._raw_for, self._raw, self._raw_size = message, 0, 0
+            return  # begun in this read, which is bounded anyway
+        if not reader.in_head and message.size != self._raw_size:
+            self._raw_size, self._raw = message.size, 0
             return
-        if not self._headersbuffer:
-            return self._reject(_Reject(414, "request line too long"))
-        return self._reject(_Reject(431, "request header fields too large"))
+        self._raw += size
+        if reader.in_head and self._raw > HEAD_RAW_MAX:
+            self._stopped(_Reject(431, "request header fields too large"))
+        elif not reader.in_head and self._raw > BODY_IDLE_MAX:
+            self._stopped(_Reject(400, "malformed chunked body"))
 
-    def dataReceived(self, data):
-        if self._rejected:
-            return
-        return super().dataReceived(data)
+    def _stopped(self, failure: _Reject | None) -> None:
+        """The parser is done for: answer `failure` in its turn, drop what follows."""
+        self._input, self._parsing = self._discard, False
+        self._reader.message = None
+        if failure is not None:
+            self._queue.append(failure)
+        self._resume_reading("read-ahead")
 
-    def rawDataReceived(self, data):
-        if self._discarding or self._rejected:
-            return
-        if self.upgrade_buffer is not None:
-            self.upgrade_buffer.extend(data)
-            return
-        if self._chunked is not None:
-            self._chunked.extend(data)
-            return self._decode_chunks()
-        return super().rawDataReceived(data)
+    def _callback_bug(self, error) -> _Reject:
+        log.err(error.__context__ or error, "HTTP parser callback failed")
+        return _Reject(500, "internal error")
 
-    def _on_headers(self, data):
+    def _classify(self, error, data: bytes) -> _Reject | _Message:
+        text = str(error)
+        if isinstance(error, httptools.HttpParserInvalidMethodError) or \
+                "Invalid method" in text:
+            return self._unknown_method(data)
+        for needle, reject in _PARSE_ERRORS:
+            if needle in text:
+                return reject
+        reader = self._reader
+        if reader.message is not None and not reader.in_head:
+            return _Reject(400, "malformed chunked body")
+        return _Reject(400, "malformed request line")
+
+    def _unknown_method(self, data: bytes) -> _Reject | _Message:
+        """llhttp knows a fixed list of methods; for any other, routing still decides
+        between 404 and 405 (docs/http-api.md#processing-order). The failed request line is
+        found in this read: the first one whose method llhttp does not know."""
+        for match in _REQUEST_LINE.finditer(data):
+            method, target, version = match.groups()
+            if method in _KNOWN_METHODS:
+                continue
+            if version not in (b"1.0", b"1.1"):
+                return _Reject(505, "unsupported HTTP version")
+            message = _Message()
+            message.method, message.url = method.decode("ascii"), target
+            message.version = "HTTP/" + version.decode("ascii")
+            return message
+        return _Reject(400, "malformed request line")
+
+    def _hold(self, data: bytes) -> None:
+        if self._held is None:
+            self._held = bytearray()
+        self._held += data
+        if len(self._held) > UPGRADE_HOLD:
+            self._pause_reading("upgrade")
+
+    def _discard(self, data: bytes) -> None:
+        pass
+
+    def _during_stream(self, data: bytes) -> None:
+        if not self.stream_broken:
+            log.msg(f"Bytes sent behind a live stream by {self._remote_ip} are dropped; "
+                    f"the connection closes when the stream ends")
+            self.stream_broken = True
+
+    # -- serving in order -----------------------------------------------------------------
+
+    def _pump_later(self) -> None:
+        self._pump_call = None
+        self._pump()
+
+    def _pump(self) -> None:
+        if self._pumping:
+            return
+        self._pumping = True
         try:
-            self._parse_headers(data)
-        except _Reject as e:
-            self._reject(e)
+            while self._request is None and self._queue and not self._closing:
+                item = self._queue.popleft()
+                if type(item) is _Reject:
+                    self._answer(item)
+                    return
+                self._reader.done_bytes -= item.size
+                self._serve(item)
+        finally:
+            self._pumping = False
+        if not self._closing and self.connected:
+            self._settle()
 
-    def _parse_headers(self, data):
-        eol = data.find(b"\r\n")
-        start_line = data[:eol] if eol >= 0 else data
-        parts = start_line.split(b" ")
-        if len(parts) != 3 or not parts[2].startswith(b"HTTP/"):
-            raise _Reject(400, "malformed request line")
-        if parts[2] not in (b"HTTP/1.0", b"HTTP/1.1"):
-            raise _Reject(505 if parts[2][5:6].isdigit() else 400, "unsupported HTTP version")
-        method, uri, version = (p.decode("latin-1") for p in parts)
+    def _serve(self, message: _Message) -> None:
+        headers = httputil.HTTPHeaders()
+        add = headers.add
+        for name, value in message.headers:
+            add(name.decode("latin-1"), value.decode("latin-1").rstrip(" \t"))
+        request = Request(self, message.method, message.url.decode("latin-1"),
+                          message.version, headers, b"".join(message.body),
+                          self._remote_ip, self._scheme)
+        request.body_too_large = message.too_large
+        self._request, self._message = request, message
+        self._deadline = self._deadline_kind = None  # the server's turn: no client timeout
         try:
-            headers = httputil.HTTPHeaders.parse(data[eol:].decode("latin-1") if eol >= 0
-                                                 else "")
-        except ValueError:
-            raise _Reject(400, "malformed header field") from None
-        self._request = cyclone.httpserver.HTTPRequest(
-            connection=self, method=method, uri=uri, version=version,
-            headers=headers, remote_ip=self._remote_ip)
-        self._request.body_too_large = False
-        self._disarm()
+            self.factory(request)
+        except Exception:
+            log.err(None, "Failed to dispatch an HTTP request")
+            self._close()
 
-        encodings = headers.get_list("Transfer-Encoding")
-        lengths = headers.get_list("Content-Length")
-        if encodings:
-            if lengths:
-                raise _Reject(400, "Content-Length with Transfer-Encoding")
-            if [e.strip().lower() for e in ",".join(encodings).split(",")] != ["chunked"]:
-                raise _Reject(501, "unsupported transfer coding")
-            self._expect_continue()
-            self._chunked = bytearray()
-            self._contentbuffer = io.BytesIO()
-            self._chunk_left = None
-            self._arm(self.body_timeout)
-            self.setRawMode()
-            return
-        if lengths:
-            values = {v.strip() for v in ",".join(lengths).split(",")}
-            text = next(iter(values))
-            digits = text.lstrip("0") or "0"
-            # No body is longer than a 64-bit length; int() would refuse past 4,300 digits.
-            if len(values) != 1 or not (text.isascii() and text.isdigit()) or \
-                    len(digits) > LENGTH_DIGITS_MAX:
-                raise _Reject(400, "malformed Content-Length")
-            length = int(digits)
-            if length > self.max_body:
-                return self._refuse_body()
-            if length:
-                self._expect_continue()
-                self._contentbuffer = io.BytesIO()
-                self.content_length = length
-                self._arm(self.body_timeout)
-                self.setRawMode()
-                return
-        if "Upgrade" in headers and method == "GET":
-            # Whatever follows belongs to the upgraded protocol (or nobody: the connection
-            # closes after a refused handshake), never to the HTTP parser.
-            self.no_keep_alive = True
-            self.upgrade_buffer = bytearray()
-            self.setRawMode()
-        self.request_callback(self._request)
+    def _settle(self) -> None:
+        """After a feed or a reply: timers, 100 Continue and the read-ahead bound."""
+        if self._request is None and not self._queue and self._parsing:
+            message = self._reader.message
+            if message is not None and message.expect and not message.continued and \
+                    not self._reader.in_head:
+                # Only for the request at the head of the line, whose body is wanted now.
+                message.continued = True
+                self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            in_body = message is not None and not self._reader.in_head
+            self._set_deadline("body" if in_body else "head")
+        else:
+            self._set_deadline(None)
+        if len(self._queue) >= READ_AHEAD_REQUESTS or \
+                self._reader.done_bytes > READ_AHEAD_BYTES:
+            self._pause_reading("read-ahead")
+        elif "read-ahead" in self._read_pauses:
+            self._resume_reading("read-ahead")
 
-    def _expect_continue(self):
-        if self._request.headers.get("Expect", "").lower() == "100-continue":
-            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    def _answer(self, failure: _Reject) -> None:
+        """The usual `{"error": reason}` reply at the connection level, then close."""
+        log.msg(f"Rejected HTTP request from {self._remote_ip}: "
+                f"{failure.status} {failure.reason}")
+        body = ('{"error": "%s"}' % failure.reason).encode("ascii")
+        phrase = _PHRASES.get(failure.status, "Error").encode()
+        self.transport.write(
+            b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+            % (failure.status, phrase, len(body), body))
+        self._close()
 
-    def _refuse_body(self):
-        self._request.body_too_large = True
-        self.no_keep_alive = True
-        self._discarding = True
-        self.setRawMode()
-        self.request_callback(self._request)
-
-    def _decode_chunks(self):
-        buf = self._chunked
-        while True:
-            if self._chunk_left is None:  # expecting a size line
-                end = buf.find(b"\r\n")
-                if end < 0:
-                    if len(buf) > 1024:
-                        return self._reject(_Reject(400, "malformed chunked body"))
-                    return
-                size_text = bytes(buf[:end]).split(b";", 1)[0].strip()
-                del buf[:end + 2]
-                # Hex digits only: int() would also take "1_0" (16), which a stricter proxy
-                # in front reads differently.
-                if not _HEX.fullmatch(size_text):
-                    return self._reject(_Reject(400, "malformed chunked body"))
-                size = int(size_text, 16)
-                if size == 0:
-                    self._chunked = None
-                    self._skip_trailers(bytes(buf))
-                    return
-                if self._contentbuffer.tell() + size > self.max_body:
-                    self._chunked = None
-                    self._disarm()
-                    return self._refuse_body()
-                self._chunk_left = size
-            else:
-                if len(buf) < self._chunk_left + 2:
-                    return
-                if buf[self._chunk_left:self._chunk_left + 2] != b"\r\n":
-                    return self._reject(_Reject(400, "malformed chunked body"))
-                self._contentbuffer.write(bytes(buf[:self._chunk_left]))
-                del buf[:self._chunk_left + 2]
-                self._chunk_left = None
-
-    def _skip_trailers(self, rest):
-        # Trailers end with an empty line; we keep none of them.
-        end = rest.find(b"\r\n")
-        while end > 0:
-            rest = rest[end + 2:]
-            end = rest.find(b"\r\n")
-        if end < 0:
-            self._chunked = bytearray(rest)  # wait for the rest of the trailers
-            self._chunk_left = None
-            return self._wait_trailers()
-        body = self._contentbuffer.getvalue()
-        self._contentbuffer = None
-        self._request.headers["Content-Length"] = str(len(body))
-        self._disarm()
-        self.setLineMode(rest[2:])
-        self._on_request_body(body)
-
-    def _wait_trailers(self):
-        # Rare: the last chunk arrived without the final CRLF yet. Re-enter through
-        # _decode_chunks with a zero-size marker so the trailer scan runs again.
-        self._chunked[:0] = b"0\r\n"
-
-    def _on_request_body(self, data):
-        # Arguments are parsed by the handlers (strict UTF-8, last occurrence wins).
-        self._disarm()
-        self._request.body = data
-        self.request_callback(self._request)
-
-    def _reject(self, error: _Reject) -> None:
-        """Answer at the connection level with the usual `{"error": reason}` reply, then close."""
-        if self._rejected:
-            return
-        self._rejected = True
-        self._disarm()
-        cyclone.httpserver.log.msg(f"Rejected HTTP request from {self._remote_ip}: "
-                                   f"{error.status} {error.reason}")
-        if self._request is None or not getattr(self._request, "_reply_started", False):
-            body = ('{"error": "%s"}' % error.reason).encode("ascii")
-            phrase = _PHRASES.get(error.status, "Error")
-            self.transport.write(
-                b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
-                b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
-                % (error.status, phrase.encode(), len(body), body))
+    def _close(self) -> None:
+        self._closing = True
+        self._input, self._parsing = self._discard, False
+        self._set_deadline(None)
+        self._leave_transport()
         self.transport.loseConnection()
 
-    def _finish_request(self):
-        if not self._discarding:
-            super()._finish_request()
-            if self.connected and not self._rejected:
-                self._arm(self.head_timeout)  # keep-alive: the next head, or idle close
-            return
+    def _close_after_refusal(self) -> None:
         # The refused body may still be arriving: close our side only, so the client reads
-        # the 413 instead of a reset, and cut the connection a little later.
-        if self._finish_callback:
-            self._finish_callback.callback(None)
-            self._finish_callback = None
-        self._request = None
-        self._request_finished = False
+        # the 413 instead of a reset, drop what comes, and cut the connection a little later.
+        self._closing = True
+        self._input, self._parsing = self._discard, False
+        self._set_deadline(None)
+        self._leave_transport()
+        if self._read_pauses:
+            self._read_pauses.clear()
+            self.transport.resumeProducing()
         transport = self.transport
         if hasattr(transport, "loseWriteConnection"):
             transport.loseWriteConnection()
-            self.clock.callLater(DISCARD_GRACE, transport.loseConnection)
+            self._grace = self.clock.callLater(DISCARD_GRACE, transport.loseConnection)
         else:
             transport.loseConnection()
+
+    def connectionLost(self, reason) -> None:
+        self._closing = True
+        self._input, self._parsing = self._discard, False
+        self._set_deadline(None)
+        for call in (self._timer, self._pump_call, self._grace):
+            if call is not None and call.active():
+                call.cancel()
+        self._timer = self._pump_call = self._grace = None
+        self._queue.clear()
+        callback, self._finish_callback = self._finish_callback, None
+        if callback is not None:
+            callback.callback(reason.getErrorMessage())
+
+    # -- flow control ---------------------------------------------------------------------
+
+    def pauseProducing(self) -> None:
+        """Twisted holds too much of our replies unsent: read no further request."""
+        self._pause_reading("output")
+
+    def resumeProducing(self) -> None:
+        self._resume_reading("output")
+
+    def stopProducing(self) -> None:
+        self._producing = False  # the transport is gone and forgets us itself
+
+    def _leave_transport(self) -> None:
+        # A producer left registered would keep a closing connection open.
+        if self._producing:
+            self._producing = False
+            self.transport.unregisterProducer()
+
+    def _pause_reading(self, why: str) -> None:
+        if not self._read_pauses:
+            self.transport.pauseProducing()
+        self._read_pauses.add(why)
+
+    def _resume_reading(self, why: str) -> None:
+        if why in self._read_pauses:
+            self._read_pauses.discard(why)
+            if not self._read_pauses and self.connected and not self._closing:
+                self.transport.resumeProducing()
+
+    def pause_reading(self) -> None:
+        """A stream's own reason to stop reading (a WebSocket peer that does not read)."""
+        self._pause_reading("stream")
+
+    def resume_reading(self) -> None:
+        self._resume_reading("stream")
+
+    # -- streams --------------------------------------------------------------------------
+
+    def begin_stream(self, listener):
+        """The current request becomes a live stream writing through an Outbox, which tells
+        `listener` when the output backs up (`output_paused`/`output_resumed`). Whatever was
+        pipelined behind it is dropped, and so is what arrives while it runs."""
+        self._end_pipeline()
+        if self._input == self._feed or self._input == self._hold:
+            self._input, self._parsing = self._during_stream, False
+        self._leave_transport()
+        self._resume_reading("output")
+        self.outbox = Outbox(self.transport, listener)
+        return self.outbox
+
+    def end_stream(self) -> None:
+        """The stream is over: its held output goes out, the producer leaves the transport,
+        and the connection may serve another request if nothing was sent behind the stream."""
+        if self.outbox is not None:
+            self.outbox.release()
+            self.outbox = None
+            if self.connected and not self._closing:
+                self._producing = True
+                self.transport.registerProducer(self, True)
+        if self._input == self._during_stream and not self.stream_broken:
+            self._input, self._parsing = self._feed, True
+
+    def take_input(self, receiver) -> bytes:
+        """From now on every received byte goes to `receiver` (an upgraded protocol);
+        returns those that arrived with the request."""
+        held = bytes(self._held or b"")
+        self._held = None
+        self._end_pipeline()
+        self._input, self._parsing = receiver, False
+        self._resume_reading("upgrade")
+        return held
+
+    def _end_pipeline(self) -> None:
+        waiting = len(self._queue) + (self._reader.message is not None)
+        if waiting or self._held:
+            self.stream_broken = True
+        if waiting:
+            log.msg(f"{waiting} request(s) pipelined behind a live stream left unanswered "
+                    f"({self._remote_ip})")
+        self._queue.clear()
+        self._reader.done_bytes = 0
+        self._reader.message = None
+        self._held = None
+        self._resume_reading("read-ahead")
+        self._resume_reading("upgrade")
+
+    # -- timers ---------------------------------------------------------------------------
+
+    def _set_deadline(self, kind: str | None) -> None:
+        """Arm the head or body timeout (or none). A timeout of the same kind keeps running:
+        the head's time counts from the connection or the previous reply, not the last byte.
+        One timer per connection, moved only when it would fire too early."""
+        if kind == self._deadline_kind:
+            return
+        self._deadline_kind = kind
+        if kind is None:
+            self._deadline = None
+            return
+        seconds = self.head_timeout if kind == "head" else self.body_timeout
+        self._deadline = self.clock.seconds() + seconds
+        if self._timer is None:
+            self._timer = self.clock.callLater(seconds, self._on_timer)
+        elif self._timer.getTime() > self._deadline:
+            self._timer.reset(seconds)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self._deadline is None or self._closing:
+            return
+        left = self._deadline - self.clock.seconds()
+        if left > 0:
+            self._timer = self.clock.callLater(left, self._on_timer)
+            return
+        self._stopped(None)
+        self._answer(_Reject(408, "request timeout"))

@@ -8,7 +8,6 @@ from twisted.internet import task
 from restmq.delivery import streams
 from restmq.errors import BadRequest, RestMQError
 from restmq.http import websocket
-from restmq.http.accesslog import loggable_uri
 from restmq.http.base import PATH, BaseHandler
 
 MAX_UNSENT = 16 * 1024 * 1024  # a live consumer further behind than this is disconnected
@@ -19,16 +18,17 @@ class LiveHandler(BaseHandler):
     """Shared by the comet, WebSocket and SSE consumers: checks before the stream starts
     (name, ACL, Redis), registration with delivery, and one idempotent close path.
 
-    A live handler is the streaming producer of its connection: Twisted pauses it when the
-    connection's output backs up and resumes it once drained; a paused consumer gets no
-    roundrobin message. Its StallWatch cuts it when the peer stops reading."""
+    A live stream takes its connection over (`HTTPConnection.begin_stream`) and writes through
+    the connection's Outbox, whose pauses tell this handler when the output backs up: a
+    paused consumer gets no roundrobin message. Its StallWatch cuts it when the peer stops
+    reading, and it is cut when more than MAX_UNSENT bytes wait for the peer."""
 
     methods = ("GET",)
     queue_from = {"GET": PATH}
     queue: str | None = None
     done = False
     paused = False
-    _producing = False  # registered as the connection's producer
+    outbox: streams.Outbox | None = None
     stall: streams.StallWatch | None = None
 
     def check_get(self):
@@ -39,21 +39,13 @@ class LiveHandler(BaseHandler):
         caller starts its stream and then calls `join`."""
         name = self.target
         await self.ctx.core.ping()
-        connection = self.request.connection
-        if self.done or not _open(connection.transport):
+        if self.done or not _open(self.request.connection.transport):
             # Gone while we waited for Redis: registering it would hand messages to nobody,
             # and there is nobody to answer either.
-            return self._abandon()
-        if getattr(connection, "live_stream", None) is not None:
-            # Pipelined behind a stream that never ends: its answer could never come.
-            self.log.info("request pipelined behind a live stream left unanswered: {uri}",
-                          uri=loggable_uri(self.request.uri))
-            return self._abandon()
+            self.done = True
+            self._auto_finish = False
+            return None
         return name
-
-    def _abandon(self) -> None:
-        self.done = True
-        self._auto_finish = False
 
     @property
     def clock(self):
@@ -67,13 +59,11 @@ class LiveHandler(BaseHandler):
     def join(self, name: str) -> None:
         self._auto_finish = False
         self.queue = name
-        self.request.connection.live_stream = self
-        transport = self.request.connection.transport
-        self._producing = True
-        transport.registerProducer(self, True)
+        connection = self.request.connection
+        self.outbox = connection.begin_stream(self)
         delivery = self.ctx.delivery
-        streams.tune_stream(transport, delivery.stall_timeout)
-        self.stall = streams.StallWatch(transport, self.clock, delivery.stall_timeout,
+        streams.tune_stream(connection.transport, delivery.stall_timeout)
+        self.stall = streams.StallWatch(self.outbox, self.clock, delivery.stall_timeout,
                                         self._stalled)
         delivery.register(name, self)
 
@@ -82,51 +72,46 @@ class LiveHandler(BaseHandler):
         self.done = True
         if self.queue is not None:
             self.ctx.delivery.unregister(self.queue, self)
-        connection = self.request.connection
-        if getattr(connection, "live_stream", None) is self:
-            connection.live_stream = None  # a keep-alive connection may serve another request
-        if self._producing:
-            # A producer left registered would keep a closing connection open forever.
-            self._producing = False
-            connection.transport.unregisterProducer()
+        if self.outbox is not None:
+            self.outbox = None
+            self.request.connection.end_stream()
 
     def on_connection_close(self, reason: str | None = None):
         if reason and "timed out" in reason and not self.done:
             self.log.warn("live consumer of {queue} lost: {reason}", queue=self.queue,
                           reason=reason)  # the kernel gave up on its peer
         self.leave()
-        if self.stall is not None and not _open(self.request.connection.transport):
+        if self.stall is not None and (reason or not _open(self.request.connection.transport)):
             self.stall.stop()
 
     def cut(self, why: str) -> None:
         self.log.warn("live consumer of {queue} {why}: disconnected", queue=self.queue, why=why)
+        if self.outbox is not None:
+            self.outbox.discard()  # nobody will read it
         self.leave()
         if self.stall is not None:
             self.stall.stop()
         self.request.connection.transport.abortConnection()
 
     def unsent(self) -> int:
-        transport = self.request.connection.transport
-        return streams.unacked_bytes(transport) if transport.connected else 0
+        outbox = self.outbox
+        return outbox.outstanding() if outbox is not None and outbox.transport.connected else 0
 
     def too_far_behind(self) -> bool:
-        if streams.unsent_bytes(self.request.connection.transport) > MAX_UNSENT:
+        if self.outbox is not None and self.outbox.held > MAX_UNSENT:
             self.cut("is more than 16 MiB behind")
             return True
         return False
 
-    # -- IPushProducer: Twisted tells us when the connection's output backs up ------------------
+    # -- told by the Outbox when the connection's output backs up ---------------------------
 
-    def pauseProducing(self) -> None:
+    def output_paused(self) -> None:
         self.paused = True
 
-    def resumeProducing(self) -> None:
+    def output_resumed(self) -> None:
         self.paused = False
         if not self.done:
             self.ctx.delivery.trigger(self.queue)
-
-    def stopProducing(self) -> None:
-        self._producing = False  # the transport forgets us itself
 
     def _stalled(self) -> None:
         self.cut(f"read nothing for {self.ctx.delivery.stall_timeout:g} s")
@@ -144,13 +129,15 @@ class LiveHandler(BaseHandler):
         self._chunked = self._headers.get("Transfer-Encoding") == "chunked"
 
     def write_raw(self, data: bytes) -> None:
-        self.request.connection.transport.write(data)
+        if self.outbox is None:
+            return  # the stream is over
+        self.outbox.write(data)
         self.stall.wrote(len(data))
 
     def write_stream(self, pieces: list[bytes]) -> bool:
-        """Write pieces straight to the transport, each in a chunk of its own (one message,
-        one chunk), all in one write: cyclone's write/flush per message costs more than the
-        rest of a delivery. False when nothing was written (gone, or cut just now)."""
+        """Write pieces straight to the Outbox, each in a chunk of its own (one message, one
+        chunk), all in one write: cyclone's write/flush per message costs more than the rest
+        of a delivery. False when nothing was written (gone, or cut just now)."""
         if self.done or self.too_far_behind():
             return False
         if self._chunked:
@@ -226,8 +213,8 @@ class SSEHandler(LiveHandler):
 
 
 class WebSocketHandler(LiveHandler):
-    """`GET /ws/<q>`: RFC 6455; messages out as text frames, client messages echoed
-    (docs/live-delivery.md#websocket)."""
+    """`GET /ws/<q>`: RFC 6455 on wsproto; messages out as text frames, client messages
+    echoed, a ping every 30 s (docs/live-delivery.md#websocket)."""
 
     sections = {"GET": "websocket:consumer"}
     prefix = "/ws/"
@@ -235,6 +222,10 @@ class WebSocketHandler(LiveHandler):
 
     def check_get(self):
         headers = self.request.headers
+        if "Upgrade" in headers:
+            # Whatever the outcome, the bytes after this request are not HTTP: a refused
+            # handshake ends the connection with its reply.
+            self.request.connection.no_keep_alive = True
         if "websocket" not in _tokens(headers.get("Upgrade", "")):
             raise RestMQError.with_status(403, "expected WebSocket headers")
         if headers.get("Sec-WebSocket-Version", "").strip() != "13":
@@ -244,6 +235,11 @@ class WebSocketHandler(LiveHandler):
         if "upgrade" not in _tokens(headers.get("Connection", "")) or \
                 not websocket.websocket_key_valid(self.handshake_key):
             raise BadRequest("invalid WebSocket handshake")
+        try:
+            self.handshake = websocket.accept(self.request.host, self.handshake_key,
+                                              self.request.uri)
+        except websocket.HandshakeRefused:
+            raise BadRequest("invalid WebSocket handshake") from None
         super().check_get()
 
     async def get(self):
@@ -252,44 +248,50 @@ class WebSocketHandler(LiveHandler):
         if name is None:
             return
         connection = self.request.connection
-        connection.transport.write(
-            b"HTTP/1.1 101 Switching Protocols\r\nServer: RestMQ\r\nUpgrade: websocket\r\n"
-            b"Connection: Upgrade\r\nSec-WebSocket-Accept: "
-            + websocket.websocket_accept(key).encode() + b"\r\n\r\n")
+        connection.write(websocket.accept_reply(key))
         self._headers_written = True
         self.ws = websocket.WebSocketConnection(
-            connection.transport, self.application.settings.get("max_body", 1024 * 1024),
+            self.handshake, self.write_raw, connection.transport.loseConnection,
+            self.application.settings.get("max_body", 1024 * 1024),
             on_message=self._echo, on_close=self.leave, clock=self.clock)
-        pending, connection.upgrade_buffer = connection.upgrade_buffer or b"", None
-        connection.rawDataReceived = self.ws.data_received
+        pending = connection.take_input(self.ws.data_received)
         self.join(name)
+        self.ws.start_pings(self.settings.get("ws_ping_interval", websocket.PING_INTERVAL),
+                            self.ctx.delivery.stall_timeout, self._no_pong)
         if pending:
-            self.ws.data_received(bytes(pending))
+            self.ws.data_received(pending)
 
-    def _echo(self, opcode: int, payload: bytes) -> None:
+    def _echo(self, opcode: int, payload) -> None:
         self.ws.send(opcode, payload)
 
-    def pauseProducing(self) -> None:
-        # Stop reading too: echoes of what a peer sends but never reads would pile up here.
-        self.request.connection.transport.pauseProducing()
-        super().pauseProducing()
+    def _no_pong(self) -> None:
+        self.cut(f"answered no ping for {self.ctx.delivery.stall_timeout:g} s")
 
-    def resumeProducing(self) -> None:
-        self.request.connection.transport.resumeProducing()
-        super().resumeProducing()
+    def output_paused(self) -> None:
+        # Stop reading too: echoes of what a peer sends but never reads would pile up here.
+        self.request.connection.pause_reading()
+        super().output_paused()
+
+    def output_resumed(self) -> None:
+        self.request.connection.resume_reading()
+        super().output_resumed()
 
     def send(self, batch: list[tuple[str, str]]) -> bool:
         if self.done or self.ws.closing or self.too_far_behind():
             return False
-        self.write_raw(b"".join(
-            websocket.ws_frame(websocket.OP_TEXT, text.encode("ascii")) for _, text in batch))
+        self.write_raw(self.ws.frames(text for _, text in batch))
         return True
 
     def end(self) -> None:
         if not self.done and not self.ws.closing:
-            self.write_raw(websocket.ws_frame(websocket.OP_TEXT, b"null"))
+            self.write_raw(self.ws.frames(["null"]))
             self.ws.close(websocket.CLOSE_NORMAL)
         self.done = True
+
+    def leave(self) -> None:
+        if self.ws is not None:
+            self.ws.abandon()  # nothing more goes out through a stream that is over
+        super().leave()
 
 
 def _tokens(header: str) -> set[str]:

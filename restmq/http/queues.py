@@ -4,9 +4,9 @@
 from __future__ import annotations
 
 from restmq import core as corelib
-from restmq.errors import BadRequest, EmptyQueue, InvalidArgument, MissingArgument, RestMQError
+from restmq.core import arguments
+from restmq.errors import BadRequest, EmptyQueue, MissingArgument, RestMQError
 from restmq.frontends import collectd
-from restmq.http.args import TTL_MAX, bounded_int
 from restmq.http.base import (EVERY_QUEUE, JSON, PATH, PATH_OR_EVERY, BaseHandler, Fixed,
                               FromArgument)
 from restmq.http.pages import queue_list_page
@@ -48,11 +48,7 @@ def check_add(handler: BaseHandler) -> None:
     if handler.value is None:
         raise MissingArgument("value")
     ttl = handler.arg("ttl")
-    if ttl is not None:
-        ttl = bounded_int(ttl, TTL_MAX)
-        if ttl is None or ttl < 1:
-            raise InvalidArgument("ttl")
-    handler.ttl = ttl
+    handler.ttl = None if ttl is None else arguments.integer(ttl, "ttl", 1, arguments.TTL_MAX)
     handler.jsonp = handler.callback()
 
 

@@ -4,12 +4,20 @@ layout is the original RestMQ's (docs/redis-layout.md).
 
 Every Lua script gets the keys it touches in KEYS: the `*_keys` functions at the end give each
 script's KEYS in the order its header states, the queue's own keys first, then those outside
-its prefix (QUEUESET, queuestat::<q>). See docs/redis-layout.md#scripts for the rules."""
+its prefix (QUEUESET, queuestat::<q>). Most scripts get a queue's whole key block
+(`queue_block`, read in Lua by `queue_keys` of the prelude), so that every script names the
+same keys the same way. See docs/redis-layout.md#scripts for the rules.
+
+The keys of leases, delays, priorities, dead letters and per-queue configuration (inflight,
+deliveries, delayed, priority, prio, config, dedup, dedupexp, origin, DUESET) appear only once
+something uses those features: a queue used only through the original routes keeps exactly the
+original keyspace."""
 from __future__ import annotations
 
 from typing import Iterable
 
 QUEUESET = "QUEUESET"  # the set of every queue name ever added to
+DUESET = "DUESET"  # queue name -> a lower bound of its next due time (ms, Redis's clock)
 CHANNEL_SUFFIX = ":PUBSUB"
 _STATUS_PREFIX = "queuestat::"
 _AUTHKEY_PREFIX = "AUTHKEY:"
@@ -49,6 +57,52 @@ def channel(queue: str) -> str:
     return queue + CHANNEL_SUFFIX
 
 
+def inflight(queue: str) -> str:
+    """Sorted set: value key -> lease deadline (ms) of the messages leased out."""
+    return f"{queue}:inflight"
+
+
+def deliveries(queue: str) -> str:
+    """Hash: value key -> `c` (times delivered under a lease), or `c.t` while leased with
+    receipt token t."""
+    return f"{queue}:deliveries"
+
+
+def delayed(queue: str) -> str:
+    """Sorted set: value key -> due time (ms) of messages that are not pending yet."""
+    return f"{queue}:delayed"
+
+
+def priority(queue: str) -> str:
+    """Sorted set of the pending messages of priority 1 to 9, taken before the pending list."""
+    return f"{queue}:priority"
+
+
+def prio(queue: str) -> str:
+    """Hash: value key -> priority, for messages of priority 1 to 9 while they exist."""
+    return f"{queue}:prio"
+
+
+def config(queue: str) -> str:
+    """Hash: the queue's configuration, attribute -> value."""
+    return f"{queue}:config"
+
+
+def dedup(queue: str) -> str:
+    """Hash: idempotency key -> `<fingerprint> <key>[,<key>...]` of an earlier add."""
+    return f"{queue}:dedup"
+
+
+def dedupexp(queue: str) -> str:
+    """Sorted set: idempotency key -> when it is forgotten (ms)."""
+    return f"{queue}:dedupexp"
+
+
+def origin(queue: str) -> str:
+    """Hash: value key of a dead letter in this queue -> JSON of where it came from."""
+    return f"{queue}:origin"
+
+
 def authkey(key: str) -> str:
     """The record of an auth key (JSON: its queues and privileges)."""
     return _AUTHKEY_PREFIX + key
@@ -73,29 +127,43 @@ def collides(name: str) -> bool:
 # -- the KEYS of each script ------------------------------------------------------------------
 
 
+def queue_block(queue: str) -> tuple[str, ...]:
+    """Every key of one queue, in the order the prelude's `queue_keys` reads them. A script
+    that gets a block may touch any of them; most touch few (an add on a queue without
+    configuration writes only the pending list, the counter and its value)."""
+    return (pending(queue), priority(queue), prio(queue), inflight(queue), deliveries(queue),
+            delayed(queue), config(queue), counter(queue), dedup(queue), dedupexp(queue),
+            origin(queue), status(queue), policy(queue))
+
+
+BLOCK = 13  # len(queue_block(q)); the prelude's BLOCK
+
+
+def _with_globals(queue: str) -> tuple[str, ...]:
+    return (*queue_block(queue), QUEUESET, DUESET)
+
+
 def add_keys(queue: str) -> tuple[str, ...]:
-    """add.lua, add_once.lua."""
-    return (pending(queue), counter(queue), QUEUESET, status(queue))
+    """add.lua: the block, QUEUESET, DUESET."""
+    return _with_globals(queue)
 
 
 def consume_keys(queue: str) -> tuple[str, ...]:
-    """hard_get.lua, soft_get.lua, take.lua."""
-    return (pending(queue),)
+    """hard_get.lua, soft_get.lua, take.lua, pop_batch.lua: the block."""
+    return queue_block(queue)
+
+
+pop_keys = consume_keys
 
 
 def delete_keys(queue: str, value_key: str) -> tuple[str, ...]:
-    """del.lua: the value key is the one the client names."""
-    return (pending(queue), value_key)
-
-
-def pop_keys(queue: str) -> tuple[str, ...]:
-    """pop_batch.lua."""
-    return (pending(queue), policy(queue), status(queue))
+    """del.lua: the block, then the value key the client names."""
+    return (*queue_block(queue), value_key)
 
 
 def purge_keys(queue: str) -> tuple[str, ...]:
-    """purge.lua."""
-    return (pending(queue), counter(queue))
+    """purge.lua: the block."""
+    return queue_block(queue)
 
 
 def retire_keys(queue: str) -> tuple[str, ...]:
@@ -108,8 +176,27 @@ def requeue_keys(queue: str, value_keys: Iterable[str]) -> tuple[str, ...]:
     return (pending(queue), *value_keys)
 
 
+def lease_keys(queue: str, dead_letter: str | None = None) -> tuple[str, ...]:
+    """claim.lua, ack.lua, extend.lua, release.lua, tick.lua, info.lua, config_set.lua: the
+    queue's block, QUEUESET, DUESET, then the block of its dead-letter queue when the caller
+    believes it has one (the script checks that belief against the configuration)."""
+    if dead_letter:
+        return (*_with_globals(queue), *queue_block(dead_letter))
+    return _with_globals(queue)
+
+
+def redrive_keys(queue: str, target: str) -> tuple[str, ...]:
+    """redrive.lua: the dead-letter queue's block, QUEUESET, DUESET, the target's block."""
+    return (*_with_globals(queue), *queue_block(target))
+
+
+def due_keys() -> tuple[str, ...]:
+    """due.lua."""
+    return (DUESET,)
+
+
 def stats_keys(queues: Iterable[str | bytes]) -> tuple[str | bytes, ...]:
-    """stats.lua: three keys for each queue of the page. A name read from QUEUESET as bytes
+    """stats.lua: four keys for each queue of the page. A name read from QUEUESET as bytes
     (not UTF-8: written by other software) gets its keys as bytes, the same bytes around it."""
     out: list[str | bytes] = []
     for q in queues:
@@ -117,5 +204,5 @@ def stats_keys(queues: Iterable[str | bytes]) -> tuple[str | bytes, ...]:
             name = q.decode("utf-8", "surrogateescape")
             out += [k.encode("utf-8", "surrogateescape") for k in stats_keys([name])]
         else:
-            out += [pending(q), policy(q), status(q)]
+            out += [pending(q), priority(q), policy(q), status(q)]
     return tuple(out)

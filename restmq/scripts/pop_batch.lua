@@ -1,5 +1,5 @@
--- POP_BATCH(q). KEYS: <q>:queue, <q>:queuepolicy, queuestat::<q>. ARGV: channel, db, max
--- messages, max bytes, dead limit, deadline.
+-- POP_BATCH(q). KEYS: q's block (queue_keys). ARGV: channel, db, max messages, max bytes,
+-- dead limit, deadline. Priority messages come first.
 -- Returns {policy, more, key1, value1, key2, value2, ...}; an empty reply when the queue is
 -- not started. `more` is 1 when the batch stopped after `limit` dead entries (the caller may
 -- pop again: more may be pending), else 0. Under broadcast the batch is published for every
@@ -7,21 +7,21 @@
 -- no process is subscribed to the channel: a pop held up (a write pause, a failover) until the
 -- last consumer left would otherwise publish its batch to nobody.
 local late = guard(ARGV[6]) if late then return late end
-local pending, policy_key, status = KEYS[1], KEYS[2], KEYS[3]
+local Q = queue_keys(1)
 local channel, db, limit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[5])
 local max_count, max_bytes = tonumber(ARGV[3]), tonumber(ARGV[4])
-if redis.call('GET', status) ~= '1' then
+if redis.call('GET', Q.status) ~= '1' then
   return {}
 end
 local policy = 'broadcast'
-if redis.call('GET', policy_key) == '2' then
+if redis.call('GET', Q.policy) == '2' then
   policy = 'roundrobin'
 elseif redis.call('PUBSUB', 'NUMSUB', channel)[2] == 0 then
   return {policy, 0}
 end
-local reply, messages, count, size, dead = {policy, 0}, {}, 0, 0, 0
-while count < max_count and size < max_bytes do
-  local key, value, skipped = next_live(pending, limit - dead)
+local reply, messages, taken, size, dead = {policy, 0}, {}, 0, 0, 0
+while taken < max_count and size < max_bytes do
+  local key, value, skipped = next_live(Q, limit - dead)
   dead = dead + skipped
   if not key then
     if value then
@@ -30,13 +30,17 @@ while count < max_count and size < max_bytes do
     break
   end
   redis.call('DEL', key, refcount_of(key))
-  count = count + 1
+  forget(Q, key)
+  taken = taken + 1
   size = size + #value
   reply[#reply + 1] = key
   reply[#reply + 1] = value
-  messages[count] = {key = key, value = value}
+  messages[taken] = {key = key, value = value}
 end
-if count > 0 and policy == 'broadcast' then
+if taken > 0 then
+  count(Q, 'delivered_live', taken)
+end
+if taken > 0 and policy == 'broadcast' then
   redis.call('PUBLISH', channel, cjson.encode({type = 'batch', db = db, messages = messages}))
 end
 return reply

@@ -7,7 +7,8 @@ from twisted.python import usage
 
 from restmq import __version__
 from restmq.tap.options import ListenOptions, RedisOptions, int_at_least, on_off, port, seconds
-from restmq.tap.services import OnStop, StopInOrder, redis_service
+from restmq.tap.services import (OnStop, RedisVersionCheck, StopInOrder, exit_nonzero,
+                                 redis_service)
 
 
 class Options(RedisOptions, ListenOptions):
@@ -60,7 +61,7 @@ def makeService(options: Options, collectd_frontend: bool = False) -> service.IS
 
     from restmq.clock import use_monotonic_time, wall_time
     from restmq.core import Core
-    from restmq.delivery import Delivery
+    from restmq.delivery import Delivery, Ticker
     from restmq.http import AccessLog, Context, load_static, make_application
     from restmq.redis import PubSubService
 
@@ -68,7 +69,11 @@ def makeService(options: Options, collectd_frontend: bool = False) -> service.IS
     top = StopInOrder()
     redis = redis_service(options, clock)
     redis.setServiceParent(top)
+    RedisVersionCheck(redis, clock, lambda: exit_nonzero(reactor)).setServiceParent(top)
     core = Core(redis, consumed_ttl=options["consumed-ttl"], clock=clock)
+    # Leases, delays and dead letters need a ticker in every HTTP process (it stops before
+    # the Redis connections close, after the listener and live delivery).
+    Ticker(core, clock).setServiceParent(top)
     pubsub = PubSubService(redis, timeout=options["pubsub-timeout"], clock=clock)
     delivery = Delivery(core, pubsub, db=options["redis-db"], clock=clock,
                         stall_timeout=options["live-stall-timeout"])

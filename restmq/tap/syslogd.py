@@ -5,7 +5,7 @@ from __future__ import annotations
 from twisted.application import internet, service
 
 from restmq.tap.options import ListenOptions, RedisOptions, int_at_least, port
-from restmq.tap.services import redis_service
+from restmq.tap.services import RedisVersionCheck, exit_nonzero, redis_service
 
 
 class Options(RedisOptions, ListenOptions):
@@ -36,6 +36,7 @@ def makeService(options: Options) -> service.IService:
     top = service.MultiService()
     redis = redis_service(options, clock)
     redis.setServiceParent(top)
+    RedisVersionCheck(redis, clock, lambda: exit_nonzero(reactor)).setServiceParent(top)
     factory = SyslogFactory(Core(redis, clock=clock), options["max-line"], clock=clock,
                             wall=wall_time)
     internet.StreamServerEndpointService(options.server_endpoint(reactor),

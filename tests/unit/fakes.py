@@ -42,12 +42,10 @@ class FakeDelivery:
 
 
 class Transport(StringTransport):
-    """A StringTransport that can close its writing side (as TCP does), and report bytes held
-    unsent the way Twisted's TCP transport keeps them (`dataBuffer`)."""
+    """A StringTransport that can close its writing side (as TCP does). Its `producer` is the
+    Outbox of a stream: `producer.pauseProducing()` plays Twisted's buffer filling up."""
 
     write_closed = False
-    dataBuffer = b""
-    offset = 0
 
     def loseWriteConnection(self):
         self.write_closed = True
@@ -55,12 +53,13 @@ class Transport(StringTransport):
 
 class Connection:
     """One connection to an Application built with `make_application(**settings)` on a
-    task.Clock; `clock`, `transport`, `protocol` and `delivery` are there to drive and read."""
+    task.Clock (and `core`, else a FakeCore); `clock`, `transport`, `protocol` and `delivery`
+    are there to drive and read."""
 
-    def __init__(self, **settings):
+    def __init__(self, core=None, **settings):
         self.clock = task.Clock()
         self.delivery = FakeDelivery(self.clock)
-        ctx = Context(core=FakeCore(), delivery=self.delivery)
+        ctx = Context(core=core or FakeCore(), delivery=self.delivery)
         settings.setdefault("wall", lambda: WALL)
         app = make_application(ctx, clock=self.clock, **settings)
         self.protocol = app.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))

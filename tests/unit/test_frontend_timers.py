@@ -13,6 +13,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 from twisted.logger import Logger
 
+from restmq.delivery import Ticker
 from restmq.errors import RedisUnavailable
 from restmq.frontends.syslogd import RETRY_DELAY, SyslogFactory
 from restmq.http.accesslog import AccessLog, http_date
@@ -121,9 +122,11 @@ def test_the_plugin_runs_every_timer_on_one_monotonic_clock():
     top = plugin.makeService(options)
     assert reactor.seconds is time.monotonic
     children = list(top)
-    redis, pubsub, delivery = children[:3]
+    redis, version_check, ticker, pubsub, delivery = children[:5]
     assert redis.reactor is reactor and pubsub.clock is reactor
     assert delivery.clock is reactor and delivery.core.clock is reactor
+    assert isinstance(ticker, Ticker) and ticker.clock is reactor
+    assert ticker.core is delivery.core and version_check.clock is reactor
     timers = [s for s in children if isinstance(s, internet.TimerService)]
     assert [t.clock for t in timers] == [reactor]
     app = children[-1].factory
@@ -150,7 +153,8 @@ def test_the_syslog_plugin_runs_its_timers_on_the_same_clock():
     from restmq.tap import syslogd as plugin
     options = plugin.Options()
     options.parseOptions(["--port", "1", "--redis-port", "1"])
-    redis, listener = list(plugin.makeService(options))
+    redis, version_check, listener = list(plugin.makeService(options))
     assert reactor.seconds is time.monotonic and redis.reactor is reactor
+    assert version_check.clock is reactor
     assert listener.factory.clock is reactor and listener.factory.wall is time.time
     assert listener.factory.core.clock is reactor

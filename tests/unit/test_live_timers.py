@@ -1,9 +1,12 @@
 """The timers of live streams on task.Clock: the SSE keepalive (its exact bytes on the wire),
-the stall watch that cuts a consumer who stopped reading, and the WebSocket close wait."""
+the stall watch that cuts a consumer who stopped reading, the WebSocket close wait and the
+WebSocket pings."""
 from __future__ import annotations
 
 from restmq.http.live import SSE_KEEPALIVE
-from restmq.http.websocket import CLOSE_WAIT, OP_TEXT, WebSocketConnection, ws_frame
+from twisted.internet import task
+
+from restmq.http.websocket import CLOSE_WAIT, OP_TEXT, WebSocketConnection, accept
 from tests.unit.fakes import Connection, Transport, status
 
 KEEPALIVE = b"d\r\n: keepalive\n\n\r\n"  # one SSE comment line in one chunk
@@ -64,7 +67,7 @@ def test_comet_sends_no_keepalive():
 def test_a_consumer_who_reads_nothing_for_the_stall_timeout_is_cut():
     c = stream("/c/stuck")
     consumer = c.delivery.consumers[0]
-    c.transport.dataBuffer = b"x" * 1000  # written, never taken by the peer
+    c.transport.producer.pauseProducing()  # as Twisted does when its buffer is full
     assert consumer.send([("stuck:1", '{"key": "stuck:1", "value": "v"}')])
     c.clock.advance(c.delivery.stall_timeout - 0.25)
     assert not c.closed and c.delivery.consumers == [consumer]
@@ -79,32 +82,45 @@ def test_a_consumer_who_reads_everything_is_never_cut():
     assert c.take() == KEEPALIVE * 10 and not c.closed
 
 
+class Wire:
+    """Both ends of a codec: what it wrote, and whether it dropped the connection."""
+
+    def __init__(self):
+        self.out, self.lost = b"", False
+
+    def write(self, data):
+        self.out += data
+
+    def lose(self):
+        self.lost = True
+
+
 def websocket(clock):
-    transport, closed = Transport(), []
-    ws = WebSocketConnection(transport, 1024, on_message=lambda *a: None,
+    wire, closed = Wire(), []
+    ws = WebSocketConnection(accept("t", "dGhlIHNhbXBsZSBub25jZQ==", "/ws/q"), wire.write,
+                             wire.lose, 1024, on_message=lambda *a: None,
                              on_close=lambda: closed.append(clock.seconds()), clock=clock)
-    return ws, transport, closed
+    return ws, wire, closed
 
 
 def test_websocket_close_waits_for_the_peer_then_closes_by_itself():
-    from twisted.internet import task
     clock = task.Clock()
-    ws, transport, closed = websocket(clock)
-    ws.send(OP_TEXT, b"null")
+    ws, wire, closed = websocket(clock)
+    ws.send(OP_TEXT, "null")
     ws.close(1000)
-    assert transport.value() == ws_frame(OP_TEXT, b"null") + b"\x88\x02\x03\xe8"
+    assert wire.out == b"\x81\x04null" + b"\x88\x02\x03\xe8"
     clock.advance(CLOSE_WAIT - 0.25)
-    assert closed == [] and not transport.disconnecting
+    assert closed == [] and not wire.lost
     clock.advance(0.25)
-    assert closed == [CLOSE_WAIT] and transport.disconnecting
+    assert closed == [CLOSE_WAIT] and wire.lost
 
 
 def test_websocket_close_answered_by_the_peer_ends_at_once():
-    from twisted.internet import task
     clock = task.Clock()
-    ws, transport, closed = websocket(clock)
+    ws, wire, closed = websocket(clock)
     ws.close(1000)
     ws.data_received(b"\x88\x82abcd" + bytes(a ^ b for a, b in zip(b"\x03\xe8", b"ab")))
-    assert closed == [0] and transport.disconnecting
+    assert closed == [0] and wire.lost
     clock.advance(CLOSE_WAIT)
     assert closed == [0]  # the wait's end finds it already finished
+    assert clock.getDelayedCalls() == []

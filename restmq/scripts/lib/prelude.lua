@@ -1,18 +1,22 @@
 -- The prelude: prepended to every script in restmq/scripts/ (see restmq/redis/scripts.py), so
--- the deadline guard, the skipping of dead entries and the retiring of values exist once.
+-- the deadline guard, the order of consumption (priorities, then the pending list), the
+-- skipping of dead entries, retiring, and the moves of leases and dead letters exist once.
 --
 -- Keys are declared. A script touches only the keys it is given in KEYS and the keys it
 -- derives from them by these two rules; it never makes a key name from ARGV or from a literal:
--- * a value key <q>:<n> is an entry read from a declared list (RPOP, LINDEX, LRANGE of
---   <q>:queue), a key the caller declared (del, requeue), or value_key(counter, n), built from
---   the declared counter <q>:UUID: that name less `UUID` is the prefix `<q>:` of the queue's
---   value keys (so the queue's name is never needed to make a key);
+-- * a value key <q>:<n> is an entry read from a declared list or sorted set (RPOP, LINDEX,
+--   LRANGE of <q>:queue; ZPOPMIN, ZRANGE, ZRANGEBYSCORE of <q>:priority, <q>:inflight,
+--   <q>:delayed), a key the caller declared (del, requeue), or value_key(counter, n), built
+--   from the declared counter <q>:UUID: that name less `UUID` is the prefix `<q>:` of the
+--   queue's value keys (so the queue's name is never needed to make a key). A key that arrives
+--   as data (a receipt, a hash field, a dead letter's origin) is rebuilt by value_key from its
+--   number, so it can only ever name a value key of the declared queue;
 -- * the read count of value key K is refcount_of(K), that is K:refcount.
--- KEYS holds the queue's own keys first, then the keys outside its prefix (QUEUESET,
--- queuestat::<q>), in the order each script's header states; restmq/redis/keys.py builds them
--- for the server and restmq-engine alike. The pub/sub channel <q>:PUBSUB is no key (no slot,
--- no key permission applies to it): scripts get its name in ARGV. tests/test_declared_keys.py
--- reads every script and holds them to these rules.
+-- Most scripts get a queue's whole block of keys (queue_keys below; restmq/redis/keys.py
+-- builds it), then the keys outside its prefix (QUEUESET, DUESET), then, for a script that
+-- moves messages to a second queue, that queue's block. The pub/sub channel <q>:PUBSUB is no
+-- key (no slot, no key permission applies to it): scripts get its name in ARGV.
+-- tests/test_declared_keys.py reads every script and holds them to these rules.
 
 local function value_key(counter, n)
   if counter:sub(-4) ~= 'UUID' then
@@ -25,52 +29,81 @@ local function refcount_of(key)
   return key .. ':refcount'
 end
 
--- guard(deadline): nil when the script may go on; else the EXPIRED error it must answer at once,
--- before writing anything. `deadline` is in milliseconds of Redis's TIME since the epoch ('' for
--- none); when Redis runs the script after it, the caller has given up on the reply (a 503, or a
--- retry), so the write must not happen late behind its back. Every script that writes starts
+-- The digits n of value key <q>:<n> (up to 15 of them), as text, or nil.
+local function number_of(name)
+  local digits = name:match(':(%d+)$')
+  if digits and #digits <= 15 then
+    return digits
+  end
+  return nil
+end
+
+-- A queue's keys, KEYS[i] to KEYS[i + BLOCK - 1], in the order restmq/redis/keys.py's
+-- queue_block gives them.
+local BLOCK = 13
+local function queue_keys(i)
+  return {pending = KEYS[i], priority = KEYS[i + 1], prio = KEYS[i + 2], inflight = KEYS[i + 3],
+          deliveries = KEYS[i + 4], delayed = KEYS[i + 5], config = KEYS[i + 6],
+          counter = KEYS[i + 7], dedup = KEYS[i + 8], dedupexp = KEYS[i + 9],
+          origin = KEYS[i + 10], status = KEYS[i + 11], policy = KEYS[i + 12]}
+end
+
+-- The keys outside every queue's prefix, after the first block.
+local function global_keys(i)
+  return {queueset = KEYS[i], dueset = KEYS[i + 1]}
+end
+
+-- Redis's clock in milliseconds since the epoch: the only clock due times and leases use, so
+-- that processes on hosts whose clocks disagree still agree on them.
+local function now_ms()
+  redis.replicate_commands()  -- Redis 5 needs it before writing after TIME
+  local now = redis.call('TIME')
+  return tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+end
+
+-- guard(deadline[, now]): nil when the script may go on; else the EXPIRED error it must answer
+-- at once, before writing anything. `deadline` is in milliseconds of Redis's TIME since the
+-- epoch ('' for none); when Redis runs the script after it, the caller has given up on the
+-- reply (a 503, or a retry), so the write must not happen late behind its back. Every script
+-- that writes starts
 --   local late = guard(ARGV[i]) if late then return late end
-local function guard(deadline)
+local function guard(deadline, now)
   deadline = tonumber(deadline)
   if not deadline then
     return nil
   end
-  redis.replicate_commands()  -- Redis 5 needs it before writing after TIME
-  local now = redis.call('TIME')
-  if tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) > deadline then
+  if (now or now_ms()) > deadline then
     return redis.error_reply('EXPIRED the deadline passed before Redis ran this')
   end
   return nil
 end
 
--- next_live(pending, limit[, peek]): the oldest live entry of the pending list: its key and
--- value, popped (RPOP), or left in place with `peek` (LINDEX). A dead entry met on the way (its
--- value expired or was deleted) is removed with its read count, at most `limit` of them, so that
--- one script never holds Redis long. Returns key, value, and how many dead entries it removed;
--- without a live entry, key is nil and value is what the script answers: nil when the list ran
--- out, 'MORE' after `limit` dead entries (the caller runs it again, and Redis serves other
--- clients in between).
-local function next_live(pending, limit, peek)
-  for dead = 0, limit - 1 do
-    local key
-    if peek then
-      key = redis.call('LINDEX', pending, -1)
-    else
-      key = redis.call('RPOP', pending)
-    end
-    if not key then
-      return nil, nil, dead
-    end
-    local value = redis.call('GET', key)
-    if value then
-      return key, value, dead
-    end
-    if peek then
-      redis.call('RPOP', pending)
-    end
-    redis.call('DEL', refcount_of(key))
-  end
-  return nil, 'MORE', limit
+-- count(Q, counter, n): where the per-queue counters of the metrics will be kept. Nothing is
+-- counted yet; every place that counts calls this already.
+local function count(Q, counter, n)
+end
+
+local function wake(channel, db)
+  redis.call('PUBLISH', channel, '{"type": "wake", "db": ' .. db .. '}')
+end
+
+-- due(G, name, t): queue `name` has something due at `t` (ms) or later: the tick visits it
+-- then (a due time only ever moves earlier here; the tick itself sets the exact next one).
+local function due(G, name, t)
+  redis.call('ZADD', G.dueset, 'LT', t, name)
+end
+
+-- register(G, Q, name): the queue exists (an add): listed, and started unless it has a status.
+local function register(G, Q, name)
+  redis.call('SADD', G.queueset, name)
+  redis.call('SETNX', Q.status, '1')
+end
+
+-- forget(Q, key): the message left the queue for good; nothing refers to it any more.
+local function forget(Q, key)
+  redis.call('HDEL', Q.deliveries, key)
+  redis.call('HDEL', Q.prio, key)
+  redis.call('HDEL', Q.origin, key)
 end
 
 -- retire(k, retention): keep a consumed value readable for the retention period. A retention
@@ -86,3 +119,176 @@ local function retire(k, retention)
   end
 end
 
+-- The sorted-set score of a pending message of priority p (1 to 9) numbered n: ZPOPMIN takes
+-- the highest priority first, and the oldest (lowest number) first within one level.
+local PRIORITY_STEP = 1099511627776  -- 2^40
+local function priority_score(key, p)
+  return (9 - p) * PRIORITY_STEP + (tonumber(number_of(key)) or 0)
+end
+
+-- enqueue(Q, key, p): the message becomes pending as if added now (an add, a delayed message
+-- that became due): at the producing end of its level.
+local function enqueue(Q, key, p)
+  if p and p >= 1 then
+    redis.call('ZADD', Q.priority, priority_score(key, p), key)
+  else
+    redis.call('LPUSH', Q.pending, key)
+  end
+end
+
+-- requeue(Q, key): the message goes back to the consuming end, next in line (a release, an
+-- expired lease). A priority message was the oldest of its level when it was taken, so its
+-- score puts it first again.
+local function requeue(Q, key)
+  local p = tonumber(redis.call('HGET', Q.prio, key))
+  if p and p >= 1 then
+    redis.call('ZADD', Q.priority, priority_score(key, p), key)
+  else
+    redis.call('RPUSH', Q.pending, key)
+  end
+end
+
+-- next_live(Q, limit[, peek]): the next message to consume, priority levels first (highest
+-- first), then the pending list (oldest first): its key and value, taken off (ZPOPMIN, RPOP),
+-- or left in place with `peek`. A dead entry met on the way (its value expired or was
+-- deleted) is removed with its read count and what refers to it, at most `limit` of them, so
+-- that one script never holds Redis long. Returns key, value, and how many dead entries it
+-- removed; without a live entry, key is nil and value is what the script answers: nil when
+-- nothing is pending, 'MORE' after `limit` dead entries (the caller runs it again, and Redis
+-- serves other clients in between).
+local function next_live(Q, limit, peek)
+  for dead = 0, limit - 1 do
+    local key, top
+    if peek then
+      top = redis.call('ZRANGE', Q.priority, 0, 0)
+    else
+      top = redis.call('ZPOPMIN', Q.priority)
+    end
+    if #top > 0 then
+      key = top[1]
+      if peek then
+        local value = redis.call('GET', key)
+        if value then
+          return key, value, dead
+        end
+        redis.call('ZREM', Q.priority, key)
+      end
+    else
+      if peek then
+        key = redis.call('LINDEX', Q.pending, -1)
+      else
+        key = redis.call('RPOP', Q.pending)
+      end
+      if not key then
+        return nil, nil, dead
+      end
+      if peek then
+        local value = redis.call('GET', key)
+        if value then
+          return key, value, dead
+        end
+        redis.call('RPOP', Q.pending)
+      end
+    end
+    if not peek then
+      local value = redis.call('GET', key)
+      if value then
+        return key, value, dead
+      end
+    end
+    redis.call('DEL', refcount_of(key))
+    forget(Q, key)
+  end
+  return nil, 'MORE', limit
+end
+
+-- deliveries_of(Q, key): how many times the message was delivered under a lease (the leading
+-- integer of its deliveries field, 'c' or 'c.t'), 0 when never.
+local function deliveries_of(Q, key)
+  local field = redis.call('HGET', Q.deliveries, key)
+  return tonumber(field and field:match('^(%d+)') or 0)
+end
+
+-- leased(Q, receipt): the value key and delivery count a receipt <n>.<c>.<t> names when it is
+-- current: the message's deliveries field is exactly 'c.t' (it is leased, under this very
+-- delivery). Else nil: a receipt that does not parse, of a message acked or gone, or of an
+-- earlier delivery (its lease expired and the message was delivered again).
+local function leased(Q, receipt)
+  local n, c, t = receipt:match('^(%d+)%.(%d+)%.([0-9a-f]+)$')
+  if not n or #n > 15 or #t ~= 16 then
+    return nil
+  end
+  local key = value_key(Q.counter, n)
+  if redis.call('HGET', Q.deliveries, key) ~= c .. '.' .. t then
+    return nil
+  end
+  return key, tonumber(c)
+end
+
+-- The script's context for moves between queues: ctx = {queue, channel, db, retention,
+-- dead_letter (its name, '' for none), dead_channel}, from ARGV[1] to ARGV[6] of every lease
+-- script, whose dead-letter queue's block D follows the globals in KEYS.
+local function lease_context()
+  return {queue = ARGV[1], channel = ARGV[2], db = ARGV[3], retention = tonumber(ARGV[4]),
+          dead_letter = ARGV[5], dead_channel = ARGV[6]}
+end
+
+-- The configured dead-letter queue, when dead-lettering may happen (max_attempts > 0), must
+-- be the one whose keys the caller declared. Returns max_attempts, and the reply to answer at
+-- once (before any write) when the caller guessed wrong: {'dead_letter', configured name}.
+local function check_dead_letter(Q, ctx)
+  local cfg = redis.call('HMGET', Q.config, 'max_attempts', 'dead_letter')
+  local m = tonumber(cfg[1]) or 0
+  local configured = cfg[2] or ''
+  if m > 0 and configured ~= ctx.dead_letter then
+    return m, {'dead_letter', configured}
+  end
+  return m, nil
+end
+
+-- dead_letter(Q, D, G, ctx, key, c, reason, now): move the message `key` (delivered c times)
+-- to the end of the dead-letter queue's pending list as a new message, remembering where it
+-- came from; without a dead-letter queue (refused by the configuration, so only when the
+-- record was written by hand) the message is retired. Returns true when it was moved.
+local function dead_letter(Q, D, G, ctx, key, c, reason, now)
+  if ctx.dead_letter == '' then
+    retire(key, ctx.retention)
+    retire(refcount_of(key), ctx.retention)
+    forget(Q, key)
+    count(Q, 'dropped', 1)
+    return false
+  end
+  local value = redis.call('GET', key)
+  local pttl = redis.call('PTTL', key)
+  local letter = value_key(D.counter, redis.call('INCR', D.counter))
+  while redis.call('EXISTS', letter) == 1 do  -- a restored snapshot rolled the counter back
+    letter = value_key(D.counter, redis.call('INCR', D.counter))
+  end
+  if pttl > 0 then
+    redis.call('SET', letter, value, 'PX', pttl)
+  else
+    local ttl = tonumber(redis.call('HGET', D.config, 'ttl'))
+    if ttl then
+      redis.call('SET', letter, value, 'EX', ttl)
+    else
+      redis.call('SET', letter, value)
+    end
+  end
+  register(G, D, ctx.dead_letter)
+  redis.call('LPUSH', D.pending, letter)
+  redis.call('HSET', D.origin, letter, cjson.encode({queue = ctx.queue, key = key,
+                                                    deliveries = c, reason = reason, at = now}))
+  ctx.moved = true  -- wake_dead_letter publishes one wake for all of a script's moves
+  redis.call('DEL', key, refcount_of(key))
+  forget(Q, key)
+  count(Q, 'dead_lettered', 1)
+  count(D, 'added', 1)
+  return true
+end
+
+-- wake_dead_letter(ctx): wake the dead-letter queue's consumers once if anything moved there.
+local function wake_dead_letter(ctx)
+  if ctx.moved then
+    wake(ctx.dead_channel, ctx.db)
+  end
+end

@@ -1,0 +1,83 @@
+"""Adds: one script (restmq/scripts/add.lua) for every way a message enters a queue, one item
+or many, with the queue's configuration applied (ttl, delay, size bound) and, later, priorities,
+delays and idempotency keys given by the producer."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from twisted.internet import defer
+
+from restmq.errors import IdempotencyKeyReused, InvalidItem, MessageTooLarge, RedisFailure
+from restmq.names import check_name
+from restmq.redis import DEADLINE, keys, text
+
+
+@dataclass(frozen=True)
+class Item:
+    """One message to add. `ttl` in seconds (None: the queue's configured ttl, if any);
+    `delay` in seconds or `eta` in Unix seconds (at most one; None: the queue's configured
+    delay); `priority` 0 to 9."""
+
+    value: str
+    ttl: int | None = None
+    delay: int | None = None
+    eta: float | None = None
+    priority: int = 0
+
+    def arguments(self) -> tuple:
+        """The five script arguments of the item ('' for none)."""
+        return (self.value, _blank(self.ttl), _blank(None if self.delay is None else
+                                                     self.delay * 1000),
+                _blank(None if self.eta is None else int(self.eta * 1000)),
+                self.priority or "")
+
+
+@dataclass(frozen=True)
+class Added:
+    """The keys of an add, in item order; `replayed` when an idempotency key found them added
+    by an earlier identical request (nothing was added now)."""
+
+    keys: list[str]
+    replayed: bool = False
+
+
+def _blank(value: Any) -> Any:
+    return "" if value is None else value
+
+
+class AddsMixin:
+    """Core's adds. Needs `redis`, `scripts` and `_due_in` (restmq.core.leases)."""
+
+    def add_items(self, queue: str, items: Sequence[Item],
+                  idempotency: tuple[str, str] | None = None) -> defer.Deferred:
+        """ADD of `items` (all or nothing, consecutive keys): fires with Added. `idempotency`
+        is (key, fingerprint of the request). Fails with MessageTooLarge(index) for a value over
+        the queue's `max_message`, InvalidItem('eta', index) for an eta over 30 days ahead,
+        IdempotencyKeyReused, InvalidName, RedisUnavailable / RedisFailure."""
+        check_name(queue)
+        return self._add(queue, items, idempotency=idempotency)
+
+    def _add(self, queue: str, items: Sequence[Item], once: int = 0,
+             idempotency: tuple[str, str] | None = None) -> defer.Deferred:
+        idem, fingerprint = idempotency or ("", "")
+        args = [queue, keys.channel(queue), self.redis.db, DEADLINE, once, idem, fingerprint]
+        for item in items:
+            args += item.arguments()
+        d = self.redis.run_script(self.scripts["add"], keys.add_keys(queue), *args)
+        return d.addCallback(self._added)
+
+    def _added(self, reply: list) -> Added:
+        reply = text(reply)
+        outcome = reply[0]
+        if outcome == "too_large":
+            raise MessageTooLarge(int(reply[1]))
+        if outcome == "bad_eta":
+            raise InvalidItem("eta", int(reply[1]))
+        if outcome == "reused":
+            raise IdempotencyKeyReused()
+        if outcome not in ("ok", "replayed"):
+            raise RedisFailure(f"unexpected reply of add: {outcome}")
+        if reply[1] != "":
+            self._due_in(int(reply[1]) / 1000)
+        return Added(list(reply[2:]), outcome == "replayed")

@@ -1,0 +1,23 @@
+-- ACK(q, receipts): the messages are done. KEYS: q's block (queue_keys), QUEUESET, DUESET.
+-- ARGV: the lease context (lease_context), deadline, then the receipts.
+-- A current receipt's message leaves the queue: its value is retired (readable by its key for
+-- the retention period, like a hard get's). Replies {result1, result2, ...}, one per receipt:
+-- 'acked' or 'stale' (see leased in the prelude).
+local late = guard(ARGV[7]) if late then return late end
+local Q = queue_keys(1)
+local ctx = lease_context()
+local reply = {}
+for i = 8, #ARGV do
+  local key = leased(Q, ARGV[i])
+  if key then
+    redis.call('ZREM', Q.inflight, key)
+    forget(Q, key)
+    retire(key, ctx.retention)
+    retire(refcount_of(key), ctx.retention)
+    count(Q, 'acked', 1)
+    reply[#reply + 1] = 'acked'
+  else
+    reply[#reply + 1] = 'stale'
+  end
+end
+return reply

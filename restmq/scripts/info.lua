@@ -1,0 +1,29 @@
+-- INFO(q): a consistent picture of a queue. KEYS: q's block (queue_keys), QUEUESET, DUESET,
+-- then the block of q's dead-letter queue when the caller names one. ARGV: queue name, the
+-- dead-letter queue the caller believes in ('' for none). Read-only.
+-- Replies {'ok', pending, inflight, delayed, status, policy, dead-letter queue, its pending
+-- count, next due, pending of priority 1, ..., of priority 9} ('' for an absent status,
+-- policy, dead-letter queue or due time); {'dead_letter', name} when the dead-letter queue is
+-- not the one whose keys were given.
+local Q, G, D = queue_keys(1), global_keys(BLOCK + 1), queue_keys(BLOCK + 3)
+local q, believed = ARGV[1], ARGV[2]
+local dead = redis.call('HGET', Q.config, 'dead_letter') or ''
+if dead ~= believed then
+  return {'dead_letter', dead}
+end
+local function pending_of(K)
+  return redis.call('LLEN', K.pending) + redis.call('ZCARD', K.priority)
+end
+local dead_pending = 0
+if dead ~= '' then
+  dead_pending = pending_of(D)
+end
+local reply = {'ok', pending_of(Q), redis.call('ZCARD', Q.inflight),
+               redis.call('ZCARD', Q.delayed), redis.call('GET', Q.status) or '',
+               redis.call('GET', Q.policy) or '', dead, dead_pending,
+               redis.call('ZSCORE', G.dueset, q) or ''}
+for p = 1, 9 do
+  reply[#reply + 1] = redis.call('ZCOUNT', Q.priority, (9 - p) * PRIORITY_STEP,
+                                 '(' .. string.format('%d', (10 - p) * PRIORITY_STEP))
+end
+return reply

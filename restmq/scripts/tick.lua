@@ -1,0 +1,143 @@
+-- TICK(q): what is due in queue q, at most `step` entries of each kind. KEYS: q's block
+-- (queue_keys), QUEUESET, DUESET, then the block of q's dead-letter queue when the caller
+-- names one. ARGV: the lease context (lease_context), deadline, the cursor of the clean-up
+-- scan of q's delivery counts ('0' to start), step, scan count.
+-- (1) Leases that ended: the message goes back next in line with its delivery count (the one
+-- whose lease ended first is consumed first), or to the dead-letter queue after max_attempts
+-- deliveries. (2) Delayed messages that are due become pending as if added now. (3) Both wake
+-- the queue's consumers. (4) Idempotency keys past their window are forgotten. (5) A few
+-- delivery counts of messages that no longer exist (consumed by other programs) are removed.
+-- (6) q's entry in DUESET becomes its next due time, or goes.
+-- Redis runs one script at a time, so however many processes tick, each ended lease is
+-- handled once. Replies {now, next, head, cursor, requeued, promoted, dead_lettered}: q's next
+-- due time ('' for none), the earliest due time of any queue ('' for none), the next cursor of
+-- the scan; {'dead_letter', name} when the dead-letter queue is not the one whose keys were
+-- given (nothing written).
+local now = now_ms()
+local late = guard(ARGV[7], now) if late then return late end
+local Q, G, D = queue_keys(1), global_keys(BLOCK + 1), queue_keys(BLOCK + 3)
+local ctx = lease_context()
+local cursor, step, scan = ARGV[8], tonumber(ARGV[9]), tonumber(ARGV[10])
+local max_attempts, wrong = check_dead_letter(Q, ctx)
+if wrong then
+  return wrong
+end
+local full = false  -- a step met its limit: more is due now
+
+-- The entries of `set` due by now (at most `step`): the ZRANGEBYSCORE reply (member, score,
+-- ...) and the positions of its members in due order: by score, then by message number, so
+-- that the messages of one claim or one batch, which share a due time, keep their order.
+local function due_in(set)
+  local found = redis.call('ZRANGEBYSCORE', set, '-inf', now, 'WITHSCORES', 'LIMIT', 0, step)
+  if #found >= 2 * step then
+    full = true
+  end
+  local order = {}
+  for i = 1, #found, 2 do
+    order[#order + 1] = i
+  end
+  table.sort(order, function(a, b)
+    local sa, sb = tonumber(found[a + 1]), tonumber(found[b + 1])
+    if sa ~= sb then
+      return sa < sb
+    end
+    return (tonumber(number_of(found[a])) or 0) < (tonumber(number_of(found[b])) or 0)
+  end)
+  return found, order
+end
+
+-- (1) ended leases
+local ended, order = due_in(Q.inflight)
+local kept, requeued, dead_lettered = {}, 0, 0
+for pos, i in ipairs(order) do
+  local key = ended[i]
+  redis.call('ZREM', Q.inflight, key)
+  local c = deliveries_of(Q, key)
+  if redis.call('EXISTS', key) == 0 then
+    forget(Q, key)
+  elseif max_attempts > 0 and c >= max_attempts then
+    dead_letter(Q, D, G, ctx, key, c, 'lease_expired', now)
+    dead_lettered = dead_lettered + 1
+  else
+    redis.call('HSET', Q.deliveries, key, c)
+    kept[pos] = true
+  end
+end
+for pos = #order, 1, -1 do  -- the latest first, so the earliest ends up next in line
+  if kept[pos] then
+    requeue(Q, ended[order[pos]])
+    requeued = requeued + 1
+  end
+end
+if requeued > 0 then
+  count(Q, 'redelivered', requeued)
+end
+
+-- (2) delayed messages that are due, in due order
+local promoted = 0
+local delayed, due_order = due_in(Q.delayed)
+for _, i in ipairs(due_order) do
+  local key = delayed[i]
+  redis.call('ZREM', Q.delayed, key)
+  if redis.call('EXISTS', key) == 1 then
+    enqueue(Q, key, tonumber(redis.call('HGET', Q.prio, key)))
+    promoted = promoted + 1
+  else
+    forget(Q, key)
+  end
+end
+
+-- (3)
+if requeued > 0 or promoted > 0 then
+  wake(ctx.channel, ctx.db)
+end
+wake_dead_letter(ctx)
+
+-- (4) idempotency keys past their window (hash fields, not keys)
+local expired = due_in(Q.dedupexp)
+for i = 1, #expired, 2 do
+  redis.call('ZREM', Q.dedupexp, expired[i])
+  redis.call('HDEL', Q.dedup, expired[i])
+end
+
+-- (5) delivery counts left behind
+local scanned = redis.call('HSCAN', Q.deliveries, cursor, 'COUNT', scan)
+local fields = scanned[2]
+for i = 1, #fields, 2 do
+  local n, key = number_of(fields[i]), nil
+  if n then
+    key = value_key(Q.counter, n)
+  end
+  if key ~= fields[i] or redis.call('EXISTS', key) == 0 then
+    redis.call('HDEL', Q.deliveries, fields[i])
+  end
+end
+
+-- (6)
+local function first_score(set)
+  local first = redis.call('ZRANGE', set, 0, 0, 'WITHSCORES')
+  return tonumber(first[2])
+end
+local function earlier(a, b)
+  if a and (not b or a < b) then
+    return a
+  end
+  return b
+end
+local next_due = nil
+if full then
+  next_due = now
+else
+  next_due = earlier(first_score(Q.inflight),
+                     earlier(first_score(Q.delayed), first_score(Q.dedupexp)))
+  if not next_due and redis.call('EXISTS', Q.deliveries) == 1 then
+    next_due = now + 60000  -- visit again to clean up
+  end
+end
+if next_due then
+  redis.call('ZADD', G.dueset, next_due, ctx.queue)
+else
+  redis.call('ZREM', G.dueset, ctx.queue)
+end
+local head = redis.call('ZRANGE', G.dueset, 0, 0, 'WITHSCORES')
+return {now, next_due or '', head[2] or '', scanned[1], requeued, promoted, dead_lettered}

@@ -1,0 +1,232 @@
+"""HTTP/1.1 pipelining on a real server: requests written together on one connection are
+answered one after another, in request order (RFC 9112 §9.3.2), and a live stream ends its
+connection's pipeline (docs/http-api.md#connection-level-rules).
+
+Replies are read with h11, a strict HTTP/1.1 parser independent of the server's, which
+refuses any reply that is not framed exactly (a reply written inside another one, say)."""
+from __future__ import annotations
+
+import json
+import random
+import socket
+import time
+from urllib.parse import urlencode, urlsplit
+
+import h11
+import pytest
+
+from tests.http_client import delete, post
+from tests.util import numsub, peer_has_read, wait_until
+
+
+def connect(url: str) -> socket.socket:
+    parts = urlsplit(url)
+    sock = socket.create_connection((parts.hostname, parts.port), timeout=10)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def request(method: str, path: str, form: dict | None = None) -> bytes:
+    head = f"{method} {path} HTTP/1.1\r\nHost: t\r\n"
+    if form is None:
+        return (head + "\r\n").encode()
+    body = urlencode(form).encode()
+    return (head + "Content-Type: application/x-www-form-urlencoded\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+class Replies:
+    """Reads the replies to requests sent on `sock`, in order, through an h11 client."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self.h11 = h11.Connection(h11.CLIENT)
+
+    def _event(self):
+        while True:
+            event = self.h11.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+            data = self.sock.recv(65536)
+            self.h11.receive_data(data)  # b"": the server closed; h11 says what that means
+
+    def head(self, method: str) -> tuple[int, dict[str, str]]:
+        """The status and headers of the reply to the next request (made with `method`)."""
+        if self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE:
+            self.h11.start_next_cycle()
+        self.h11.send(h11.Request(method=method, target="/", headers=[("Host", "t")]))
+        self.h11.send(h11.EndOfMessage())
+        event = self._event()
+        assert isinstance(event, h11.Response), event
+        return event.status_code, {k.decode().lower(): v.decode() for k, v in event.headers}
+
+    def body(self) -> bytes:
+        data = b""
+        while True:
+            event = self._event()
+            if isinstance(event, h11.EndOfMessage):
+                return data
+            assert isinstance(event, h11.Data), event
+            data += event.data
+
+    def reply(self, method: str) -> tuple[int, bytes]:
+        status, _ = self.head(method)
+        return status, self.body()
+
+    def stream_data(self) -> bytes:
+        """What the body of a never-ending reply brings next."""
+        event = self._event()
+        assert isinstance(event, h11.Data), event
+        return event.data
+
+
+def mixed(count: int, queue: str) -> tuple[list[bytes], list[str], list, int]:
+    """`count` requests cycling through add, hard get and purge of another queue, with the
+    replies a FIFO queue gives them and how many messages stay pending."""
+    requests, methods, expected, pending, added = [], [], [], [], 0
+    for i in range(count):
+        kind = i % 3
+        if kind == 0:
+            added += 1
+            pending.append((f"{queue}:{added}", f"v{i}"))
+            requests.append(request("POST", f"/q/{queue}", {"value": f"v{i}"}))
+            methods.append("POST")
+            expected.append((200, f"{queue}:{added}\r\n".encode()))
+        elif kind == 1:
+            requests.append(request("GET", f"/q/{queue}"))
+            methods.append("GET")
+            if pending:
+                key, value = pending.pop(0)
+                expected.append((200, {"key": key, "value": value, "count": 0}))
+            else:
+                expected.append((204, b""))
+        else:
+            requests.append(request("DELETE", f"/q/other{i}"))
+            methods.append("DELETE")
+            expected.append((200, {"queue": f"other{i}", "status": 0}))
+    return requests, methods, expected, len(pending)
+
+
+def check(replies: Replies, methods: list[str], expected: list) -> None:
+    for n, (method, (status, body)) in enumerate(zip(methods, expected)):
+        got_status, got = replies.reply(method)
+        if isinstance(body, dict):
+            got = json.loads(got)
+        assert (got_status, got) == (status, body), f"reply {n} to {method}"
+
+
+def test_a_hard_get_and_a_file_pipelined_are_answered_in_order(H, redis, server):
+    """The review's recipe: the hard-got message came back second (or never) and the log
+    showed `AssertionError: Request closed`."""
+    post(H, "/q/pipe", form={"value": "first"})
+    log_before = len(server.log())
+    with connect(H) as sock:
+        sock.sendall(request("GET", "/q/pipe") + request("GET", "/robots.txt"))
+        replies = Replies(sock)
+        status, body = replies.reply("GET")
+        assert (status, json.loads(body)) == (200, {"key": "pipe:1", "value": "first", "count": 0})
+        status, body = replies.reply("GET")
+        assert status == 200 and b"User-agent" in body, body
+    assert redis("LLEN", "pipe:queue") == 0 and redis("GET", "pipe:1") == "first"
+    assert "Request closed" not in server.log()[log_before:]
+
+
+@pytest.mark.parametrize("count", [2, 10, 100])
+def test_pipelined_requests_in_one_write_are_answered_in_order(H, redis, count):
+    requests, methods, expected, left = mixed(count, "mix")
+    with connect(H) as sock:
+        sock.sendall(b"".join(requests))
+        check(Replies(sock), methods, expected)
+    assert redis("LLEN", "mix:queue") == left
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_pipeline_split_at_random_points_is_answered_the_same(H, redis, seed):
+    requests, methods, expected, _ = mixed(30, "split")
+    data = b"".join(requests)
+    rng = random.Random(seed)
+    with connect(H) as sock:
+        at = 0
+        while at < len(data):
+            size = rng.choice([1, 2, 3, 7, 50, 200, 1000])
+            sock.sendall(data[at:at + size])
+            at += size
+            if rng.random() < 0.2:
+                time.sleep(0.002)  # let the server read a part on its own
+        check(Replies(sock), methods, expected)
+
+
+def test_a_stream_pipelined_last_starts_after_the_replies_before_it(H, redis):
+    requests, methods, expected, _ = mixed(9, "last")
+    with connect(H) as sock:
+        sock.sendall(b"".join(requests) + request("GET", "/c/last"))
+        replies = Replies(sock)
+        check(replies, methods, expected)
+        status, headers = replies.head("GET")
+        assert status == 200 and headers["content-type"] == "text/plain", headers
+        wait_until(lambda: numsub(redis, "last") == 1, what="the stream to register")
+        key = post(H, "/q/last", form={"value": "live"}).body.decode().strip()
+        assert json.loads(replies.stream_data()) == {"key": key, "value": "live"}
+
+
+def test_a_request_pipelined_behind_a_stream_is_never_run(H, redis, server):
+    """The review's recipe: an add behind a comet request had its reply written inside the
+    chunked comet body. Now it is not run at all; the stream goes on undisturbed."""
+    log_before = len(server.log())
+    with connect(H) as sock:
+        sock.sendall(request("GET", "/c/behind") + request("POST", "/q/behind", {"value": "x"}))
+        replies = Replies(sock)
+        assert replies.head("GET")[0] == 200
+        wait_until(lambda: "pipelined behind a live stream" in server.log()[log_before:],
+                   what="the pipelined add to be dropped")
+        wait_until(lambda: numsub(redis, "behind") == 1, what="the stream to register")
+        assert redis("EXISTS", "behind:UUID") == 0  # the add never ran
+        key = post(H, "/q/behind", form={"value": "after"}).body.decode().strip()
+        assert key == "behind:1"
+        assert json.loads(replies.stream_data()) == {"key": key, "value": "after"}
+
+
+def test_a_hard_get_pipelined_before_a_stream_is_answered_before_it(H, redis):
+    """The review's recipe: the stream's headers went out first and the get's reply landed
+    inside the stream, so the hard-got message was unreadable."""
+    post(H, "/q/first", form={"value": "got"})
+    with connect(H) as sock:
+        sock.sendall(request("GET", "/q/first") + request("GET", "/c/first"))
+        replies = Replies(sock)
+        status, body = replies.reply("GET")
+        assert (status, json.loads(body)) == (200, {"key": "first:1", "value": "got", "count": 0})
+        status, headers = replies.head("GET")
+        assert status == 200 and headers["transfer-encoding"] == "chunked"
+        wait_until(lambda: numsub(redis, "first") == 1, what="the stream to register")
+        key = post(H, "/q/first", form={"value": "live"}).body.decode().strip()
+        assert json.loads(replies.stream_data()) == {"key": key, "value": "live"}
+
+
+def test_a_client_that_pipelines_much_and_reads_late_gets_every_reply(H, redis):
+    """Reading pauses while requests or unsent replies pile up, and resumes: nothing is lost
+    or reordered, and the connection does not stall."""
+    count = 3000
+    with connect(H) as sock:
+        sock.sendall(b"".join(request("GET", f"/nowhere/{i}") for i in range(count)))
+        replies = Replies(sock)
+        for i in range(count):
+            status, body = replies.reply("GET")
+            assert (status, json.loads(body)) == (404, {"error": "not found"}), i
+
+
+def test_a_stream_ended_by_purge_keeps_its_connection_unless_bytes_came_behind_it(H, redis):
+    with connect(H) as quiet, connect(H) as talker:
+        for sock in (quiet, talker):
+            sock.sendall(request("GET", "/c/ends"))
+        replies = {sock: Replies(sock) for sock in (quiet, talker)}
+        for sock in (quiet, talker):
+            assert replies[sock].head("GET")[0] == 200
+        talker.sendall(request("GET", "/stats/ends"))  # behind the stream: never answered
+        wait_until(lambda: peer_has_read(talker), what="the server to read the request")
+        assert delete(H, "/q/ends").status == 200
+        for sock in (quiet, talker):
+            assert replies[sock].body() == b"null\r\n"
+        assert talker.recv(65536) == b""  # closed when the stream ended
+        # the quiet one is kept alive, and serves its next request
+        quiet.sendall(request("GET", "/q/ends"))
+        assert replies[quiet].reply("GET") == (204, b"")
