@@ -52,6 +52,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def process_gone(pid: int) -> bool:
+    """True once `pid` has exited. A zombie counts: a daemonized redis-server has init as its
+    parent, which may reap it only seconds later, while its port and files are free at once."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+
+
 def redis_server_binary() -> str:
     found = os.environ.get("REDIS_SERVER") or shutil.which("redis-server")
     if not found:
@@ -97,11 +107,7 @@ class RedisProcess:
         os.kill(self.pid, signal.SIGCONT)
         os.kill(self.pid, signal.SIGTERM)
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                os.kill(self.pid, 0)
-            except ProcessLookupError:
-                break
+        while time.monotonic() < deadline and not process_gone(self.pid):
             time.sleep(0.02)
         self.pid = None
         shutil.rmtree(self.dir, ignore_errors=True)
