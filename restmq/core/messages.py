@@ -133,7 +133,7 @@ class Core(AddsMixin, LeasesMixin, ConfigMixin, ScheduleMixin, PolicyMixin, Stat
 
     async def _purge(self, queue: str) -> int:
         # The reply waits for retiring at most until a second before the timeout: the purge
-        # itself is done by then, and a client waiting 5 s must not see a timeout for it.
+        # itself is done by then, and its client must not see a timeout (503) for it.
         give_up = self.clock.seconds() + self.redis.timeout - 1.0
         reply = await self._write("purge", keys.purge_keys(queue), self.consumed_ttl,
                                   keys.channel(queue), self.redis.db, PURGE_STEP)

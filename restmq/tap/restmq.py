@@ -33,6 +33,8 @@ class Options(RedisOptions, ListenOptions):
         ["live-stall-timeout", None, 20,
          "Seconds a live consumer may leave its output unread (or its peer stay silent to "
          "TCP) before it is disconnected.", int_at_least(1, "live-stall-timeout")],
+        ["acl-check-interval", None, 5.0, "Seconds between two looks at the ACL file, which "
+         "is reloaded when it changed.", seconds("acl-check-interval")],
     ]
     optFlags = [
         ["trusted-proxy", None, "Take the client address from X-Real-IP / X-Forwarded-For."],
@@ -86,7 +88,7 @@ def makeService(options: Options, collectd_frontend: bool = False) -> service.IS
                            collectd_frontend=collectd_frontend, clock=clock, wall=wall_time)
     if access_log is not None:
         top.addService(OnStop(access_log.flush))
-    acl_reload = internet.TimerService(5, acl.check_for_change)
+    acl_reload = internet.TimerService(options["acl-check-interval"], acl.check_for_change)
     acl_reload.clock = clock
     acl_reload.setServiceParent(top)
     internet.StreamServerEndpointService(options.server_endpoint(reactor), app).setServiceParent(
