@@ -30,9 +30,13 @@ BATCH_BYTES = 1024 * 1024
 
 @dataclass(frozen=True)
 class Message:
+    """A message as a consumer gets it; `count` is the read count of a soft get, `priority`
+    its level where the operation reports it (the live pop, so that a put-back keeps it)."""
+
     key: str
     value: str
     count: int = 0
+    priority: int = 0
 
 
 class Core(AddsMixin, LeasesMixin, ConfigMixin, ScheduleMixin, PolicyMixin, StatsMixin,
@@ -190,24 +194,26 @@ class Core(AddsMixin, LeasesMixin, ConfigMixin, ScheduleMixin, PolicyMixin, Stat
             if not reply:
                 return policy, messages
             reply = text(reply)
-            policy, more, pairs = reply[0], reply[1], reply[2:]
-            for i in range(0, len(pairs), 2):
-                messages.append(Message(pairs[i], pairs[i + 1]))
-                size += len(pairs[i + 1].encode("utf-8"))
+            policy, more, triples = reply[0], reply[1], reply[2:]
+            for i in range(0, len(triples), 3):
+                key, value, priority = triples[i:i + 3]
+                messages.append(Message(key, value, priority=int(priority)))
+                size += len(value.encode("utf-8"))
             if not more or len(messages) >= BATCH_COUNT or size >= BATCH_BYTES or \
                     self.redis.expired(deadline):
                 return policy, messages
 
     def requeue(self, queue: str, messages: list[Message]) -> defer.Deferred:
-        """Put popped messages (oldest first) back at the tail of the pending list, so that
-        they are taken next, in order; fires with how many. Without their former ttl. Like
-        pop_batch, only the key-layout rule applies: the name is the one delivery popped for."""
+        """Put popped messages (oldest first) back at the consuming end of their priority
+        levels, so that they are taken next, in order; fires with how many. Without their
+        former ttl. Like pop_batch, only the key-layout rule applies: the name is the one
+        delivery popped for."""
         if not is_safe_name(queue):
             raise InvalidName()
+        values = [part for m in messages for part in (m.value, m.priority)]
         return self.redis.run_script(
             self.scripts["requeue"], keys.requeue_keys(queue, [m.key for m in messages]),
-            keys.channel(queue), self.redis.db, self._deadline(),
-            *[m.value for m in messages]).addCallback(int)
+            keys.channel(queue), self.redis.db, self._deadline(), *values).addCallback(int)
 
     def ping(self) -> defer.Deferred:
         """Fires when Redis answers; fails with RedisUnavailable otherwise."""

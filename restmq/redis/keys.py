@@ -172,8 +172,8 @@ def retire_keys(queue: str) -> tuple[str, ...]:
 
 
 def requeue_keys(queue: str, value_keys: Iterable[str]) -> tuple[str, ...]:
-    """requeue.lua: the keys of the messages put back, oldest first."""
-    return (pending(queue), *value_keys)
+    """requeue.lua: the block, then the keys of the messages put back, oldest first."""
+    return (*queue_block(queue), *value_keys)
 
 
 def lease_keys(queue: str, dead_letter: str | None = None) -> tuple[str, ...]:
