@@ -335,6 +335,8 @@ ROUTES = [
           check=_text(b"OK\r\n")),
     Route("POST /control/<q>", "rest:producer", "POST", "/control/aclq",
           form={"status": "stop"}, check=_json({"stat": {"queue": "aclq", "status": 0}})),
+    Route("POST /batch/<q>", "rest:producer", "POST", "/batch/aclq", body=b'["v"]',
+          check=_json({"queue": "aclq", "keys": ["aclq:2"]}, JSON, crlf=False)),
     Route("xmlrpc set", "rest:producer", "POST", "/xmlrpc", body=xml_call("set", "aclq", "v"),
           check=_xml("aclq:2")),
     Route("xmlrpc policy_set", "rest:producer", "POST", "/xmlrpc",
