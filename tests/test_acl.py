@@ -390,6 +390,10 @@ ROUTES = [
                       JSON, crlf=False)),
     Route("GET /config/<q>", "rest:consumer", "GET", "/config/aclq", check=_config(set())),
     Route("GET /info/<q>", "rest:consumer", "GET", "/info/aclq", check=_info),
+    Route("GET /peek/<q>", "rest:consumer", "GET", "/peek/aclq",
+          check=_json({"queue": "aclq", "messages": [{"key": "aclq:1", "value": "hello",
+                                                      "priority": 0}], "next": None},
+                      JSON, crlf=False)),
     # leases: administration
     Route("POST /redrive/<q>", "rest:admin", "POST", "/redrive/aclq", form={"to": "other"},
           check=_redriven),

@@ -185,6 +185,7 @@ ROUTES = [
     Route("POST /config/<q>", "POST", "/config/{q}", form={"lease": "5"}),
     Route("DELETE /config/<q>", "DELETE", "/config/{q}"),
     Route("GET /info/<q>", "GET", "/info/{q}"),
+    Route("GET /peek/<q>", "GET", "/peek/{q}"),
     Route("GET /c/<q>", "GET", "/c/{q}", kind="stream"),
     Route("GET /sse/<q>", "GET", "/sse/{q}", kind="stream"),
     Route("GET /ws/<q>", "GET", "/ws/{q}", kind="websocket", status=101),

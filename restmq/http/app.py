@@ -18,6 +18,7 @@ from restmq.http.leases import (AckHandler, ClaimHandler, ExtendHandler, Redrive
                                 ReleaseHandler)
 from restmq.http.live import SSE_KEEPALIVE, CometHandler, SSEHandler, WebSocketHandler
 from restmq.http.pages import JobsHandler, NotFoundHandler, StaticHandler
+from restmq.http.peek import PeekHandler
 from restmq.http.queues import (CollectdHandler, ControlHandler, PolicyHandler, QueueHandler,
                                 RootHandler, StatsHandler)
 
@@ -60,6 +61,7 @@ def routes(ctx: Context, collectd_frontend: bool = False) -> list:
         (r"/config/.*", ConfigHandler, kw),
         (r"/info/.*", InfoHandler, kw),
         (r"/batch/.*", BatchHandler, kw),
+        (r"/peek/.*", PeekHandler, kw),
         (r"/static/.*", StaticHandler, kw),
         (r"/(?:favicon\.ico|robots\.txt)", StaticHandler, kw),
         (r".*", NotFoundHandler, kw),
