@@ -83,9 +83,11 @@ def _finite_float(text: str) -> float:
 
 def _nested(entry) -> bool:
     """Whether an item holds an array or object: nesting below an item is not the format."""
-    inner = entry.values() if isinstance(entry, dict) else entry if isinstance(entry, list) \
-        else ()
-    return any(isinstance(v, (list, dict)) for v in inner)
+    if isinstance(entry, dict):
+        entry = entry.values()
+    elif not isinstance(entry, list):
+        return False
+    return any(isinstance(inner, (list, dict)) for inner in entry)
 
 
 def batch_items(body: bytes, max_batch: int) -> list[Item]:
