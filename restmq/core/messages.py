@@ -45,8 +45,9 @@ class Core(AddsMixin, LeasesMixin, ConfigMixin, ScheduleMixin, PolicyMixin, Stat
     """The queue operations (docs/redis-layout.md#operations) on one Redis database: the
     message operations here, adds in restmq.core.adds, leases and dead letters in
     restmq.core.leases, per-queue configuration and state in restmq.core.config, what is due
-    (the tick) in restmq.core.schedule, the peek in restmq.core.peek, policy and status in restmq.core.policy, the queue list
-    and stats in restmq.core.stats, the running of scripts in steps in restmq.core.steps.
+    (the tick) in restmq.core.schedule, the peek in restmq.core.peek, policy and status in
+    restmq.core.policy, the queue list and stats in restmq.core.stats, the running of scripts
+    in steps in restmq.core.steps.
 
     `redis` is a restmq.redis.RedisService (or anything with `execute`, `run_script`, `db`).
     Every method fails with RedisUnavailable or RedisFailure when Redis does, and with
