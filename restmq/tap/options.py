@@ -17,6 +17,17 @@ def int_at_least(minimum: int, name: str):
     return convert
 
 
+def int_within(minimum: int, maximum: int, name: str):
+    at_least = int_at_least(minimum, name)
+
+    def convert(text: str) -> int:
+        value = at_least(text)
+        if value > maximum:
+            raise usage.UsageError(f"--{name} must be at most {maximum}, not {value}")
+        return value
+    return convert
+
+
 def seconds(name: str, low: float = 0.1, high: float = 3600):
     def convert(text: str) -> float:
         try:

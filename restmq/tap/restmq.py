@@ -6,7 +6,8 @@ from twisted.application import internet, service
 from twisted.python import usage
 
 from restmq import __version__
-from restmq.tap.options import ListenOptions, RedisOptions, int_at_least, on_off, port, seconds
+from restmq.tap.options import (ListenOptions, RedisOptions, int_at_least, int_within, on_off,
+                                port, seconds)
 from restmq.tap.services import (OnStop, RedisVersionCheck, StopInOrder, exit_nonzero,
                                  redis_service)
 
@@ -25,6 +26,8 @@ class Options(RedisOptions, ListenOptions):
          int_at_least(0, "consumed-ttl")],
         ["max-body", None, 1048576, "Largest request body and WebSocket message, in bytes.",
          int_at_least(1, "max-body")],
+        ["max-batch", None, 100, "Most messages in one /batch/ request (1 to 1000).",
+         int_within(1, 1000, "max-batch")],
         ["access-log", None, "on", "on: log every request (buffered, one write a second); "
          "off: no access log (when a proxy in front logs).", on_off("access-log")],
         ["pubsub-timeout", None, 5.0, "Seconds the pub/sub connection may leave a PING "
@@ -85,7 +88,8 @@ def makeService(options: Options, collectd_frontend: bool = False) -> service.IS
                   static=load_static())
     access_log = AccessLog(clock) if options["access-log"] else None
     app = make_application(ctx, max_body=options["max-body"], access_log=access_log,
-                           collectd_frontend=collectd_frontend, clock=clock, wall=wall_time)
+                           collectd_frontend=collectd_frontend, clock=clock, wall=wall_time,
+                           max_batch=options["max-batch"])
     if access_log is not None:
         top.addService(OnStop(access_log.flush))
     acl_reload = internet.TimerService(options["acl-check-interval"], acl.check_for_change)

@@ -152,24 +152,24 @@ end
 -- first), then the pending list (oldest first): its key and value, taken off (ZPOPMIN, RPOP),
 -- or left in place with `peek`. A dead entry met on the way (its value expired or was
 -- deleted) is removed with its read count and what refers to it, at most `limit` of them, so
--- that one script never holds Redis long. Returns key, value, and how many dead entries it
--- removed; without a live entry, key is nil and value is what the script answers: nil when
--- nothing is pending, 'MORE' after `limit` dead entries (the caller runs it again, and Redis
--- serves other clients in between).
+-- that one script never holds Redis long. Returns key, value, how many dead entries it
+-- removed, and the message's priority (0 to 9); without a live entry, key is nil and value is
+-- what the script answers: nil when nothing is pending, 'MORE' after `limit` dead entries (the
+-- caller runs it again, and Redis serves other clients in between).
 local function next_live(Q, limit, peek)
   for dead = 0, limit - 1 do
-    local key, top
+    local key, top, level
     if peek then
-      top = redis.call('ZRANGE', Q.priority, 0, 0)
+      top = redis.call('ZRANGE', Q.priority, 0, 0, 'WITHSCORES')
     else
       top = redis.call('ZPOPMIN', Q.priority)
     end
     if #top > 0 then
-      key = top[1]
+      key, level = top[1], 9 - math.floor(tonumber(top[2]) / PRIORITY_STEP)
       if peek then
         local value = redis.call('GET', key)
         if value then
-          return key, value, dead
+          return key, value, dead, level
         end
         redis.call('ZREM', Q.priority, key)
       end
@@ -185,7 +185,7 @@ local function next_live(Q, limit, peek)
       if peek then
         local value = redis.call('GET', key)
         if value then
-          return key, value, dead
+          return key, value, dead, 0
         end
         redis.call('RPOP', Q.pending)
       end
@@ -193,7 +193,7 @@ local function next_live(Q, limit, peek)
     if not peek then
       local value = redis.call('GET', key)
       if value then
-        return key, value, dead
+        return key, value, dead, level or 0
       end
     end
     redis.call('DEL', refcount_of(key))
