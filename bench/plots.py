@@ -51,6 +51,9 @@ def draw(a, out_dir: Path, stem: str = "report") -> list[str]:
     if a.sec.get("parser", {}).get("cases"):
         import parser as layer
         written.append(layer.plot(a.sec["parser"], out_dir, stem))
+    if a.sec.get("flow", {}).get("runs"):
+        import flow
+        written.append(flow.plot(a.sec["flow"], out_dir, stem))
     return written
 
 

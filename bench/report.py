@@ -9,6 +9,7 @@ import json
 import statistics
 from pathlib import Path
 
+import flow as flowmod
 import httpbench
 import live as livemod
 import wrk
@@ -130,6 +131,7 @@ class Analysis:
         self._rabbit()
         self._live()
         self._syslog()
+        flowmod.analyse(self)
 
     def _wrk(self, name: str):
         sec = self.sec.get(name)
@@ -591,6 +593,8 @@ def render(results: dict, out_path: Path, with_plots: bool = True) -> str:
     if a.sec.get("parser", {}).get("cases"):
         import parser as layer
         o += layer.render(a.sec["parser"]) + plot("parser")
+    if a.sec.get("flow", {}).get("runs"):
+        o += flowmod.render(a.sec["flow"]) + plot("flow")
 
     if a.http:
         labels = {"bare.post": "bare POST", "bare.get": "bare GET"}
@@ -824,7 +828,7 @@ def headline_text(results: dict) -> str:
     a = Analysis(results)
     out = ["", "targets:"]
     for t in a.targets:
-        out.append(f"  {'met    ' if t.met else 'NOT MET'}  {t.what}: {t.measured} "
+        out.append(f"  {verdict(t.met).strip('*').ljust(7)}  {t.what}: {t.measured} "
                    f"(target {t.goal}; {t.baseline})")
     out.append("other figures:")
     out += [f"           {t.what}: {t.measured} ({t.baseline})" for t in a.info]

@@ -16,6 +16,8 @@ Sections, each figure beside a baseline measured in the same run and interleaved
   rabbitmq  RabbitMQ's management HTTP API publish / get vs RestMQ add / hard get
   parser    the HTTP layer's CPU per request, in pinned pairs against the connection it
             replaced and stock cyclone's (bench/parser.py; its own servers)
+  flow      /batch/ and /pop/ messages/s, 100,000 messages due at once, the long-poll wake
+            across two processes, vs the bare handler (bench/flow.py; its own servers)
 
 Everything (wrk, Redis, the servers, the clients) shares this machine; the report records
 the machine, the versions, the load average, and each process's CPU during each wrk run.
@@ -39,6 +41,7 @@ import time
 import traceback
 from pathlib import Path
 
+import flow
 import httpbench
 import live
 import parser as layer
@@ -50,7 +53,7 @@ from common import (BENCH_DIR, ServerProcess, checkout_env, cpu_seconds, dist_ve
                     free_ports, log_problems, raise_exit, raise_nofile_limit, software_info,
                     start_all, stop_all, venv_bin)
 
-SECTIONS = ("http", "reuse", "collectd", "syslog", "live", "rabbitmq", "parser")
+SECTIONS = ("http", "reuse", "collectd", "syslog", "live", "rabbitmq", "parser", "flow")
 OUT_DIR = BENCH_DIR / "out"
 FORM = "application/x-www-form-urlencoded"
 PREFILL_MARGIN = 1.5  # queues are filled for 1.5x the requests the run is expected to make
@@ -449,6 +452,8 @@ def run_all(args: argparse.Namespace) -> dict:
                     ("parser", lambda: layer.measure(
                         redis_bin, wrk_bin, pairs=layer.PAIRS if not args.quick else 1,
                         duration=layer.DURATION if not args.quick else 1.0)),
+                    ("flow", lambda: flow.measure(redis_bin, wrk_bin, args.rounds,
+                                                  args.duration, args.pause, args.quick)),
                 ]
                 for name, run in plan:
                     if name not in sections:
