@@ -99,12 +99,16 @@ for i, item in ipairs(items) do
   end
 end
 register(G, Q, q)
+local plain = {}  -- priority-0 keys due now, pushed together: one LPUSH keeps their order
 for i, item in ipairs(items) do
   local key = value_key(Q.counter, last - n_items + i)
   if item.priority >= 1 then
     redis.call('HSET', Q.prio, key, item.priority)
   end
-  if item.delay == 0 then
+  if item.delay == 0 and item.priority < 1 then
+    plain[#plain + 1] = key
+    woken = true
+  elseif item.delay == 0 then
     enqueue(Q, key, item.priority)
     woken = true
   else
@@ -113,6 +117,9 @@ for i, item in ipairs(items) do
       earliest = now + item.delay
     end
   end
+end
+if #plain > 0 then
+  redis.call('LPUSH', Q.pending, unpack(plain))
 end
 if woken then
   wake(channel, db)
