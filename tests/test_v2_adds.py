@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import ServerProcess
 from tests.http_client import get, post, request
-from tests.util import redis_ms, snapshot, v2_json, wait_until
+from tests.util import command_calls, redis_ms, snapshot, v2_json, wait_until
 
 
 def add(H, form: dict, path: str = "/q/jobs", headers: dict | None = None):
@@ -146,6 +146,42 @@ def test_delayed_messages_become_pending_in_due_order_as_if_added_then(H, redis)
     now = key_of(add(H, {"value": "now"}))
     wait_until(lambda: redis("LLEN", "jobs:queue") == 3, 10, "both delays to pass")
     assert pending_keys(redis) == [now, fast, slow]
+
+
+def due_together(H, redis, count: int) -> list[str]:
+    """The keys of `count` messages added by batches of 100, all due 1.5 s from now."""
+    eta = (redis_ms(redis) + 1500) / 1000
+    keys = []
+    for n in range(count // 100):
+        reply = request(H, "POST", "/batch/jobs", body=json.dumps(
+            [{"value": f"{n}.{i}", "eta": eta} for i in range(100)]))
+        keys += v2_json(reply)["keys"]
+    return keys
+
+
+def test_messages_due_together_become_pending_at_a_few_commands_per_step(H, redis):
+    """1,000 messages due at one instant (two steps of the tick, 500 each) become pending in
+    their order with, per step, one removal from the delayed set, one look at the priorities
+    and one push: the per-message commands (a ZREM, an HGET and an LPUSH each) made 100,000
+    such messages take seconds to become pending."""
+    redis("SET", "jobs:UUID", "1000")  # numbers of one length (see the test below)
+    keys = due_together(H, redis, 1000)
+    redis("CONFIG", "RESETSTAT")
+    wait_until(lambda: redis("LLEN", "jobs:queue") == 1000, 10, "the due time")
+    calls = command_calls(redis)
+    assert redis("LRANGE", "jobs:queue", 0, -1) == keys[::-1]
+    assert redis("EXISTS", "jobs:delayed") == 0
+    per_message = {name: calls.get(name, 0) for name in ("zrem", "hget", "lpush")}
+    assert all(count <= 10 for count in per_message.values()), per_message
+
+
+@pytest.mark.xfail(strict=True, reason="a step of the tick takes the first 500 entries of a "
+                   "due time in Redis's order of names (jobs:1000 before jobs:2), then sorts "
+                   "those by number; no cheap way to pick the 500 lowest numbers was found")
+def test_more_than_a_step_due_together_keep_their_order_across_lengths_of_number(H, redis):
+    keys = due_together(H, redis, 1000)  # jobs:1 to jobs:1000
+    wait_until(lambda: redis("LLEN", "jobs:queue") == 1000, 10, "the due time")
+    assert redis("LRANGE", "jobs:queue", 0, -1) == keys[::-1]
 
 
 def test_a_queues_configured_delay_applies_unless_the_add_gives_one(H, redis):
