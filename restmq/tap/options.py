@@ -17,6 +17,17 @@ def int_at_least(minimum: int, name: str):
     return convert
 
 
+def int_between(low: int, high: int, name: str):
+    convert = int_at_least(low, name)
+
+    def between(text: str) -> int:
+        value = convert(text)
+        if value > high:
+            raise usage.UsageError(f"--{name} must be at most {high}, not {value}")
+        return value
+    return between
+
+
 def seconds(name: str):
     def convert(text: str) -> float:
         try:
@@ -38,14 +49,7 @@ def on_off(name: str):
 
 
 def port(name: str):
-    convert = int_at_least(1, name)
-
-    def port(text: str) -> int:
-        value = convert(text)
-        if value > 65535:
-            raise usage.UsageError(f"--{name} must be at most 65535, not {value}")
-        return value
-    return port
+    return int_between(1, 65535, name)
 
 
 class RedisOptions(usage.Options):

@@ -6,7 +6,8 @@ from twisted.application import internet, service
 from twisted.python import usage
 
 from restmq import __version__
-from restmq.tap.options import ListenOptions, RedisOptions, int_at_least, on_off, port, seconds
+from restmq.tap.options import (ListenOptions, RedisOptions, int_at_least, int_between, on_off,
+                                port, seconds)
 from restmq.tap.services import (OnStop, RedisVersionCheck, StopInOrder, exit_nonzero,
                                  redis_service)
 
@@ -33,6 +34,9 @@ class Options(RedisOptions, ListenOptions):
         ["live-stall-timeout", None, 20,
          "Seconds a live consumer may leave its output unread (or its peer stay silent to "
          "TCP) before it is disconnected.", int_at_least(1, "live-stall-timeout")],
+        ["pop-lease", None, 30, "Seconds a message popped by /pop/ stays leased until its "
+         "reply went out and it is acked (1 to 43200); a crash meanwhile hands it back after "
+         "that.", int_between(1, 43200, "pop-lease")],
     ]
     optFlags = [
         ["trusted-proxy", None, "Take the client address from X-Real-IP / X-Forwarded-For."],
@@ -80,7 +84,7 @@ def makeService(options: Options, collectd_frontend: bool = False) -> service.IS
     delivery.setServiceParent(top)
     acl = options.acl
     ctx = Context(core=core, acl=acl, delivery=delivery, redis_description=redis.description,
-                  static=load_static())
+                  static=load_static(), pop_lease=options["pop-lease"])
     access_log = AccessLog(clock) if options["access-log"] else None
     app = make_application(ctx, max_body=options["max-body"], access_log=access_log,
                            collectd_frontend=collectd_frontend, clock=clock, wall=wall_time)
