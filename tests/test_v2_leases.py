@@ -78,8 +78,8 @@ def test_claim_answers_what_is_there_without_filling_limit(H, redis):
 
 
 def test_claim_of_an_empty_queue_is_204_and_writes_nothing(H, redis):
-    for form in (None, {"wait": "0"}, {"wait": "20", "limit": "5"}):
-        # wait > 0 is checked but does not wait yet: one look, then 204.
+    # With wait > 0 the claim waits first (tests/test_waiters.py); then the same 204.
+    for form in (None, {"wait": "0"}, {"wait": "0", "limit": "5"}, {"wait": "1"}):
         reply = post(H, "/claim/jobs", form)
         assert (reply.status, reply.body) == (204, b"")
         assert reply.header("Content-Type") is None and reply.header("Content-Length") is None
