@@ -241,6 +241,17 @@ def test_release_puts_the_message_next_in_line(H, redis):
     assert (again["key"], again["deliveries"]) == ("jobs:1", 2)
 
 
+def test_messages_released_together_come_back_in_their_order(H, redis):
+    # A worker that gives back its whole claim expects the queue as it was: the oldest next.
+    add(H, "jobs", "a", "b", "c", "d")
+    claimed = claim(H, "jobs", limit=3)
+    assert [m["key"] for m in claimed["messages"]] == ["jobs:1", "jobs:2", "jobs:3"]
+    assert settle(H, "release", "jobs", receipts(claimed))["released"] == receipts(claimed)
+    again = claim(H, "jobs", limit=4)["messages"]
+    assert [(m["key"], m["deliveries"]) for m in again] == \
+        [("jobs:1", 2), ("jobs:2", 2), ("jobs:3", 2), ("jobs:4", 1)]
+
+
 def test_release_with_a_delay_waits_then_comes_back(H, redis):
     add(H, "jobs", "a", "b")
     [r1, r2] = receipts(claim(H, "jobs", limit=2))

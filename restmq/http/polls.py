@@ -76,11 +76,9 @@ class PollHandler(BaseHandler):
             self.give_back_unsent(claimed)
 
     def give_back(self, claimed: Claimed):
-        """RELEASE to the consuming end: next in line, with the delivery counted. Each
-        released message goes to the very end, so the newest goes first: the oldest is then
-        next, as before the claim."""
-        return self.ctx.core.release(self.target,
-                                     [m.receipt for m in reversed(claimed.messages)])
+        """RELEASE to the consuming end: next in line, in their order (the oldest next, as
+        before the claim), with the delivery counted."""
+        return self.ctx.core.release(self.target, [m.receipt for m in claimed.messages])
 
     def give_back_unsent(self, claimed: Claimed) -> None:
         keys = ", ".join(m.key for m in claimed.messages)
