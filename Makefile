@@ -3,7 +3,8 @@
 #                serve on 127.0.0.1, starting a Redis if none answers; WORKERS processes share the port
 #   make test    [PYTEST_ARGS=...] [TEST_WORKERS=2]
 #                the whole suite against private redis-servers, on TEST_WORKERS processes
-#   make bench                                  the benchmark suite (bench/report.md, plots)
+#   make bench   [SECTIONS=leases,http]         the benchmark suite (bench/report.md, plots);
+#                SECTIONS: only those (report in bench/out/report-partial.md)
 #   make soak    [SOAK_SECONDS=180] [ADVERSARIAL_EXAMPLES=100]
 #                the fault soak, then a long run of the adversarial tier
 #   make install                                the virtualenv in .venv (idempotent)
@@ -100,7 +101,8 @@ bench: install redis-server
 	@command -v wrk >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
 	@$(PY) -c "import matplotlib, pika" 2>/dev/null || $(PY) -m pip install -q -r bench/requirements.txt
-	PATH="$$(dirname "$$(start_scripts/redis-server-path)"):$$PATH" $(PY) bench/run.py
+	PATH="$$(dirname "$$(start_scripts/redis-server-path)"):$$PATH" $(PY) bench/run.py \
+		$(if $(SECTIONS),--only $(SECTIONS))
 
 SOAK_SECONDS ?= 180
 ADVERSARIAL_EXAMPLES ?= 100

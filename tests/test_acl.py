@@ -378,6 +378,9 @@ ROUTES = [
     # leases: consumers
     Route("POST /claim/<q>", "rest:consumer", "POST", "/claim/aclq", form={"limit": "5"},
           check=_leased),
+    Route("POST /pop/<q>", "rest:consumer", "POST", "/pop/aclq", form={"limit": "5"},
+          check=_json({"queue": "aclq", "messages": [{"key": "aclq:1", "value": "hello"}]},
+                      JSON, crlf=False)),
     Route("POST /ack/<q>", "rest:consumer", "POST", "/ack/aclq", form={"receipt": STALE},
           check=_json({"queue": "aclq", "acked": [], "stale": [STALE]}, JSON, crlf=False)),
     Route("POST /extend/<q>", "rest:consumer", "POST", "/extend/aclq",
@@ -513,6 +516,7 @@ def test_acl_comes_before_argument_validation(table_server, redis):
     port = table_server.port
     for method, path, form in (("POST", "/q/", {"value": "v"}), ("GET", "/q/bad%20name", None),
                                ("POST", "/claim/", None), ("POST", "/claim/aclq?limit=0", None),
+                               ("POST", "/pop/aclq?wait=x", None),
                                ("POST", "/ack/aclq", None), ("POST", "/extend/aclq", None),
                                ("POST", "/release/aclq?delay=x&receipt=1", None),
                                ("POST", "/redrive/aclq?to=aclq", None),

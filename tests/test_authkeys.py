@@ -176,6 +176,7 @@ ROUTES = [
     Route("xmlrpc status_get", "POST", "/xmlrpc", xml=("status_get", "{q}")),
     Route("xmlrpc status_set", "POST", "/xmlrpc", xml=("status_set", "{q}", "start")),
     Route("POST /claim/<q>", "POST", "/claim/{q}"),
+    Route("POST /pop/<q>", "POST", "/pop/{q}"),
     Route("POST /ack/<q>", "POST", "/ack/{q}", form={"receipt": "1.1.0123456789abcdef"}),
     Route("POST /extend/<q>", "POST", "/extend/{q}",
           form={"receipt": "1.1.0123456789abcdef", "lease": "5"}),

@@ -19,6 +19,7 @@ from restmq.http.leases import (AckHandler, ClaimHandler, ExtendHandler, Redrive
 from restmq.http.live import SSE_KEEPALIVE, CometHandler, SSEHandler, WebSocketHandler
 from restmq.http.pages import JobsHandler, NotFoundHandler, StaticHandler
 from restmq.http.peek import PeekHandler
+from restmq.http.polls import PopHandler
 from restmq.http.queues import (CollectdHandler, ControlHandler, PolicyHandler, QueueHandler,
                                 RootHandler, StatsHandler)
 
@@ -58,6 +59,7 @@ def routes(ctx: Context, collectd_frontend: bool = False) -> list:
         (r"/extend/.*", ExtendHandler, kw),
         (r"/release/.*", ReleaseHandler, kw),
         (r"/redrive/.*", RedriveHandler, kw),
+        (r"/pop/.*", PopHandler, kw),
         (r"/config/.*", ConfigHandler, kw),
         (r"/info/.*", InfoHandler, kw),
         (r"/batch/.*", BatchHandler, kw),

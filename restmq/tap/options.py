@@ -50,14 +50,7 @@ def on_off(name: str):
 
 
 def port(name: str):
-    convert = int_at_least(1, name)
-
-    def port(text: str) -> int:
-        value = convert(text)
-        if value > 65535:
-            raise usage.UsageError(f"--{name} must be at most 65535, not {value}")
-        return value
-    return port
+    return int_within(1, 65535, name)
 
 
 class RedisOptions(usage.Options):

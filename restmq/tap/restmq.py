@@ -38,6 +38,9 @@ class Options(RedisOptions, ListenOptions):
          "TCP) before it is disconnected.", int_at_least(1, "live-stall-timeout")],
         ["acl-check-interval", None, 5.0, "Seconds between two looks at the ACL file, which "
          "is reloaded when it changed.", seconds("acl-check-interval")],
+        ["pop-lease", None, 30, "Seconds a message popped by /pop/ stays leased until its "
+         "reply went out and it is acked (1 to 43200); a crash meanwhile hands it back after "
+         "that.", int_within(1, 43200, "pop-lease")],
     ]
     optFlags = [
         ["trusted-proxy", None, "Take the client address from X-Real-IP / X-Forwarded-For."],
@@ -85,7 +88,7 @@ def makeService(options: Options, collectd_frontend: bool = False) -> service.IS
     delivery.setServiceParent(top)
     acl = options.acl
     ctx = Context(core=core, acl=acl, delivery=delivery, redis_description=redis.description,
-                  static=load_static())
+                  static=load_static(), pop_lease=options["pop-lease"])
     access_log = AccessLog(clock) if options["access-log"] else None
     app = make_application(ctx, max_body=options["max-body"], access_log=access_log,
                            collectd_frontend=collectd_frontend, clock=clock, wall=wall_time,
