@@ -144,6 +144,15 @@ def test_ack_of_an_acked_receipt_is_stale_and_changes_nothing(H, redis):
     assert snapshot(redis) == before
 
 
+def test_a_current_receipt_given_twice_in_one_ack_is_acked_once(H, redis):
+    add(H, "jobs", "a", "b")
+    [r1, r2] = receipts(claim(H, "jobs", limit=2))
+    assert settle(H, "ack", "jobs", [r1, r2, r1]) == {"queue": "jobs", "acked": [r1, r2],
+                                                       "stale": [r1]}
+    for key in ("jobs:inflight", "jobs:deliveries", "jobs:queue"):
+        assert redis("EXISTS", key) == 0, key
+
+
 def stale_receipts(current: str) -> list[str]:
     """Receipts that name no current lease, given a current one: another delivery of the
     same message (other token, other count), a message this claim did not take, and texts
