@@ -614,7 +614,7 @@ def render(sec: dict) -> list[str]:
     """The report's section (report.py adds the targets to its table)."""
     from report import fmt_cpu, raw_table
     st = sec["settings"]
-    o = ["## Batches, due messages, pops and the long-poll wake", "",
+    o = ["## 7. Batches, due messages, pops and the long-poll wake", "",
          f"bench/flow.py, {st['rounds']} round(s), its own Redis, bare server and two "
          "`twistd restmq --access-log off` (A, B). wrk at 50 connections, "
          f"{st['duration']:g} s per run, on process A. A message rate's ratio is messages/s "

@@ -613,8 +613,6 @@ def render(results: dict, out_path: Path, with_plots: bool = True) -> str:
     if a.sec.get("parser", {}).get("cases"):
         import parser as layer
         o += layer.render(a.sec["parser"]) + plot("parser")
-    if a.sec.get("flow", {}).get("runs"):
-        o += flowmod.render(a.sec["flow"]) + plot("flow")
 
     if a.http:
         labels = {"bare.post": "bare POST", "bare.get": "bare GET"}
@@ -784,6 +782,8 @@ def render(results: dict, out_path: Path, with_plots: bool = True) -> str:
 
     if a.sec.get("leases", {}).get("tick"):
         o += leasemod.render(a.sec["leases"], a.leases, wrk_table) + plot("leases")
+    if a.sec.get("flow", {}).get("runs"):
+        o += flowmod.render(a.sec["flow"]) + plot("flow")
 
     o += ["## Problems and server logs", ""]
     o += [f"- {p}" for p in a.problems] or ["- none: every reply was 2xx, no socket errors, "
