@@ -74,12 +74,11 @@ local function claim_numbers()
   return redis.call('INCRBY', Q.counter, n_items)
 end
 local function any_taken(last)
+  local names = {}
   for i = 1, n_items do
-    if redis.call('EXISTS', value_key(Q.counter, last - n_items + i)) == 1 then
-      return true
-    end
+    names[i] = value_key(Q.counter, last - n_items + i)
   end
-  return false
+  return redis.call('EXISTS', unpack(names)) > 0
 end
 local last = claim_numbers()
 while any_taken(last) do
