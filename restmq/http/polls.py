@@ -7,10 +7,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet import defer, task
+
 from restmq.core import Claimed, arguments
 from restmq.delivery.waiters import Waiter
-from restmq.errors import RestMQError
+from restmq.errors import RedisTrouble, RestMQError
 from restmq.http.base import PATH, BaseHandler
+
+# A pop's ack that Redis refuses or leaves unanswered is tried again after 0.5 s, 1 s, 2 s...
+# (at most 5 s apart) until the pop lease ends: its reply went out, and an ack given up on
+# leaves the messages to the lease, which hands them out a second time.
+ACK_RETRY = (0.5, 5.0)
 
 
 class PollHandler(BaseHandler):
@@ -110,12 +117,39 @@ class PopHandler(PollHandler):
     def settle(self, delivered: bool, claimed: Claimed) -> None:
         if not delivered:
             return self.give_back_unsent(claimed)
-        keys = ", ".join(m.key for m in claimed.messages)
-        d = self.ctx.core.ack(self.target, [m.receipt for m in claimed.messages])
-        d.addCallback(self._acked, keys).addErrback(self._unsettled, keys, "ack")
+        defer.ensureDeferred(self._ack(claimed))
 
-    def _acked(self, acked: Any, keys: str) -> None:
+    async def _ack(self, claimed: Claimed) -> None:
+        """ACK, with Redis trouble waited out until the pop lease ends (ACK_RETRY)."""
+        keys = ", ".join(m.key for m in claimed.messages)
+        receipts = [m.receipt for m in claimed.messages]
+        clock = self.settings["clock"]
+        give_up = clock.seconds() + self.ctx.pop_lease
+        delay, tries = ACK_RETRY[0], 0
+        while True:
+            tries += 1
+            try:
+                acked = await self.ctx.core.ack(self.target, receipts)
+            except RedisTrouble as e:
+                if clock.seconds() + delay >= give_up:
+                    return self._unsettled_ack(keys, e, "back when the lease ends")
+                if tries == 1:
+                    self._unsettled_ack(keys, e, "trying again until the pop lease ends")
+                await task.deferLater(clock, delay, lambda: None)
+                delay = min(2 * delay, ACK_RETRY[1])
+            except RestMQError as e:
+                return self._unsettled_ack(keys, e, "back when the lease ends")
+            else:
+                return self._acked(acked, keys, tries)
+
+    def _unsettled_ack(self, keys: str, error: RestMQError, outcome: str) -> None:
+        self.log.warn("taken from {queue}, {keys}: ack failed ({error}); {outcome}",
+                      queue=self.target, keys=keys, error=error.reason, outcome=outcome)
+
+    def _acked(self, acked: Any, keys: str, tries: int) -> None:
         if acked.stale:
-            self.log.warn("popped from {queue}, {keys} went out after the pop lease ended: "
+            # After a failed try, stale may also mean that the try ran and its reply was lost.
+            self.log.warn("popped from {queue}, {keys} went out after the pop lease ended{also}: "
                           "{n} of them may be delivered again", queue=self.target, keys=keys,
-                          n=len(acked.stale))
+                          n=len(acked.stale),
+                          also=" (or an ack tried earlier ran after all)" if tries > 1 else "")
