@@ -224,6 +224,34 @@ def test_an_ack_that_meets_a_redis_stall_is_tried_again_rather_than_left_to_the_
     assert "Traceback" not in server.final_log
 
 
+@pytest.mark.parametrize("route,query", [("pop", ""), ("claim", "&lease=3600")])
+def test_a_release_that_meets_a_redis_stall_is_tried_again_rather_than_left_to_the_lease(
+        route, query):
+    """The client reset mid-reply while Redis stalled: given up on, the release would leave
+    the messages in flight until their lease ends, an hour for this claim."""
+    redis_proc = RedisProcess().start()
+    server = ServerProcess(redis_proc.port, *SHORT_TIMEOUT).start()
+    redis = redis_proc.client()
+    try:
+        add(server.url, "big", *["x" * BIG] * 10)
+        sock = start_big_pop(server.url, redis, "big", 10, route, query)
+        os.kill(redis_proc.pid, signal.SIGSTOP)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()  # a reset, with megabytes of the reply still unsent
+            wait_until(lambda: "release failed (redis unavailable)" in server.log(), 15,
+                       "the release to fail on the stall", details=server.log)
+        finally:
+            os.kill(redis_proc.pid, signal.SIGCONT)
+        wait_until(lambda: redis("ZCARD", "big:inflight") == 0, 10, "the release")
+        assert redis("LRANGE", "big:queue", 0, -1) == [f"big:{n}" for n in range(10, 0, -1)]
+    finally:
+        server.stop()
+        redis.close()
+        redis_proc.stop()
+    assert "Traceback" not in server.final_log
+
+
 @pytest.mark.parametrize("version,headers", [("1.1", "Connection: close\r\n"), ("1.0", "")])
 def test_a_pop_whose_connection_closes_after_the_reply_is_acked(H, redis, version, headers):
     add(H, "jobs", "a")
