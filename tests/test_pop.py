@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
+import signal
 import socket
 import struct
 import termios
@@ -13,7 +15,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.conftest import ServerProcess
+from tests.conftest import SHORT_TIMEOUT, RedisProcess, ServerProcess
 from tests.http_client import post, read_head, request
 from tests.util import command_calls, redis_ms, snapshot, v2_json, wait_until
 
@@ -210,6 +212,62 @@ def test_a_client_that_resets_mid_reply_gets_its_messages_released_in_order(serv
     assert [m["value"][:1] for m in v2_json(reply)["messages"]] == ["0", "1"]
     wait_until(lambda: "the client left before the reply went out; released" in server.log(),
                10, "the log line of the release")
+
+
+def test_an_ack_that_meets_a_redis_stall_is_tried_again_rather_than_left_to_the_lease():
+    """The reply went out: given up on, the ack would leave the messages to their lease, which
+    hands them out a second time (the pop lease is 30 s here, Redis stalls for 3)."""
+    redis_proc = RedisProcess().start()
+    server = ServerProcess(redis_proc.port, *SHORT_TIMEOUT).start()
+    redis = redis_proc.client()
+    try:
+        add(server.url, "big", *["x" * BIG] * 4)
+        sock = start_big_pop(server.url, redis, "big", 4)
+        os.kill(redis_proc.pid, signal.SIGSTOP)  # the ack will find Redis silent
+        try:
+            sock.settimeout(10)
+            status, _, body = read_head(sock)  # the reply goes out: the ack is sent now
+            assert status == 200 and len(json.loads(body)["messages"]) == 4
+            wait_until(lambda: "ack failed (redis unavailable)" in server.log(), 15,
+                       "the ack to fail on the stall", details=server.log)
+        finally:
+            os.kill(redis_proc.pid, signal.SIGCONT)
+        sock.close()
+        popped(redis, "big", [f"big:{n}" for n in range(1, 5)])
+        assert redis("LLEN", "big:queue") == 0
+    finally:
+        server.stop()
+        redis.close()
+        redis_proc.stop()
+    assert "Traceback" not in server.final_log
+
+
+@pytest.mark.parametrize("route,query", [("pop", ""), ("claim", "&lease=3600")])
+def test_a_release_that_meets_a_redis_stall_is_tried_again_rather_than_left_to_the_lease(
+        route, query):
+    """The client reset mid-reply while Redis stalled: given up on, the release would leave
+    the messages in flight until their lease ends, an hour for this claim."""
+    redis_proc = RedisProcess().start()
+    server = ServerProcess(redis_proc.port, *SHORT_TIMEOUT).start()
+    redis = redis_proc.client()
+    try:
+        add(server.url, "big", *["x" * BIG] * 10)
+        sock = start_big_pop(server.url, redis, "big", 10, route, query)
+        os.kill(redis_proc.pid, signal.SIGSTOP)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()  # a reset, with megabytes of the reply still unsent
+            wait_until(lambda: "release failed (redis unavailable)" in server.log(), 15,
+                       "the release to fail on the stall", details=server.log)
+        finally:
+            os.kill(redis_proc.pid, signal.SIGCONT)
+        wait_until(lambda: redis("ZCARD", "big:inflight") == 0, 10, "the release")
+        assert redis("LRANGE", "big:queue", 0, -1) == [f"big:{n}" for n in range(10, 0, -1)]
+    finally:
+        server.stop()
+        redis.close()
+        redis_proc.stop()
+    assert "Traceback" not in server.final_log
 
 
 @pytest.mark.parametrize("version,headers", [("1.1", "Connection: close\r\n"), ("1.0", "")])

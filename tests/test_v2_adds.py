@@ -303,6 +303,15 @@ def test_idempotency_keys_are_per_queue(H, redis):
     assert (key_of(reply), reply.header("Idempotent-Replayed")) == ("two:1", None)
 
 
+@pytest.mark.parametrize("queue", ["a,b", ",", "x,y:2,"])
+def test_a_repeat_on_a_queue_whose_name_holds_a_comma_answers_the_same_key(H, redis, queue):
+    """The stored record lists keys joined by commas, which a queue's name may hold."""
+    first = add(H, {"value": "a", "dedup": "k"}, f"/q/{queue}")
+    assert key_of(first) == f"{queue}:1"
+    again = add(H, {"value": "a", "dedup": "k"}, f"/q/{queue}")
+    assert (again.body, again.header("Idempotent-Replayed")) == (first.body, "true")
+
+
 def test_a_key_is_forgotten_after_the_queues_dedup_window(H, redis):
     v2_json(post(H, "/config/jobs", {"dedup_window": "1"}))
     before = redis_ms(redis)

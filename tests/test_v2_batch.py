@@ -195,6 +195,15 @@ def test_100_messages_are_accepted_by_default(H, redis):
     assert redis("LLEN", "jobs:queue") == 100
 
 
+@pytest.mark.parametrize("queue", ["a,b", "x,y:2,"])
+def test_a_repeated_batch_on_a_queue_whose_name_holds_a_comma_answers_the_same_keys(H, redis,
+                                                                                   queue):
+    first = batch(H, ["a", "b", "c"], f"/batch/{queue}?dedup=k")
+    assert keys_of(first, queue) == [f"{queue}:{n}" for n in (1, 2, 3)]
+    again = batch(H, ["a", "b", "c"], f"/batch/{queue}?dedup=k")
+    assert (again.body, again.header("Idempotent-Replayed")) == (first.body, "true")
+
+
 def test_a_repeated_batch_is_answered_from_the_stored_keys(H, redis):
     first = batch(H, ["a", {"value": "b", "priority": 1}], "/batch/jobs?dedup=b-1")
     assert keys_of(first) == ["jobs:1", "jobs:2"]

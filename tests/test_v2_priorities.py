@@ -1,10 +1,10 @@
 """Priorities honoured by every consumer kind, through the public interface
 (docs/http-api.md#priorities): after 1,000 messages of priority 0, a message of priority 9 is
 the next one out of a hard get (`/q/<q>` and `/?queue=`), the JSON protocol's `take` and `get`,
-XML-RPC `get` and `take`, comet, WebSocket, SSE and `/claim/`; then priority 7, the two of
-priority 3 in the order they were added, and only then the oldest of priority 0. A message
-keeps its level through a release, a lapsed lease and a delay, on Redis's clock with short
-times and a bounded poll."""
+XML-RPC `get` and `take`, comet, WebSocket, SSE, `/claim/` and `/pop/` (with and without
+`wait`); then priority 7, the two of priority 3 in the order they were added, and only then
+the oldest of priority 0. A message keeps its level through a release, a lapsed lease and a
+delay, on Redis's clock with short times and a bounded poll."""
 from __future__ import annotations
 
 import json
@@ -73,8 +73,19 @@ def claim_one(H, queue):
     return body["messages"][0]["value"]
 
 
+def pop_one(H, queue, form=None):
+    body = v2_json(post(H, f"/pop/{queue}", form))
+    assert len(body["messages"]) == 1
+    return body["messages"][0]["value"]
+
+
+def long_poll_one(H, queue):
+    return pop_one(H, queue, {"wait": "1"})
+
+
 PULL = {"hard get": hard_get, "GET /?queue=": root_get, "JSON take": json_take,
-        "XML-RPC get": xmlrpc_get, "XML-RPC take": xmlrpc_take, "claim": claim_one}
+        "XML-RPC get": xmlrpc_get, "XML-RPC take": xmlrpc_take, "claim": claim_one,
+        "pop": pop_one, "long-poll pop": long_poll_one}
 
 
 @pytest.mark.parametrize("kind", list(PULL))

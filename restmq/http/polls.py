@@ -7,10 +7,20 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet import defer, task
+
 from restmq.core import Claimed, arguments
 from restmq.delivery.waiters import Waiter
-from restmq.errors import RestMQError
+from restmq.errors import RedisTrouble, RestMQError
 from restmq.http.base import PATH, BaseHandler
+
+# An ack or a release that Redis refuses or leaves unanswered is tried again after 0.5 s, 1 s,
+# 2 s... (at most 5 s apart): a pop's ack until the pop lease ends (its reply went out: given
+# up on, the lease would hand the messages out a second time), the release of a reply that did
+# not go out for RELEASE_FOR seconds (given up on, the messages wait for their lease, which a
+# claim may have asked to be hours long). A try after the lease ended finds it stale: harmless.
+SETTLE_RETRY = (0.5, 5.0)
+RELEASE_FOR = 60.0
 
 
 class PollHandler(BaseHandler):
@@ -84,13 +94,35 @@ class PollHandler(BaseHandler):
         keys = ", ".join(m.key for m in claimed.messages)
         self.log.info("{keys} taken from {queue}: the client left before the reply went out; "
                       "released", keys=keys, queue=self.target)
-        self.give_back(claimed).addErrback(self._unsettled, keys, "release")
+        defer.ensureDeferred(self._settle("release", lambda: self.give_back(claimed), keys,
+                                          RELEASE_FOR))
 
-    def _unsettled(self, failure: Any, keys: str, what: str) -> None:
-        failure.trap(RestMQError)
-        self.log.warn("taken from {queue}, {keys}: {what} failed ({error}); back when the "
-                      "lease ends", queue=self.target, keys=keys, what=what,
-                      error=failure.value.reason)
+    async def _settle(self, what: str, call: Any, keys: str, within: float) -> tuple[Any, int]:
+        """`call()`, an ack or a release, with Redis trouble waited out for `within` seconds
+        (SETTLE_RETRY): (its result, or None when it failed for good; the tries made)."""
+        clock = self.settings["clock"]
+        give_up = clock.seconds() + within
+        delay, tries = SETTLE_RETRY[0], 0
+        while True:
+            tries += 1
+            try:
+                return await call(), tries
+            except RedisTrouble as e:
+                if clock.seconds() + delay >= give_up:
+                    self._unsettled(what, keys, e, "back when the lease ends")
+                    return None, tries
+                if tries == 1:
+                    self._unsettled(what, keys, e, f"trying again for {within:g} s")
+                await task.deferLater(clock, delay, lambda: None)
+                delay = min(2 * delay, SETTLE_RETRY[1])
+            except RestMQError as e:
+                self._unsettled(what, keys, e, "back when the lease ends")
+                return None, tries
+
+    def _unsettled(self, what: str, keys: str, error: RestMQError, outcome: str) -> None:
+        self.log.warn("taken from {queue}, {keys}: {what} failed ({error}); {outcome}",
+                      queue=self.target, keys=keys, what=what, error=error.reason,
+                      outcome=outcome)
 
 
 class PopHandler(PollHandler):
@@ -110,12 +142,16 @@ class PopHandler(PollHandler):
     def settle(self, delivered: bool, claimed: Claimed) -> None:
         if not delivered:
             return self.give_back_unsent(claimed)
-        keys = ", ".join(m.key for m in claimed.messages)
-        d = self.ctx.core.ack(self.target, [m.receipt for m in claimed.messages])
-        d.addCallback(self._acked, keys).addErrback(self._unsettled, keys, "ack")
+        defer.ensureDeferred(self._ack(claimed))
 
-    def _acked(self, acked: Any, keys: str) -> None:
-        if acked.stale:
-            self.log.warn("popped from {queue}, {keys} went out after the pop lease ended: "
+    async def _ack(self, claimed: Claimed) -> None:
+        keys = ", ".join(m.key for m in claimed.messages)
+        receipts = [m.receipt for m in claimed.messages]
+        acked, tries = await self._settle("ack", lambda: self.ctx.core.ack(self.target, receipts),
+                                          keys, self.ctx.pop_lease)
+        if acked is not None and acked.stale:
+            # After a failed try, stale may also mean that the try ran and its reply was lost.
+            self.log.warn("popped from {queue}, {keys} went out after the pop lease ended{also}: "
                           "{n} of them may be delivered again", queue=self.target, keys=keys,
-                          n=len(acked.stale))
+                          n=len(acked.stale),
+                          also=" (or an ack tried earlier ran after all)" if tries > 1 else "")

@@ -51,9 +51,17 @@ if idem ~= '' then
       return {'reused'}
     end
     count(Q, 'deduplicated', 1)
-    local reply = {'replayed', ''}
-    for earlier in listed:gmatch('[^,]+') do
-      reply[#reply + 1] = earlier
+    -- The keys are listed joined by commas, and a queue's name may hold commas: each key is
+    -- read as the queue's prefix and its digits, from where the previous one ended.
+    local reply, prefix, at = {'replayed', ''}, value_key(Q.counter, ''), 1
+    while at <= #listed do
+      local digits = listed:sub(at, at + #prefix - 1) == prefix and
+                     listed:match('^%d+', at + #prefix)
+      if not digits then
+        return redis.error_reply('ERR idempotency record of ' .. q .. ' unreadable: ' .. idem)
+      end
+      reply[#reply + 1] = value_key(Q.counter, digits)
+      at = at + #prefix + #digits + 1
     end
     return reply
   end
