@@ -1,8 +1,10 @@
 # RestMQ: the only entry points a user needs.
 #   make run     [PORT=8888] [REDIS_PORT=6379] [WORKERS=1]
 #                serve on 127.0.0.1, starting a Redis if none answers; WORKERS processes share the port
-#   make test    [PYTEST_ARGS=...]              the whole suite against a private redis-server
-#   make bench                                  the benchmark suite (bench/report.md, plots)
+#   make test    [PYTEST_ARGS=...] [TEST_WORKERS=2]
+#                the whole suite against private redis-servers, on TEST_WORKERS processes
+#   make bench   [SECTIONS=leases,http]         the benchmark suite (bench/report.md, plots);
+#                SECTIONS: only those (report in bench/out/report-partial.md)
 #   make soak    [SOAK_SECONDS=180] [ADVERSARIAL_EXAMPLES=100]
 #                the fault soak, then a long run of the adversarial tier
 #   make install                                the virtualenv in .venv (idempotent)
@@ -25,7 +27,8 @@ $(STAMP): setup.py Makefile
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "twisted>=24.7" "txredisapi>=1.6,<1.7" hiredis pyopenssl service_identity \
 		"httptools>=0.9,<0.10" "wsproto>=1.3,<1.4" h11 \
-		pytest pytest-twisted autobahn psutil hypothesis "schemathesis>=4,<5" pyyaml
+		pytest pytest-twisted "pytest-xdist>=3.6,<4" autobahn psutil hypothesis "schemathesis>=4,<5" \
+		pyyaml
 	$(PY) -m pip install -q --no-deps "cyclone==1.3"
 	@# cyclone's bundled twistd plugin imports the reactor and `imp`: remove it
 	@# (docs/stack-notes.md#plugin-files).
@@ -87,14 +90,19 @@ ipv6-loopback:
 run: install redis-server
 	start_scripts/run_with_redis $(PORT) $(REDIS_PORT) $(WORKERS)
 
+# pytest-xdist workers, each with its own Redis and servers; the fault tiers run in order on one
+# of them (tests/conftest.py). TEST_WORKERS=0 runs everything in one process.
+TEST_WORKERS ?= 2
 test: install redis-server test-tools ipv6-loopback
-	REDIS_SERVER="$$(start_scripts/redis-server-path)" $(PY) -m pytest $(PYTEST_ARGS)
+	REDIS_SERVER="$$(start_scripts/redis-server-path)" $(PY) -m pytest -n $(TEST_WORKERS) \
+		$(PYTEST_ARGS)
 
 bench: install redis-server
 	@command -v wrk >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
 	@$(PY) -c "import matplotlib, pika" 2>/dev/null || $(PY) -m pip install -q -r bench/requirements.txt
-	PATH="$$(dirname "$$(start_scripts/redis-server-path)"):$$PATH" $(PY) bench/run.py
+	PATH="$$(dirname "$$(start_scripts/redis-server-path)"):$$PATH" $(PY) bench/run.py \
+		$(if $(SECTIONS),--only $(SECTIONS))
 
 SOAK_SECONDS ?= 180
 ADVERSARIAL_EXAMPLES ?= 100

@@ -46,11 +46,16 @@ def draw(a, out_dir: Path, stem: str = "report") -> list[str]:
         _scaling(a, out_dir, stem, written)
     if getattr(a, "latency", None):
         _live(a, out_dir, stem, written)
+    if a.sec.get("leases", {}).get("tick"):
+        _leases(a, out_dir, stem, written)
     if a.rabbit or a.collectd or getattr(a, "syslog_rates", None):
         _peers(a, out_dir, stem, written)
     if a.sec.get("parser", {}).get("cases"):
         import parser as layer
         written.append(layer.plot(a.sec["parser"], out_dir, stem))
+    if a.sec.get("flow", {}).get("runs"):
+        import flow
+        written.append(flow.plot(a.sec["flow"], out_dir, stem))
     return written
 
 
@@ -260,3 +265,64 @@ def _peers(a, out_dir, stem, written) -> None:
             ax.set_ylabel("posts/s (median), 50 connections")
             ax.set_title("collectd write_http posts (10 PUTVAL)")
     _save(fig, out_dir, stem, "peers", written)
+
+
+def _leases(a, out_dir, stem, written) -> None:
+    import leases as leasemod
+    sec = a.sec["leases"]
+    fig, axes = plt.subplots(1, 4, figsize=(16, 4))
+    ax = axes[0]
+    cycle = a.leases.get(("cycle", 50)) if a.leases else None
+    if cycle is not None:
+        ax.bar(0, cycle.base_rps, 0.6, color=BASE, label="bare POST")
+        bars = ax.bar(1, cycle.rps, 0.6, color=OURS, label="claim + ack")
+        _label_bars(ax, bars, [f"{cycle.rps_ratio:.2f}"])
+        ax.hlines(leasemod.CYCLE_RATIO * cycle.base_rps, 0.7, 1.3, colors=TARGET, linewidth=2,
+                  label=f"target {leasemod.CYCLE_RATIO:.2f}")
+        ax.set_xticks([0, 1], ["bare POST", "claim + ack\n(1 message)"])
+        ax.set_ylabel("requests/s (median), 50 connections")
+        ax.legend(fontsize=7)
+    ax.set_title("claim + ack cycle vs bare POST")
+    ax = axes[1]
+    runs = sec["batch"]
+    xs = range(len(runs))
+    ax.bar([x - 0.2 for x in xs], [r["bare_rps"] for r in runs], 0.4, color=BASE,
+           label="bare POST req/s")
+    bars = ax.bar([x + 0.2 for x in xs], [r["messages_per_s"] for r in runs], 0.4, color=OURS,
+                  label="messages/s acked")
+    _label_bars(ax, bars, [f"{r['ratio']:.2f}" for r in runs])
+    ax.axhline(leasemod.BATCH_PER_S, color=TARGET, linestyle="--", linewidth=1,
+               label="target (messages/s)")
+    ax.set_xticks(list(xs), [f"round {r['round']}" for r in runs])
+    ax.set_title("claim 100 + ack 100, one process")
+    ax.legend(fontsize=7)
+    ax = axes[2]
+    for r in sec["redelivery"]:
+        samples = sorted(r["samples"])
+        if samples:
+            ax.plot(samples, [(i + 1) / len(samples) for i in range(len(samples))],
+                    label=f"round {r['round']}")
+    ax.axvline(leasemod.REDELIVERY_P99_MS, color=TARGET, linestyle="--", linewidth=1,
+               label="p99 target")
+    ax.axhline(0.99, color=BASE, linestyle=":", linewidth=1)
+    ax.set_xscale("log")
+    ax.set_xlabel("ms from the lease deadline to the redelivery (log)")
+    ax.set_ylabel("share of messages")
+    ax.set_title("lease-expiry redelivery")
+    ax.legend(fontsize=7)
+    ax = axes[3]
+    rates = leasemod.tick_rates(sec)
+    names = [n for n in ("empty", "loaded") if n in rates]
+    t = sec["tick"]["settings"]
+    labels = {"empty": "no lease", "loaded": f"{t['idle_queues']:,} idle queues\n"
+                                             f"{t['inflight_queues'] * t['per_queue']:,} in flight"}
+    bars = ax.bar(range(len(names)), [rates[n]["redis_cpu_ms"] for n in names], 0.6,
+                  color=[BASE, OURS][:len(names)])
+    _label_bars(ax, bars, [f"{rates[n]['redis_cpu_ms']:.2f} ms\n"
+                           f"{rates[n]['script_calls']:.1f} scripts" for n in names])
+    ax.set_xticks(range(len(names)), [labels[n] for n in names])
+    ax.set_ylabel("Redis CPU ms per second")
+    ax.set_ylim(0, 1.25 * max([rates[n]["redis_cpu_ms"] for n in names] + [1.0]))
+    ticking = t.get("ticking", 1)
+    ax.set_title(f"the tick's cost ({ticking} process{'es' if ticking > 1 else ''} ticking)")
+    _save(fig, out_dir, stem, "leases", written)

@@ -9,7 +9,9 @@ import json
 import statistics
 from pathlib import Path
 
+import flow as flowmod
 import httpbench
+import leases as leasemod
 import live as livemod
 import wrk
 
@@ -124,12 +126,15 @@ class Analysis:
         self.reuse = self._wrk("reuse")
         self.collectd = self._wrk("collectd")
         self.rabbit = self._wrk("rabbitmq")
+        self.leases = self._wrk("leases")
         self._http_targets()
         self._reuse_targets()
         self._collectd()
         self._rabbit()
         self._live()
         self._syslog()
+        self._leases()
+        flowmod.analyse(self)
 
     def _wrk(self, name: str):
         sec = self.sec.get(name)
@@ -446,6 +451,23 @@ class Analysis:
         return {"n": n, "ms": ms, "bms": bms, "ratio": ratio, "kb": kb(rm), "bkb": kb(bare),
                 "raw": f}
 
+    # ---- leases
+
+    def _leases(self) -> None:
+        sec = self.sec.get("leases")
+        if not sec or "tick" not in sec:
+            return
+        leasemod.add_figures(sec, self.fig.add)
+        for r in sec["redelivery"]:
+            self.problems += r["problems"]
+        cycle = self.leases.get(("cycle", 50)) if self.leases else None
+        for row in leasemod.targets(sec, cycle):
+            target = Target(**row)
+            if target.met is False and target.figure == "leases.cycle.c50.rps_ratio":
+                target.limit = self._limit_c50(cycle, self.leases[("bare.post", 50)],
+                                               leasemod.CYCLE_RATIO)
+            (self.info if target.met is None else self.targets).append(target)
+
     # ---- syslog
 
     def _syslog(self) -> None:
@@ -758,6 +780,11 @@ def render(results: dict, out_path: Path, with_plots: bool = True) -> str:
         o += ["", "(server = the RabbitMQ VM for its rows.)", ""]
         o += plot("peers")
 
+    if a.sec.get("leases", {}).get("tick"):
+        o += leasemod.render(a.sec["leases"], a.leases, wrk_table) + plot("leases")
+    if a.sec.get("flow", {}).get("runs"):
+        o += flowmod.render(a.sec["flow"]) + plot("flow")
+
     o += ["## Problems and server logs", ""]
     o += [f"- {p}" for p in a.problems] or ["- none: every reply was 2xx, no socket errors, "
                                             "no queue ran dry, every delivered and stored "
@@ -775,7 +802,7 @@ def render(results: dict, out_path: Path, with_plots: bool = True) -> str:
           "| section | round | case | conns | req/s | p50 ms | p99 ms | requests | non-2xx | "
           "socket errors | CPU server / Redis / wrk / other / idle | left in queue |",
           "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
-    for name in ("http", "reuse", "collectd", "rabbitmq"):
+    for name in ("http", "reuse", "collectd", "leases", "rabbitmq"):
         if a.sec.get(name, {}).get("runs"):
             o += raw_table(name, a.sec[name])
     sections_time = ", ".join(f"{k} {v.get('seconds', 0):.0f} s" for k, v in a.sec.items())
@@ -824,7 +851,7 @@ def headline_text(results: dict) -> str:
     a = Analysis(results)
     out = ["", "targets:"]
     for t in a.targets:
-        out.append(f"  {'met    ' if t.met else 'NOT MET'}  {t.what}: {t.measured} "
+        out.append(f"  {verdict(t.met).strip('*').ljust(7)}  {t.what}: {t.measured} "
                    f"(target {t.goal}; {t.baseline})")
     out.append("other figures:")
     out += [f"           {t.what}: {t.measured} ({t.baseline})" for t in a.info]

@@ -2,7 +2,8 @@
 
 Run from the repository root:  .venv/bin/python bench/run.py [--quick] [--only SECTIONS]
 (--quick: 1 round of 1 s runs and small live/syslog sizes, a smoke test of the harness;
-its report goes to bench/out/ and never replaces bench/report.md)
+its report goes to bench/out/ and never replaces bench/report.md; nor does a run of only
+some sections, whose report is bench/out/report-partial.md)
 
 Sections, each figure beside a baseline measured in the same run and interleaved with it:
 
@@ -13,9 +14,14 @@ Sections, each figure beside a baseline measured in the same run and interleaved
   syslog    syslogd lines/s vs a bare line sink; no line lost while Redis is paused
   live      add→delivery latency (comet, WebSocket, SSE) vs a bare POST round trip;
             fan-out to 1,000 / 10,000, memory per idle consumer, backlog drain vs bare
+  leases    claim + ack (1 message each) vs the bare POST; claim 100 + ack 100 messages/s
+            vs the bare POST's req/s; lease-expiry redelivery latency; the tick's cost with
+            10,000 idle queues and 100,000 messages in flight (bench/leases.py)
   rabbitmq  RabbitMQ's management HTTP API publish / get vs RestMQ add / hard get
   parser    the HTTP layer's CPU per request, in pinned pairs against the connection it
             replaced and stock cyclone's (bench/parser.py; its own servers)
+  flow      /batch/ and /pop/ messages/s, 100,000 messages due at once, the long-poll wake
+            across two processes, vs the bare handler (bench/flow.py; its own servers)
 
 Everything (wrk, Redis, the servers, the clients) shares this machine; the report records
 the machine, the versions, the load average, and each process's CPU during each wrk run.
@@ -39,7 +45,9 @@ import time
 import traceback
 from pathlib import Path
 
+import flow
 import httpbench
+import leases as leasebench
 import live
 import parser as layer
 import rabbit
@@ -50,7 +58,8 @@ from common import (BENCH_DIR, ServerProcess, checkout_env, cpu_seconds, dist_ve
                     free_ports, log_problems, raise_exit, raise_nofile_limit, software_info,
                     start_all, stop_all, venv_bin)
 
-SECTIONS = ("http", "reuse", "collectd", "syslog", "live", "rabbitmq", "parser")
+SECTIONS = ("http", "reuse", "collectd", "syslog", "live", "leases", "rabbitmq", "parser",
+            "flow")
 OUT_DIR = BENCH_DIR / "out"
 FORM = "application/x-www-form-urlencoded"
 PREFILL_MARGIN = 1.5  # queues are filled for 1.5x the requests the run is expected to make
@@ -225,6 +234,44 @@ def wrk_section(name: str, cases: list[httpbench.Case], settings: httpbench.Sett
             "durations": {str(k): v for k, v in settings.durations.items()}}
 
 
+# --------------------------------------------------------------------------- leases
+
+def leases_section(s: Servers, tmp: Path, q: Queues, settings: httpbench.Settings,
+                   best: dict[str, float], args: argparse.Namespace,
+                   rc: redis_private.RespClient) -> dict:
+    post = tmp / "post.lua"
+    if not post.exists():
+        wrk.write_post_script(post, "value=hello", FORM)
+    cycle = leasebench.write_cycle_script(tmp / "cycle.lua", "benchcycle", 1)
+    redis = [s.redis.pid]
+    bare_cpu = {"server": s.pids("bare"), "redis": redis}
+    off_cpu = {"server": s.pids("off"), "redis": redis}
+    C = httpbench.Case
+    cases = [C("bare.post", "bare POST", s.url("bare", "/bare"), post, None, bare_cpu),
+             C("cycle", leasebench.CYCLE_LABEL, s.url("off", "/claim/benchcycle"), cycle,
+               "bare.post", off_cpu, q.prepare("benchcycle"), q.remaining("benchcycle"))]
+    port = s.ports["off"]
+    # The tick first: its idle windows need a quiet Redis, and the batches below leave a
+    # million retired values behind, whose housekeeping Redis goes on doing for a while.
+    ticking = sum(1 for name in s.procs if name not in ("bare", "syslogd"))
+    print(f"  d. the tick ({ticking} RestMQ process{'es' if ticking > 1 else ''} on this Redis)",
+          flush=True)
+    tick = leasebench.measure_tick(port, rc, s.procs["off"].pid, ticking, **args.tick_sizes)
+    print("  a. claim + ack", flush=True)
+    out = wrk_section("leases", cases, settings, best)
+    out["tick"] = tick
+    leasebench.purge(port, "benchcycle")  # the claims the last requests left in flight
+    print(f"  b. claim {args.batch_limit} + ack {args.batch_limit}", flush=True)
+    batches = leasebench.measure_batches(
+        settings.wrk_bin, port, rc, tmp, args.rounds, settings.durations[50], 50, off_cpu,
+        (s.url("bare", "/bare"), post, bare_cpu), settings.pin_wrk, args.batch_limit)
+    out["batch"] = [{**dataclasses.asdict(b), "ratio": b.ratio} for b in batches]
+    print(f"  c. redelivery: {args.rounds} rounds x {args.lapse_messages} messages", flush=True)
+    out["redelivery"] = [dataclasses.asdict(r) for r in leasebench.measure_redelivery(
+        port, args.lapse_messages, args.rounds)]
+    return out
+
+
 # --------------------------------------------------------------------------- RabbitMQ
 
 def rabbit_section(s: Servers, tmp: Path, q: Queues, settings: httpbench.Settings,
@@ -375,6 +422,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="rebuild the report and plots from a results.json, measure nothing")
     p.add_argument("--no-plots", action="store_true", help="write the report without plots")
     args = p.parse_args(argv)
+    args.batch_limit = 100
     args.sections = [x.strip() for x in args.only.split(",") if x.strip()]
     unknown = set(args.sections) - set(SECTIONS)
     if unknown:
@@ -383,14 +431,32 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.rounds, args.duration, args.duration_c1, args.pause = 1, 1.0, 1.0, 0.2
         args.latency_messages, args.fan_sizes, args.fan_repeats = 100, [100, 1_000], 3
         args.drain, args.syslog_lines, args.bp_duration, args.bp_pause = 5_000, 1_000, 4.0, 1.5
+        args.lapse_messages, args.tick_sizes = 50, {"idle_queues": 1_000, "inflight_queues": 10,
+                                                    "per_queue": 1_000, "window": 3.0}
     else:
         args.latency_messages, args.fan_sizes, args.fan_repeats = 300, [1_000, 10_000], 5
         args.drain, args.syslog_lines, args.bp_duration, args.bp_pause = 40_000, 5_000, 10.0, 4.0
+        args.lapse_messages, args.tick_sizes = 200, {"idle_queues": 10_000,
+                                                     "inflight_queues": 100,
+                                                     "per_queue": 1_000, "window": 10.0}
         if args.rounds < 3:
             p.error("--rounds must be at least 3 (medians of 3 rounds or more); --quick for less")
+    args.partial = set(args.sections) != set(SECTIONS)
+    if args.render_only and args.out is None:
+        # What the results hold decides, not the options of this call.
+        meta = json.loads(args.render_only.read_text())["meta"]
+        args.quick, args.partial = meta.get("quick"), set(meta["sections"]) != set(SECTIONS)
     if args.out is None:
-        args.out = (OUT_DIR / "report-quick.md") if args.quick else BENCH_DIR / "report.md"
+        args.out = default_report(args.quick, args.partial)
     return args
+
+
+def default_report(quick: bool, partial: bool) -> Path:
+    """Only a full run replaces bench/report.md: a partial one would drop every section it did
+    not run, a quick one is no measurement."""
+    if quick:
+        return OUT_DIR / "report-quick.md"
+    return OUT_DIR / "report-partial.md" if partial else BENCH_DIR / "report.md"
 
 
 def run_all(args: argparse.Namespace) -> dict:
@@ -445,10 +511,13 @@ def run_all(args: argparse.Namespace) -> dict:
                                           "body_lines": len(collectd_body().splitlines())}),
                     ("syslog", lambda: syslog_section(s, args)),
                     ("live", lambda: live_section(s, args, nofile)),
+                    ("leases", lambda: leases_section(s, tmp, q, settings50, best, args, rc)),
                     ("rabbitmq", lambda: rabbit_section(s, tmp, q, settings50, best)),
                     ("parser", lambda: layer.measure(
                         redis_bin, wrk_bin, pairs=layer.PAIRS if not args.quick else 1,
                         duration=layer.DURATION if not args.quick else 1.0)),
+                    ("flow", lambda: flow.measure(redis_bin, wrk_bin, args.rounds,
+                                                  args.duration, args.pause, args.quick)),
                 ]
                 for name, run in plan:
                     if name not in sections:
@@ -499,7 +568,8 @@ def main(argv: list[str] | None = None) -> int:
         except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
-        name = "results-quick.json" if args.quick else "results.json"
+        name = "results-quick.json" if args.quick else \
+            "results-partial.json" if args.partial else "results.json"
         (OUT_DIR / name).write_text(json.dumps(results))
     import report  # after the run: nothing it imports slows the measurements
     text = report.render(results, args.out, with_plots=not args.no_plots)

@@ -179,7 +179,7 @@ def judge_record(record: str | None, queue: str | None) -> str:
         return "denied"
     try:
         parsed = json.loads(record, parse_constant=_not_json)
-    except ValueError:
+    except (ValueError, RecursionError):  # nesting deeper than the decoder's recursion limit
         return "invalid"
     if not isinstance(parsed, dict):
         return "invalid"

@@ -14,3 +14,13 @@ def json_text(obj: Any) -> str:
     if "<" in text or ">" in text or "&" in text:
         text = text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
     return text
+
+
+def encodable(text: str) -> bool:
+    """Whether a string can be stored: JSON may spell lone surrogates (\\ud800), which no UTF-8
+    value can hold."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

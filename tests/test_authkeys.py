@@ -145,6 +145,7 @@ class Route:
     xml: tuple | None = None  # XML-RPC method and params ({q} replaced)
     kind: str = "http"  # http, stream, websocket
     status: int = 200
+    body: str | None = None  # a raw body ({q} replaced)
 
 
 ROUTES = [
@@ -152,6 +153,7 @@ ROUTES = [
     Route("GET /q/<q>", "GET", "/q/{q}"),
     Route("DELETE /q/<q>", "DELETE", "/q/{q}"),
     Route("POST /", "POST", "/", form={"queue": "{q}", "value": "v"}),
+    Route("POST /batch/<q>", "POST", "/batch/{q}", body='["v", {"value": "{q}"}]'),
     Route("GET /?queue=", "GET", "/?queue={q}"),
     Route("GET /p/<q>", "GET", "/p/{q}"),
     Route("POST /p/<q>", "POST", "/p/{q}", form={"policy": "roundrobin"}),
@@ -174,6 +176,7 @@ ROUTES = [
     Route("xmlrpc status_get", "POST", "/xmlrpc", xml=("status_get", "{q}")),
     Route("xmlrpc status_set", "POST", "/xmlrpc", xml=("status_set", "{q}", "start")),
     Route("POST /claim/<q>", "POST", "/claim/{q}"),
+    Route("POST /pop/<q>", "POST", "/pop/{q}"),
     Route("POST /ack/<q>", "POST", "/ack/{q}", form={"receipt": "1.1.0123456789abcdef"}),
     Route("POST /extend/<q>", "POST", "/extend/{q}",
           form={"receipt": "1.1.0123456789abcdef", "lease": "5"}),
@@ -183,6 +186,7 @@ ROUTES = [
     Route("POST /config/<q>", "POST", "/config/{q}", form={"lease": "5"}),
     Route("DELETE /config/<q>", "DELETE", "/config/{q}"),
     Route("GET /info/<q>", "GET", "/info/{q}"),
+    Route("GET /peek/<q>", "GET", "/peek/{q}"),
     Route("GET /c/<q>", "GET", "/c/{q}", kind="stream"),
     Route("GET /sse/<q>", "GET", "/sse/{q}", kind="stream"),
     Route("GET /ws/<q>", "GET", "/ws/{q}", kind="websocket", status=101),
@@ -206,6 +210,9 @@ def perform(base: str, route: Route, queue: str, key: str | None, how: str):
         method, *params = route.xml
         body = xml_call(method, *(p.replace("{q}", queue) for p in params))
         return request(base, "POST", path, body=body, headers=headers)
+    if route.body is not None:
+        return request(base, route.method, path, body=route.body.replace("{q}", queue),
+                       headers=headers)
     form = None
     if route.form:
         form = {name: value.replace("{q}", queue) for name, value in route.form.items()}
@@ -379,6 +386,8 @@ BAD_RECORDS = {
     "queue_in_privs": '{"privs": ["kq"]}',
     "empty_text": "",
     "json_with_nan": "{\"queues\": [\"kq\"], \"privs\": [NaN]}",
+    # deeper than Python's recursion limit: json.loads raises RecursionError, not ValueError
+    "deeply_nested": '{"queues": ' + "[" * 100000 + "]" * 100000 + "}",
 }
 
 

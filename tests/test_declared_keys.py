@@ -69,6 +69,8 @@ class LuaKeys:
       entry read from a declared list (`RPOP`, `LPOP`, `LINDEX`, an element of `LRANGE`); or a
       name every assignment of which is declared (`nil` aside), a function parameter every call
       of which passes a declared key, a function result every `return` of which is declared;
+      or `unpack(t)` of a local table `t` only ever made by a constructor and filled by
+      `t[...] = e`, each of its entries and every such `e` declared;
     * so ARGV, string literals and concatenations never name a key; PUBLISH's channel is no key.
     Names are judged per script, not per scope: a name that holds a key in one place and
     something else in another fails, which only ever makes the check stricter.
@@ -79,6 +81,7 @@ class LuaKeys:
         self.i = 0
         self.calls = []  # (command, [args]) of every redis.call / redis.pcall
         self.sources: dict[str, list] = {}  # name -> [(expr, result index)]
+        self.entries: dict[str, list] = {}  # name -> [expr of each `name[...] = expr`]
         self.params: dict[str, list[str]] = {}  # local function -> parameters
         self.returns: dict[str, list[list]] = {}  # local function -> [explist of each return]
         self.sites: dict[str, list[list]] = {}  # local function -> [args of each call]
@@ -178,7 +181,12 @@ class LuaKeys:
             if self.at("="):
                 self.take()
                 names = [t[1] if t[0] == "name" else None for t in targets]
-                self.assign(names, self.explist())
+                exprs = self.explist()
+                for k, t in enumerate(targets):
+                    if t[0] == "index" and t[1][0] == "name":
+                        self.entries.setdefault(t[1][1], []).append(
+                            exprs[k] if k < len(exprs) else ("nil",))
+                self.assign(names, exprs)
 
     def function(self, name: str) -> None:
         self.take("(")
@@ -246,7 +254,7 @@ class LuaKeys:
 
     def table(self):
         self.take("{")
-        fields = {}
+        fields, entries = {}, []
         while not self.at("}"):
             name = None
             if self.at("["):
@@ -254,16 +262,19 @@ class LuaKeys:
                 self.exp()
                 self.take("]")
                 self.take("=")
+                name = ""  # a computed field: an entry of the table, unnamed
             elif self.peek()[0] == "name" and self.peek(1)[1] == "=":
                 name = self.take()[1]
                 self.take("=")
             expr = self.exp()
-            if name is not None:
+            if name:
                 fields[name] = expr
+            else:
+                entries.append(expr)
             if self.at(",", ";"):
                 self.take()
         self.take("}")
-        return ("table", fields)
+        return ("table", fields, entries)
 
     def suffixed(self):
         if self.at("("):
@@ -331,6 +342,8 @@ class LuaKeys:
         if fn == ("field", ("name", "redis"), "call"):
             return index == 0 and args[0][1].upper() in ("RPOP", "LPOP", "LINDEX") and \
                 self.declared(args[1], 0, seen)
+        if fn == ("name", "unpack"):
+            return len(args) == 1 and args[0][0] == "name" and self.spread(args[0][1], seen)
         if fn[0] == "name" and fn[1] in self.returns:
             return all(len(r) <= index or self.declared(r[index], 0, seen)
                        for r in self.returns[fn[1]])
@@ -341,6 +354,18 @@ class LuaKeys:
             return True  # judged further up: a cycle adds nothing
         seen = seen | {name}
         return self.every_role(name, lambda e, i: self.declared(e, i, seen))
+
+    def spread(self, name: str, seen) -> bool:
+        """`unpack(name)` gives declared keys only: `name` is only ever a table constructor
+        whose entries are declared, and whatever is stored into it (`name[...] = e`) is."""
+        if ("spread", name) in seen:
+            return True
+        seen = seen | {("spread", name)}
+        roles = self.sources.get(name, [])
+        return bool(roles) and all(
+            e[0] == "table" and not e[1] and all(self.declared(x, 0, seen) for x in e[2])
+            for e, _ in roles) and \
+            all(self.declared(e, 0, seen) for e in self.entries.get(name, []))
 
     def every_role(self, name: str, judge) -> bool:
         """Whether `judge(expr, result index)` holds for everything `name` may hold: what each
@@ -441,14 +466,24 @@ def test_the_reader_refuses_what_the_rules_refuse(key_positions):
                  "local T = {k = KEYS[1]} redis.call('DEL', T.j)",
                  "local function f() return {k = ARGV[1]} end redis.call('DEL', f().k)",
                  "local r = redis.call('HGETALL', KEYS[1]) redis.call('DEL', r[1])",
-                 "local r = redis.call('ZRANGE', ARGV[1], 0, 0) redis.call('DEL', r[1])"):
+                 "local r = redis.call('ZRANGE', ARGV[1], 0, 0) redis.call('DEL', r[1])",
+                 "local ks = {} ks[1] = ARGV[1] redis.call('DEL', unpack(ks))",
+                 "local ks = {KEYS[1], ARGV[1]} redis.call('DEL', unpack(ks))",
+                 "local ks = {[2] = ARGV[1]} redis.call('DEL', unpack(ks))",
+                 "local ks = ARGV redis.call('DEL', unpack(ks))",
+                 "local ks = {} ks[1] = KEYS[1] ks = ARGV redis.call('DEL', unpack(ks))",
+                 "local ks = {} ks[1] = KEYS[1] redis.call('DEL', unpack(ks, 1))",
+                 "redis.call('DEL', unpack(ARGV))"):
         reader = LuaKeys(prelude + body)
         assert not all(reader.declared(args[p - 1]) for command, args in reader.calls
                        for p in key_positions(command, len(args))), body
     for ok in ("local k = KEYS[2] for _, v in ipairs(redis.call('LRANGE', k, 0, 1)) do "
                "redis.call('DEL', v, refcount_of(v)) end redis.call('PUBLISH', ARGV[1], 'x')",
                "local Q = queue_keys(1) local top = redis.call('ZPOPMIN', Q.priority) "
-               "redis.call('DEL', Q.pending, top[1])"):
+               "redis.call('DEL', Q.pending, top[1])",
+               "local Q = queue_keys(1) local ks = {KEYS[2]} "
+               "for i, k in ipairs(redis.call('LRANGE', Q.pending, 0, 9)) do ks[i + 1] = k end "
+               "ks[#ks + 1] = value_key(Q.counter, 7) redis.call('DEL', unpack(ks))"):
         reader = LuaKeys(prelude + ok)
         assert all(reader.declared(args[p - 1]) for command, args in reader.calls
                    for p in key_positions(command, len(args))), ok
@@ -655,6 +690,10 @@ async def test_lease_operations_touch_only_declared_keys(private_redis, watched)
         check("release to the dead-letter queue")
         await core.info("v")
         check("info")
+        page = await core.peek("v.dead", 10)
+        assert [m.key for m in page.messages] == ["v.dead:1"]
+        await core.peek("v.dead", 1, after="v.dead:1")
+        check("peek")
         await core.redrive("v.dead")
         check("redrive")
         await core.claim("v")

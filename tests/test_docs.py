@@ -428,6 +428,37 @@ def test_links_in_docs_resolve():
     assert not broken, broken
 
 
+def readme_titles() -> dict[str, str]:
+    """README.rst's section titles, each with the line under it."""
+    lines = (ROOT / "README.rst").read_text("utf-8").split("\n")
+    return {title.strip(): under for title, under in zip(lines, lines[1:])
+            if title.strip() and under and len(set(under)) == 1 and under[0] in "=-~^"
+            and not set(title) <= set("=-~^ ")}
+
+
+def test_readme_sections_are_whole_and_every_section_it_refers_to_exists():
+    """A merge that keeps a title and drops its section leaves references to nothing, and a
+    title whose underline is short is no title to docutils."""
+    titles = readme_titles()
+    short = [title for title, under in titles.items() if len(under) < len(title)]
+    assert not short, short
+    text = (ROOT / "README.rst").read_text("utf-8")
+    referred = {" ".join(name.split()) for name in re.findall(r"`([^`<]+)`_", text)}
+    assert not referred - set(titles), sorted(referred - set(titles))
+    for feature in ("Delayed and scheduled messages", "Priorities", "Idempotent adds",
+                    "Batches", "Peek", "Long polls", "Batch pop"):
+        assert feature in titles, feature
+
+
+def test_tests_cited_by_the_readme_exist():
+    text = (ROOT / "README.rst").read_text("utf-8")
+    cited = re.findall(r"((?:tests/)?[\w/]+\.py)::(\w+)", text)
+    missing = [f"{path}::{name}" for path, name in cited
+               if not (ROOT / "tests" / path.removeprefix("tests/")).is_file()
+               or f"def {name}(" not in (ROOT / "tests" / path.removeprefix("tests/")).read_text()]
+    assert cited and not missing, missing
+
+
 TEXT_SUFFIXES = {".py", ".lua", ".yaml", ".md", ".rst", ".conf", ".sh", ".html", ".service",
                  ".txt", ".ini", ""}
 

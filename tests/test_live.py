@@ -136,6 +136,18 @@ def test_disconnected_consumer_is_forgotten(H, redis, clients):
     assert redis("LLEN", "gone:queue") == 1
 
 
+def test_foreign_notes_on_the_channel_change_nothing(H, redis, clients):
+    # Anyone with Redis access can publish on a queue's channel: notes that are not ours (not
+    # JSON, not an object, another db, nested past the decoder's recursion limit) are ignored,
+    # and the next real add still reaches the consumer (the fixture then checks the log).
+    c = clients(H, "foreign")
+    wait_until(subscribed(redis, "foreign"))
+    for note in ("not json", "[1]", '{"type": "wake", "db": 99}', "[" * 100000 + "]" * 100000):
+        redis("PUBLISH", "foreign:PUBSUB", note)
+    key = add(H, "foreign", "after")
+    assert [(m["key"], m["value"]) for m in c.messages(1)] == [(key, "after")]
+
+
 def test_slow_consumer_is_disconnected_past_16_mib(H, redis):
     c = CometClient(H, "slow")
     c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)

@@ -244,6 +244,35 @@ def test_roundrobin_puts_back_on_a_queue_the_original_registered(H, redis, serve
     assert pending[::-1] == keys[count - len(pending):]
 
 
+def test_a_put_back_priority_message_keeps_its_level(H, redis, server, closing):
+    """What a roundrobin pop could not hand out goes back to its priority level: a message of
+    priority 9 put back is still taken before one of priority 5 added later."""
+    queue, size, count = "rrprio", 200_000, 20
+    assert post(H, f"/p/{queue}", {"policy": "roundrobin"}).status == 200
+    assert post(H, f"/control/{queue}", {"status": "stop"}).status == 200
+    keys = []
+    for i in range(count):
+        reply = post(H, f"/q/{queue}", {"value": f"{i:06d}" + "x" * (size - 6),
+                                        "priority": "9"})
+        assert reply.status == 200, reply.body
+        keys.append(reply.body.decode().strip())
+    silent = closing(Silent(H, "c", queue))
+    wait_until(lambda: numsub(redis, queue) == 1, what="the consumer registered")
+    assert post(H, f"/control/{queue}", {"status": "start"}).status == 200
+    # Popped: six messages; written: what filled the silent consumer's output; put back: the
+    # rest. Until the put-back, more than buffered_bound messages are missing from Redis.
+    wait_until(lambda: redis("LLEN", f"{queue}:queue") or
+               count - buffered_bound(size) <= redis("ZCARD", f"{queue}:priority") < count,
+               what="the put-back")
+    assert redis("LLEN", f"{queue}:queue") == 0  # none fell to priority 0
+    left = redis("ZRANGE", f"{queue}:priority", 0, -1)
+    assert left == keys[count - len(left):]
+    assert post(H, f"/q/{queue}", {"value": "later", "priority": "5"}).status == 200
+    silent.close()
+    wait_until(lambda: numsub(redis, queue) == 0, what="the consumer gone")
+    assert get(H, f"/q/{queue}").json["key"] == left[0]
+
+
 def test_broadcast_still_writes_to_a_stalled_consumer_but_cuts_it(stall_server, redis, closing):
     url, queue, size, count = stall_server.url, "bstall", 100_000, 30
     log_before = len(stall_server.log())

@@ -13,7 +13,7 @@ from tests.util import wait_until
 OPTIONS = ["--port", "--listen", "--ssl-cert", "--ssl-key", "--endpoint", "--redis-host",
            "--redis-port", "--redis-unix-socket", "--redis-password", "--redis-db",
            "--redis-pool", "--acl", "--consumed-ttl", "--max-body", "--trusted-proxy",
-           "--access-log", "--reuse-port"]
+           "--access-log", "--reuse-port", "--pop-lease"]
 
 
 def twistd(*args, cwd="/"):
@@ -41,6 +41,8 @@ def test_twistd_lists_the_plugin():
     (["--endpoint", "tcp:1", "--ssl-cert", "c", "--ssl-key", "k"], "--endpoint cannot"),
     (["--no-such-option"], "no-such-option"),
     (["--access-log", "maybe"], "--access-log must be on or off"),
+    (["--pop-lease", "0"], "--pop-lease must be at least 1"),
+    (["--pop-lease", "43201"], "--pop-lease must be at most 43200"),
     (["--reuse-port", "--endpoint", "tcp:1"], "--reuse-port works with --port/--listen"),
     (["--ssl-cert", "/nonexistent.pem", "--ssl-key", "/nonexistent.key"],
      "cannot load the TLS certificate or key"),

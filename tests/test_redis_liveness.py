@@ -234,3 +234,40 @@ def test_pubsub_timeout_option():
     for bad, message in (("0", "between 0.1 and 3600"), ("soon", "a number of seconds")):
         with pytest.raises(usage.UsageError, match=message):
             Options().parseOptions(["--pubsub-timeout", bad])
+
+
+def test_redis_timeout_option_reaches_the_pool_of_every_plugin():
+    from twisted.python import usage
+
+    from restmq.tap import Options
+    from restmq.tap import restmq as restmq_plugin
+    from restmq.tap import syslogd as syslogd_plugin
+    options = Options()
+    options.parseOptions([])
+    assert options["redis-timeout"] == 5.0
+    for plugin in (restmq_plugin, syslogd_plugin):
+        options = plugin.Options()
+        options.parseOptions(["--port", "1", "--redis-port", "1", "--redis-timeout", "2.5"])
+        redis = list(plugin.makeService(options))[0]
+        assert isinstance(redis, RedisService) and redis.timeout == 2.5
+    # Below 2 s a write's deadline (a second before the timeout) would leave it no time.
+    for bad, message in (("1.9", "between 2 and 3600"), ("soon", "a number of seconds")):
+        with pytest.raises(usage.UsageError, match=message):
+            Options().parseOptions(["--redis-timeout", bad])
+
+
+def test_a_shorter_timeout_moves_the_deadline_with_it():
+    """--redis-timeout 2: writes get a deadline a second before it (the watchdog's side is in
+    tests/unit/test_redis_timers.py)."""
+    clock = task.Clock()
+    clock.advance(50)
+    conn = FakeConnection()
+    svc = service_with(clock, conn)
+    svc.timeout = 2.0
+    svc.redis_clock.offset = 0.0
+    svc.execute("EVALSHA", "sha", 0, DEADLINE)
+    assert last_argument(conn.sent[0]) == "51000"
+    assert not svc.expired(svc.deadline())
+    clock.advance(1.0)
+    svc.execute("EVALSHA", "sha", 0, DEADLINE)
+    assert last_argument(conn.sent[1]) == "51000"  # the older one, see above

@@ -9,8 +9,7 @@ import subprocess
 
 import pytest
 
-from tests.conftest import ROOT, free_port, redis_server_binary
-from tests.faults.load import process_gone
+from tests.conftest import ROOT, free_port, process_gone, redis_server_binary
 from tests.http_client import get, post
 from tests.util import RedisClient, wait_until
 

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, RedisProcess, ServerProcess, free_port
+from tests.conftest import (REDIS_TIMEOUT, ROOT, SHORT_TIMEOUT, RedisProcess, ServerProcess,
+                            free_port)
 from tests.util import wait_until
 
 QUEUE = "syslogd:127.0.0.1"
@@ -716,9 +717,10 @@ def test_back_pressure_while_redis_unavailable(outage):
     """While Redis is unavailable (frozen with SIGSTOP, or stopped and later restarted on the
     same port) the receiver stops reading: the sender's writes block after a bounded number of
     bytes, the server's memory stays bounded, and once Redis is back every line the kernel
-    accepted is stored once, in order."""
+    accepted is stored once, in order. The receiver runs with the shortest command timeout
+    (2 s), so that a try at the frozen Redis fails sooner."""
     redis_server = RedisProcess().start()
-    server = ServerProcess(redis_server.port, plugin="syslogd").start()
+    server = ServerProcess(redis_server.port, *SHORT_TIMEOUT, plugin="syslogd").start()
     client = redis_server.client()
     sock = None
     try:
@@ -746,8 +748,8 @@ def test_back_pressure_while_redis_unavailable(outage):
         started = time.monotonic()
         blocked_since = None
         max_rss = 0
-        # Keep writing until nothing has been accepted for 4 s, and for at least 7 s in all
-        # (past Redis's 5 s command timeout), so the retry path runs while the socket is full.
+        # Keep writing until nothing has been accepted for 4 s, and for at least 2 s past the
+        # command timeout in all, so the retry path runs while the socket is full.
         while True:
             try:
                 sent = sock.send(pending)
@@ -764,7 +766,7 @@ def test_back_pressure_while_redis_unavailable(outage):
                 now = time.monotonic()
                 if blocked_since is None:
                     blocked_since = now
-                elif now - blocked_since > 4 and now - started > 7:
+                elif now - blocked_since > 4 and now - started > REDIS_TIMEOUT + 2:
                     break
                 max_rss = max(max_rss, rss_kib(server.proc.pid))
                 time.sleep(0.05)

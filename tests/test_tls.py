@@ -10,6 +10,7 @@ import warnings
 import pytest
 
 from tests.conftest import ServerProcess, free_port
+from tests.util import wait_until
 
 
 @pytest.fixture(scope="module")
@@ -78,3 +79,27 @@ def test_endpoint_string_replaces_port_and_listen(redis_proc, redis):
         assert out.stdout == b"ep:1\r\n"
     finally:
         server.stop()
+
+
+def test_pop_over_tls_acks_what_went_out(redis_proc, redis, certificate):
+    """The pop's ack waits for its reply to leave through the TLS layer, on a connection that
+    stays open and on one that closes after the reply."""
+    cert, key = certificate
+    server = tls_server(redis_proc, "--ssl-cert", str(cert), "--ssl-key", str(key))
+    try:
+        for value in ("a", "b"):
+            subprocess.run(["curl", "-s", "--cacert", str(cert), "-d", f"value={value}",
+                            f"{server.url}/q/tlspop"], capture_output=True, timeout=30,
+                           check=True)
+        for key_, extra in (("tlspop:1", []), ("tlspop:2", ["-H", "Connection: close"])):
+            pop = subprocess.run(["curl", "-s", "--cacert", str(cert), "-X", "POST", *extra,
+                                  f"{server.url}/pop/tlspop"], capture_output=True, timeout=30)
+            value = {"tlspop:1": "a", "tlspop:2": "b"}[key_]
+            assert pop.stdout == (b'{"queue": "tlspop", "messages": [{"key": "%s", "value": '
+                                  b'"%s"}]}' % (key_.encode(), value.encode()))
+            wait_until(lambda: redis("ZCARD", "tlspop:inflight") == 0, 10, "the ack")
+            assert 0 < redis("TTL", key_) <= 3600
+        assert redis("EXISTS", "tlspop:queue") == 0
+    finally:
+        server.stop()
+    assert "Traceback" not in server.final_log

@@ -1,5 +1,6 @@
-"""The worked example of docs/http-api.md#worked-example, steps 1-11 and 13-21, and the walk
-through of README.rst's "Reliable workers", driven with curl against a real server and Redis."""
+"""The worked example of docs/http-api.md#worked-example, steps 1-11 and 13-21, and the walks
+through README.rst's "Reliable workers" and its producer features (delays to peek), driven
+with curl against a real server and Redis."""
 from __future__ import annotations
 
 import json
@@ -154,3 +155,35 @@ def test_reliable_workers_walk_through(H, redis):
     for key in ("jobs:inflight", "jobs:deliveries", "jobs.dead:origin", "jobs.dead:queue",
                 "jobs.dead:1"):
         assert redis("EXISTS", key) == 0, key
+
+
+def test_producer_features_walk_through(H, redis):
+    """README.rst, "Delayed and scheduled messages" to "Peek": every curl example, in order,
+    from an empty Redis (the eta is an hour ahead on Redis's clock instead of tomorrow)."""
+    assert curl("-d", "value=send the reminder&delay=600", f"{H}/q/jobs") == "jobs:1\r\n"
+    eta = int(redis("TIME")[0]) + 3600
+    assert curl("-d", f"value=nightly report&eta={eta}", f"{H}/q/jobs") == "jobs:2\r\n"
+    assert curl("-d", "value=routine", f"{H}/q/jobs") == "jobs:3\r\n"
+    assert curl("-d", "value=urgent&priority=9", f"{H}/q/jobs") == "jobs:4\r\n"
+    assert json.loads(curl(f"{H}/q/jobs")) == {"key": "jobs:4", "value": "urgent", "count": 0}
+    key = ("-H", "Idempotency-Key: order-17")
+    assert curl(*key, "-d", "value=ship order 17", f"{H}/q/jobs") == "jobs:5\r\n"
+    status, headers, body = curl_i(*key, "-d", "value=ship order 17", f"{H}/q/jobs")
+    assert (status, headers["idempotent-replayed"], body) == (200, "true", "jobs:5\r\n")
+    assert json.loads(curl(*key, "-d", "value=ship order 18", f"{H}/q/jobs")) == {
+        "error": "idempotency key reused"}
+    batch = '["a", {"value": "b", "ttl": 60}, {"value": "c", "priority": 5}]'
+    assert json.loads(curl("--data-binary", batch, f"{H}/batch/jobs")) == {
+        "queue": "jobs", "keys": ["jobs:6", "jobs:7", "jobs:8"]}
+    refused = '["d", {"value": "e", "delay": -1}]'
+    assert json.loads(curl("--data-binary", refused, f"{H}/batch/jobs")) == {
+        "error": "invalid argument: messages[1].delay"}
+    assert json.loads(curl(f"{H}/peek/jobs?limit=2")) == {
+        "queue": "jobs", "messages": [{"key": "jobs:8", "value": "c", "priority": 5},
+                                      {"key": "jobs:3", "value": "routine", "priority": 0}],
+        "next": "jobs:3"}
+    assert json.loads(curl(f"{H}/peek/jobs?limit=2&after=jobs:3")) == {
+        "queue": "jobs", "messages": [{"key": "jobs:5", "value": "ship order 17", "priority": 0},
+                                      {"key": "jobs:6", "value": "a", "priority": 0}],
+        "next": "jobs:6"}
+    assert redis("ZRANGE", "jobs:delayed", 0, -1) == ["jobs:1", "jobs:2"]

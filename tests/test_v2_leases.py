@@ -78,8 +78,8 @@ def test_claim_answers_what_is_there_without_filling_limit(H, redis):
 
 
 def test_claim_of_an_empty_queue_is_204_and_writes_nothing(H, redis):
-    for form in (None, {"wait": "0"}, {"wait": "20", "limit": "5"}):
-        # wait > 0 is checked but does not wait yet: one look, then 204.
+    # With wait > 0 the claim waits first (tests/test_waiters.py); then the same 204.
+    for form in (None, {"wait": "0"}, {"wait": "0", "limit": "5"}, {"wait": "1"}):
         reply = post(H, "/claim/jobs", form)
         assert (reply.status, reply.body) == (204, b"")
         assert reply.header("Content-Type") is None and reply.header("Content-Length") is None
@@ -142,6 +142,15 @@ def test_ack_of_an_acked_receipt_is_stale_and_changes_nothing(H, redis):
     assert settle(H, "ack", "jobs", [r1, r1]) == {"queue": "jobs", "acked": [],
                                                    "stale": [r1, r1]}
     assert snapshot(redis) == before
+
+
+def test_a_current_receipt_given_twice_in_one_ack_is_acked_once(H, redis):
+    add(H, "jobs", "a", "b")
+    [r1, r2] = receipts(claim(H, "jobs", limit=2))
+    assert settle(H, "ack", "jobs", [r1, r2, r1]) == {"queue": "jobs", "acked": [r1, r2],
+                                                       "stale": [r1]}
+    for key in ("jobs:inflight", "jobs:deliveries", "jobs:queue"):
+        assert redis("EXISTS", key) == 0, key
 
 
 def stale_receipts(current: str) -> list[str]:
@@ -239,6 +248,17 @@ def test_release_puts_the_message_next_in_line(H, redis):
     assert redis("LRANGE", "jobs:queue", 0, -1) == ["jobs:2", "jobs:1"]  # consumed from the right
     [again] = claim(H, "jobs")["messages"]
     assert (again["key"], again["deliveries"]) == ("jobs:1", 2)
+
+
+def test_messages_released_together_come_back_in_their_order(H, redis):
+    # A worker that gives back its whole claim expects the queue as it was: the oldest next.
+    add(H, "jobs", "a", "b", "c", "d")
+    claimed = claim(H, "jobs", limit=3)
+    assert [m["key"] for m in claimed["messages"]] == ["jobs:1", "jobs:2", "jobs:3"]
+    assert settle(H, "release", "jobs", receipts(claimed))["released"] == receipts(claimed)
+    again = claim(H, "jobs", limit=4)["messages"]
+    assert [(m["key"], m["deliveries"]) for m in again] == \
+        [("jobs:1", 2), ("jobs:2", 2), ("jobs:3", 2), ("jobs:4", 1)]
 
 
 def test_release_with_a_delay_waits_then_comes_back(H, redis):

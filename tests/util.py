@@ -147,6 +147,16 @@ def redis_ms(redis: RedisClient) -> int:
     return int(seconds) * 1000 + int(micros) // 1000
 
 
+def command_calls(redis: RedisClient) -> dict[str, int]:
+    """How many times Redis ran each command (lower case) since the last CONFIG RESETSTAT,
+    the commands scripts ran included: what an operation costs Redis, counted, not timed."""
+    calls = {}
+    for name, count in re.findall(r"^cmdstat_([^:]+):calls=(\d+)", redis("INFO", "commandstats"),
+                                  re.M):
+        calls[name] = int(count)
+    return calls
+
+
 async def until_redis_passes(redis: RedisClient, ms: int, timeout: float = 5.0) -> None:
     """In a Twisted test: poll Redis's clock (not ours) until it is past `ms`, the reactor
     running in between; a bounded wait for a due time, not a sleep of its length."""

@@ -1,10 +1,12 @@
 """Adds: one script (restmq/scripts/add.lua) for every way a message enters a queue, one item
-or many, with the queue's configuration applied (ttl, delay, size bound) and, later, priorities,
-delays and idempotency keys given by the producer."""
+or many, with the queue's configuration applied (ttl, delay, size bound) and the delays, etas,
+priorities and idempotency keys given by the producer."""
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 from twisted.internet import defer
 
@@ -13,24 +15,34 @@ from restmq.names import check_name
 from restmq.redis import DEADLINE, keys, text
 
 
-@dataclass(frozen=True)
-class Item:
+class Item(NamedTuple):
     """One message to add. `ttl` in seconds (None: the queue's configured ttl, if any);
     `delay` in seconds or `eta` in Unix seconds (at most one; None: the queue's configured
-    delay); `priority` 0 to 9."""
+    delay); `priority` 0 to 9 (None: not given, which is 0). A named tuple: a batch makes up
+    to 1000 of them per request, at a fifth of a frozen dataclass's cost."""
 
     value: str
     ttl: int | None = None
     delay: int | None = None
     eta: float | None = None
-    priority: int = 0
+    priority: int | None = None
 
     def arguments(self) -> tuple:
         """The five script arguments of the item ('' for none)."""
+        if self.ttl is None and self.delay is None and self.eta is None and not self.priority:
+            return (self.value, "", "", "", "")  # a bare value, the usual item
         return (self.value, _blank(self.ttl), _blank(None if self.delay is None else
                                                      self.delay * 1000),
-                _blank(None if self.eta is None else int(self.eta * 1000)),
-                self.priority or "")
+                _blank(_eta_ms(self.eta)), self.priority or "")
+
+    def canonical(self) -> list:
+        """The item as the fingerprint of an idempotent add sees it: its five fields, None for
+        those not given, the eta in Unix seconds as its milliseconds read (1700000000 or
+        1700000000.5, never 1700000000.0 or 1700000000.500)."""
+        eta: Any = _eta_ms(self.eta)
+        if eta is not None:
+            eta = eta // 1000 if eta % 1000 == 0 else eta / 1000
+        return [self.value, self.ttl, self.delay, eta, self.priority]
 
 
 @dataclass(frozen=True)
@@ -44,6 +56,21 @@ class Added:
 
 def _blank(value: Any) -> Any:
     return "" if value is None else value
+
+
+def _eta_ms(eta: float | None) -> int | None:
+    return None if eta is None else round(eta * 1000)
+
+
+def fingerprint(kind: str, items: Sequence[Item]) -> str:
+    """What tells two requests that share an idempotency key apart: the SHA-256 (lowercase
+    hex) of the canonical JSON text of `[kind, [item fields...]]`, `kind` being the route's
+    (`add` for `POST /` and `POST /q/<q>`, `batch` for `/batch/<q>`). Canonical: UTF-8, no
+    whitespace, strings as they are (no escapes beyond JSON's own), fields in the order of
+    Item.canonical, absent ones `null`."""
+    text = json.dumps([kind, [item.canonical() for item in items]], ensure_ascii=False,
+                      separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 class AddsMixin:

@@ -10,6 +10,7 @@ from typing import Any, Mapping
 
 from restmq.errors import InvalidArgument, MissingArgument
 from restmq.names import is_valid_name
+from restmq.redis import keys
 
 LIMIT_MAX = 100  # messages per claim
 REDRIVE_LIMIT_MAX = 1000  # messages per redrive
@@ -105,6 +106,17 @@ def dedup(text: str | None, header: bool = False) -> str | None:
         text = text[1:-1]
     if not _DEDUP.match(text) or len(text) > DEDUP_MAX:
         raise InvalidArgument("dedup")
+    return text
+
+
+def after(text: str | None, queue: str) -> str | None:
+    """`after` of a peek: a message key of the queue, `<q>:<n>` (up to 15 digits, as the
+    scripts read them). Whether it is still pending is the peek's own check."""
+    if text is None:
+        return None
+    number = keys.number_of(queue, text)
+    if number is None or len(number) > 15:
+        raise InvalidArgument("after")
     return text
 
 

@@ -16,6 +16,7 @@ from twisted.logger import Logger
 from restmq.core.adds import AddsMixin, Item
 from restmq.core.config import ConfigMixin
 from restmq.core.leases import LeasesMixin
+from restmq.core.peek import PeekMixin
 from restmq.core.policy import PolicyMixin
 from restmq.core.schedule import ScheduleMixin
 from restmq.core.stats import StatsMixin
@@ -30,18 +31,23 @@ BATCH_BYTES = 1024 * 1024
 
 @dataclass(frozen=True)
 class Message:
+    """A message as a consumer gets it; `count` is the read count of a soft get, `priority`
+    its level where the operation reports it (the live pop, so that a put-back keeps it)."""
+
     key: str
     value: str
     count: int = 0
+    priority: int = 0
 
 
 class Core(AddsMixin, LeasesMixin, ConfigMixin, ScheduleMixin, PolicyMixin, StatsMixin,
-           StepsMixin):
+           PeekMixin, StepsMixin):
     """The queue operations (docs/redis-layout.md#operations) on one Redis database: the
     message operations here, adds in restmq.core.adds, leases and dead letters in
     restmq.core.leases, per-queue configuration and state in restmq.core.config, what is due
-    (the tick) in restmq.core.schedule, policy and status in restmq.core.policy, the queue list
-    and stats in restmq.core.stats, the running of scripts in steps in restmq.core.steps.
+    (the tick) in restmq.core.schedule, the peek in restmq.core.peek, policy and status in
+    restmq.core.policy, the queue list and stats in restmq.core.stats, the running of scripts
+    in steps in restmq.core.steps.
 
     `redis` is a restmq.redis.RedisService (or anything with `execute`, `run_script`, `db`).
     Every method fails with RedisUnavailable or RedisFailure when Redis does, and with
@@ -66,7 +72,7 @@ class Core(AddsMixin, LeasesMixin, ConfigMixin, ScheduleMixin, PolicyMixin, Stat
         self.scripts = {name: load_script(name) for name in (
             "add", "hard_get", "soft_get", "take", "del", "purge", "pop_batch", "set", "stats",
             "retire_range", "requeue", "claim", "ack", "extend", "release", "redrive", "due",
-            "tick", "config_set", "info")}
+            "tick", "config_set", "info", "peek")}
         self.on_due = _ignore
         # What this process believes (restmq.core.leases): queue -> its dead-letter queue, and
         # ('redrive', dead-letter queue) -> the origin its last redrive moved messages to.
@@ -133,7 +139,7 @@ class Core(AddsMixin, LeasesMixin, ConfigMixin, ScheduleMixin, PolicyMixin, Stat
 
     async def _purge(self, queue: str) -> int:
         # The reply waits for retiring at most until a second before the timeout: the purge
-        # itself is done by then, and a client waiting 5 s must not see a timeout for it.
+        # itself is done by then, and its client must not see a timeout (503) for it.
         give_up = self.clock.seconds() + self.redis.timeout - 1.0
         reply = await self._write("purge", keys.purge_keys(queue), self.consumed_ttl,
                                   keys.channel(queue), self.redis.db, PURGE_STEP)
@@ -190,24 +196,26 @@ class Core(AddsMixin, LeasesMixin, ConfigMixin, ScheduleMixin, PolicyMixin, Stat
             if not reply:
                 return policy, messages
             reply = text(reply)
-            policy, more, pairs = reply[0], reply[1], reply[2:]
-            for i in range(0, len(pairs), 2):
-                messages.append(Message(pairs[i], pairs[i + 1]))
-                size += len(pairs[i + 1].encode("utf-8"))
+            policy, more, triples = reply[0], reply[1], reply[2:]
+            for i in range(0, len(triples), 3):
+                key, value, priority = triples[i:i + 3]
+                messages.append(Message(key, value, priority=int(priority)))
+                size += len(value.encode("utf-8"))
             if not more or len(messages) >= BATCH_COUNT or size >= BATCH_BYTES or \
                     self.redis.expired(deadline):
                 return policy, messages
 
     def requeue(self, queue: str, messages: list[Message]) -> defer.Deferred:
-        """Put popped messages (oldest first) back at the tail of the pending list, so that
-        they are taken next, in order; fires with how many. Without their former ttl. Like
-        pop_batch, only the key-layout rule applies: the name is the one delivery popped for."""
+        """Put popped messages (oldest first) back at the consuming end of their priority
+        levels, so that they are taken next, in order; fires with how many. Without their
+        former ttl. Like pop_batch, only the key-layout rule applies: the name is the one
+        delivery popped for."""
         if not is_safe_name(queue):
             raise InvalidName()
+        values = [part for m in messages for part in (m.value, m.priority)]
         return self.redis.run_script(
             self.scripts["requeue"], keys.requeue_keys(queue, [m.key for m in messages]),
-            keys.channel(queue), self.redis.db, self._deadline(),
-            *[m.value for m in messages]).addCallback(int)
+            keys.channel(queue), self.redis.db, self._deadline(), *values).addCallback(int)
 
     def ping(self) -> defer.Deferred:
         """Fires when Redis answers; fails with RedisUnavailable otherwise."""

@@ -3,7 +3,8 @@ message.
 
 Consumers (comet, WebSocket, SSE) register here; `dispatch` pops batches with POP_BATCH and
 hands roundrobin messages out in rotation, while broadcast batches come back through the
-`<q>:PUBSUB` subscription so that every process writes them in the same order.
+`<q>:PUBSUB` subscription so that every process writes them in the same order. Waiters (long
+polls, restmq.delivery.waiters) park here too, and a dispatch serves them first.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from twisted.logger import Logger
 
 from restmq.clock import reactor_clock
 from restmq.core import BATCH_BYTES, BATCH_COUNT, Core, Message
+from restmq.delivery.waiters import Waiter
 from restmq.errors import RedisTrouble, RestMQError
 from restmq.jsontext import json_text
 from restmq.redis import keys
@@ -58,9 +60,11 @@ class Consumer(Protocol):
 
 @dataclass(eq=False)
 class _Queue:
-    """The local consumers of one queue, in connection order."""
+    """The local consumers of one queue, in connection order, and its parked waiters, in
+    arrival order (a dict for its order and its removals in constant time)."""
 
     consumers: list = field(default_factory=list)
+    waiters: dict = field(default_factory=dict)
     counter: int = 0
     policy: str | None = None  # as the last pop for this queue saw it
 
@@ -129,16 +133,20 @@ class Delivery(service.Service):
         self._sweep.start(SWEEP_INTERVAL, now=False)
 
     def stopService(self) -> defer.Deferred:
-        """Stops popping. Fires once the dispatches in flight have handed out (or put back)
-        what they popped, as the Redis connections must outlive them, and then once what was
-        written to each live consumer has reached its peer, or SHUTDOWN_GRACE seconds after
-        the stop: the connections are closed next, and what is still buffered for them here
-        then is lost."""
+        """Stops popping, and answers the parked waiters with nothing (those with a claim on
+        its way get what it brings). Fires once the dispatches in flight have handed out (or
+        put back) what they popped, as the Redis connections must outlive them, and then once
+        what was written to each live consumer has reached its peer, or SHUTDOWN_GRACE
+        seconds after the stop: the connections are closed next, and what is still buffered
+        for them here then is lost."""
         super().stopService()
         self.stopping = True
         until = self.clock.seconds() + SHUTDOWN_GRACE
         if self._sweep.running:
             self._sweep.stop()
+        for state in list(self.queues.values()):
+            for waiter in list(state.waiters):
+                waiter.time_up()
         for nap in list(self._naps):
             nap.cancel()  # a put-back waiting to be tried again makes its last attempt now
         return defer.ensureDeferred(self._drain([run.ended() for run in self.runs.values()],
@@ -163,11 +171,7 @@ class Delivery(service.Service):
     # -- consumers -----------------------------------------------------------------------------
 
     def register(self, queue: str, consumer: Consumer) -> None:
-        state = self.queues.get(queue)
-        if state is None:
-            state = self.queues[queue] = _Queue()
-            self.pubsub.subscribe(keys.channel(queue))
-        state.consumers.append(consumer)
+        self._presence(queue).consumers.append(consumer)
         self.trigger(queue)
 
     def unregister(self, queue: str, consumer: Consumer) -> None:
@@ -176,7 +180,34 @@ class Delivery(service.Service):
         if state is None or consumer not in state.consumers:
             return
         state.consumers.remove(consumer)
-        if not state.consumers:
+        self._forget_if_empty(queue, state)
+
+    def park(self, queue: str, waiter: Waiter, seconds: float) -> None:
+        """Take a long poll in as a waiter of `queue` for `seconds`; it holds the queue's
+        subscription like a live consumer, gets no live deliveries, and leaves by itself
+        (answered, timed out or departed). A dispatch follows at once: a wake notice that
+        came between its first claim and now was not for it."""
+        if self.stopping:
+            waiter.time_up()
+            return
+        self._presence(queue).waiters[waiter] = None
+        waiter.park(seconds, lambda: self._unpark(queue, waiter))
+        self.trigger(queue)
+
+    def _unpark(self, queue: str, waiter: Waiter) -> None:
+        state = self.queues.get(queue)
+        if state is not None and state.waiters.pop(waiter, False) is None:
+            self._forget_if_empty(queue, state)
+
+    def _presence(self, queue: str) -> _Queue:
+        state = self.queues.get(queue)
+        if state is None:
+            state = self.queues[queue] = _Queue()
+            self.pubsub.subscribe(keys.channel(queue))
+        return state
+
+    def _forget_if_empty(self, queue: str, state: _Queue) -> None:
+        if not state.consumers and not state.waiters and self.queues.get(queue) is state:
             del self.queues[queue]
             self.pubsub.unsubscribe(keys.channel(queue))
 
@@ -234,25 +265,46 @@ class Delivery(service.Service):
                 return
             if keys.channel(queue) not in self.pubsub.confirmed:
                 return  # resumed by the subscription's confirmation or the sweep
-            if state.policy == "roundrobin" and not state.any_ready():
-                return  # resumed by a consumer whose output drains, or the sweep
-            purges = run.purges
-            try:
-                policy, batch = await self.core.pop_batch(queue)
-            except RestMQError as e:
-                self.log.warn("live delivery of {queue} paused: {error}", queue=queue,
-                              error=e.reason)
+            if state.waiters:
+                await self._serve_waiters(queue)
+            if not await self._feed_consumers(queue, run) or not run.again:
                 return
-            if policy is not None and queue in self.queues:
-                self.queues[queue].policy = policy
-            if policy == "roundrobin":
-                await self._hand_out(queue, batch, lambda: run.purges != purges)
-            elif batch and _full(batch):
-                await self._wait_for_broadcast(run, batch[-1].key)
-            if batch and _full(batch):
-                run.again = True
-            if not run.again:
+
+    async def _serve_waiters(self, queue: str) -> None:
+        """One claim per waiter, in arrival order, until one finds nothing pending."""
+        while not self.stopping:
+            state = self.queues.get(queue)
+            if state is None or not state.waiters:
                 return
+            waiter = next(iter(state.waiters))
+            if not await waiter.serve():
+                return
+            self._unpark(queue, waiter)  # gone already, once answered: never served twice
+
+    async def _feed_consumers(self, queue: str, run: _Run) -> bool:
+        """One POP_BATCH for the live consumers, if there are any. False: the run stops
+        (Redis trouble, or every roundrobin consumer backed up)."""
+        state = self.queues.get(queue)
+        if state is None or not state.consumers or self.stopping:
+            return True
+        if state.policy == "roundrobin" and not state.any_ready():
+            return False  # resumed by a consumer whose output drains, or the sweep
+        purges = run.purges
+        try:
+            policy, batch = await self.core.pop_batch(queue)
+        except RestMQError as e:
+            self.log.warn("live delivery of {queue} paused: {error}", queue=queue,
+                          error=e.reason)
+            return False
+        if policy is not None and queue in self.queues:
+            self.queues[queue].policy = policy
+        if policy == "roundrobin":
+            await self._hand_out(queue, batch, lambda: run.purges != purges)
+        elif batch and _full(batch):
+            await self._wait_for_broadcast(run, batch[-1].key)
+        if batch and _full(batch):
+            run.again = True
+        return True
 
     async def _hand_out(self, queue: str, batch: list[Message],
                         purged: Callable[[], bool]) -> None:
@@ -346,7 +398,7 @@ class Delivery(service.Service):
         queue = channel[:-len(CHANNEL_SUFFIX)]
         try:
             note = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # anyone with Redis access may publish here
             return
         if not isinstance(note, dict) or note.get("db") != self.db:
             return

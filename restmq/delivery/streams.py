@@ -25,7 +25,7 @@ _TCP_INFO_ACKED = struct.Struct("=Q")  # tcpi_bytes_acked, at offset 120 of stru
 _ACKED_OFFSET = 120
 
 
-def _tcp_of(transport):
+def tcp_of(transport):
     """The TCP (or Unix) transport itself, under the TLS layer if there is one."""
     for _ in range(4):
         if isinstance(transport, FileDescriptor):
@@ -78,7 +78,7 @@ class Outbox:
         self.pending: deque[bytes] = deque()
         self.held = 0  # bytes written here and not yet handed to the transport
         self.written = 0  # bytes written here in all
-        self._sock = _socket_of(_tcp_of(transport))
+        self._sock = _socket_of(tcp_of(transport))
         self._registered = True
         transport.registerProducer(self, True)
 
@@ -151,7 +151,7 @@ def tune_stream(transport, seconds: float) -> None:
       times as long: the kernel ends a peer that vanished, even with nothing to send (the
       StallWatch, which logs, normally acts first on a peer that stopped reading).
     """
-    tcp = _tcp_of(transport)
+    tcp = tcp_of(transport)
     if tcp is None:
         return
     tcp.bufferSize = STREAM_BUFFER

@@ -13,6 +13,7 @@ from typing import Any
 from restmq import core as corelib
 from restmq.names import check_name
 from restmq.errors import BadRequest, EmptyQueue, InvalidName, MessageTooLarge
+from restmq.jsontext import encodable
 
 FIELDS = {
     "add": ("queue", "value"),
@@ -38,22 +39,13 @@ def parse(command: str) -> dict[str, Any]:
     return obj
 
 
-def _encodable(text: str) -> bool:
-    """JSON may spell lone surrogates (\\ud800), which no UTF-8 value can hold."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 def field_error(obj: dict[str, Any], fields: tuple[str, ...]) -> str | None:
     """The first failing field check, in the table's field order, or None."""
     for name in fields:
         value = obj.get(name)
         if value is None:
             return f"missing argument: {name}"
-        if not isinstance(value, str) or not _encodable(value):
+        if not isinstance(value, str) or not encodable(value):
             return f"invalid argument: {name}"
         if name == "queue":
             try:

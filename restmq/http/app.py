@@ -8,6 +8,7 @@ from typing import Any, Callable
 
 from restmq.clock import reactor_clock, wall_time
 from restmq.http.accesslog import AccessLog
+from restmq.http.adds import MAX_BATCH, BatchHandler
 from restmq.http.base import Context
 from restmq.http.commands import JsonProtocolHandler, XmlRpcHandler
 from restmq.http.compat import Application, ChunkedTransferEncoding
@@ -17,6 +18,8 @@ from restmq.http.leases import (AckHandler, ClaimHandler, ExtendHandler, Redrive
                                 ReleaseHandler)
 from restmq.http.live import SSE_KEEPALIVE, CometHandler, SSEHandler, WebSocketHandler
 from restmq.http.pages import JobsHandler, NotFoundHandler, StaticHandler
+from restmq.http.peek import PeekHandler
+from restmq.http.polls import PopHandler
 from restmq.http.queues import (CollectdHandler, ControlHandler, PolicyHandler, QueueHandler,
                                 RootHandler, StatsHandler)
 
@@ -56,8 +59,11 @@ def routes(ctx: Context, collectd_frontend: bool = False) -> list:
         (r"/extend/.*", ExtendHandler, kw),
         (r"/release/.*", ReleaseHandler, kw),
         (r"/redrive/.*", RedriveHandler, kw),
+        (r"/pop/.*", PopHandler, kw),
         (r"/config/.*", ConfigHandler, kw),
         (r"/info/.*", InfoHandler, kw),
+        (r"/batch/.*", BatchHandler, kw),
+        (r"/peek/.*", PeekHandler, kw),
         (r"/static/.*", StaticHandler, kw),
         (r"/(?:favicon\.ico|robots\.txt)", StaticHandler, kw),
         (r".*", NotFoundHandler, kw),
@@ -69,10 +75,12 @@ def make_application(ctx: Context, max_body: int = 1024 * 1024,
                      collectd_frontend: bool = False, clock: Any = None,
                      wall: Callable[[], float] = wall_time, head_timeout: float = HEAD_TIMEOUT,
                      body_timeout: float = BODY_TIMEOUT,
-                     sse_keepalive: float = SSE_KEEPALIVE) -> Application:
+                     sse_keepalive: float = SSE_KEEPALIVE,
+                     max_batch: int = MAX_BATCH) -> Application:
     """The Application; `access_log` None means no access log at all. `clock` (an
-    IReactorTime) runs every timer of the connections and streams, `wall` gives the date."""
-    settings: dict[str, Any] = {"max_body": max_body,
+    IReactorTime) runs every timer of the connections and streams, `wall` gives the date.
+    `max_batch` bounds the messages of one `/batch/` request."""
+    settings: dict[str, Any] = {"max_body": max_body, "max_batch": max_batch,
                                 "log_function": access_log or (lambda handler: None),
                                 "clock": reactor_clock() if clock is None else clock,
                                 "wall_time": wall, "head_timeout": head_timeout,

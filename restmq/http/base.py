@@ -118,6 +118,7 @@ class Context:
     core: Core
     acl: Any = None
     delivery: Any = None
+    pop_lease: int = 30  # seconds: the safety lease of /pop/ (--pop-lease)
     redis_description: str = ""
     static: dict[str, bytes] = field(default_factory=dict)
 

@@ -24,6 +24,10 @@ request asking to switch protocols (`Connection: upgrade`) belong to that protoc
 at most UPGRADE_HOLD of them are kept until the handler decides, reading pauses past that, and
 a refused upgrade closes the connection.
 
+Watched replies. A reply whose messages are settled by what becomes of it (a pop acks them, a
+claim releases them when they could not go out) asks `watch_sent` to learn when all of it has
+been handed to the kernel, or that the connection was lost first.
+
 Private members of cyclone, Twisted or txredisapi used here: none. (`Request` subclasses
 cyclone's HTTPRequest and sets every attribute itself; cyclone's RequestHandler reaches this
 class through `write`, `finish`, `notifyFinish`, `no_keep_alive` and `transport`.)
@@ -44,7 +48,7 @@ from twisted.python import log
 from zope.interface import implementer
 
 from restmq.clock import reactor_clock
-from restmq.delivery.streams import Outbox
+from restmq.delivery.streams import Outbox, tcp_of
 
 REQUEST_LINE_MAX = 8192  # longer: 414
 HEADER_LINE_MAX = 16384  # one header line; longer: 431
@@ -312,6 +316,10 @@ class HTTPConnection(protocol.Protocol):
         self._grace = None
         self.stream_broken = False  # bytes arrived behind a live stream: close when it ends
         self._producing = True
+        self._sent_watches: list[defer.Deferred] = []  # see watch_sent
+        self._sent_at_finish: list[defer.Deferred] = []
+        self._buffer_size: int | None = None  # the transport's own, while it is set to 0
+        self._paused_since_watch = False
         self.transport.registerProducer(self, True)
         self._scheme = "https" if ISSLTransport.providedBy(self.transport) else "http"
         peer = self.transport.getPeer()
@@ -354,6 +362,8 @@ class HTTPConnection(protocol.Protocol):
         callback, self._finish_callback = self._finish_callback, None
         if callback is not None:
             callback.callback(None)
+        if self._sent_at_finish:
+            self._fire(self._sent_at_finish, self.connected)
         if self._closing or not self.connected:
             return
         if message.too_large:
@@ -545,8 +555,13 @@ class HTTPConnection(protocol.Protocol):
         self._closing = True
         self._input, self._parsing = self._discard, False
         self._set_deadline(None)
-        self._leave_transport()
-        self.transport.loseConnection()
+        if not self._sent_watches:
+            # Else the producer stays until the transport resumes it: that is the news the
+            # watches wait for (`_sent` leaves then, and the close completes).
+            self._leave_transport()
+        self.transport.loseConnection()  # TLS hands over what it held back here
+        if self._sent_watches and not self._paused_since_watch:
+            self._sent(True)  # nothing reached the transport since the watch began
 
     def _close_after_refusal(self) -> None:
         # The refused body may still be arriving: close our side only, so the client reads
@@ -577,15 +592,22 @@ class HTTPConnection(protocol.Protocol):
         callback, self._finish_callback = self._finish_callback, None
         if callback is not None:
             callback.callback(reason.getErrorMessage())
+        self._sent(False)
+        self._fire(self._sent_at_finish, False)
 
     # -- flow control ---------------------------------------------------------------------
 
     def pauseProducing(self) -> None:
         """Twisted holds too much of our replies unsent: read no further request."""
+        self._paused_since_watch = True
         self._pause_reading("output")
 
     def resumeProducing(self) -> None:
         self._resume_reading("output")
+        # A resume for a pause older than the watches says nothing of the bytes they watch
+        # (TLS may still hold those back for a moment).
+        if self._sent_watches and self._paused_since_watch:
+            self._sent(True)
 
     def stopProducing(self) -> None:
         self._producing = False  # the transport is gone and forgets us itself
@@ -613,6 +635,51 @@ class HTTPConnection(protocol.Protocol):
 
     def resume_reading(self) -> None:
         self._resume_reading("stream")
+
+    # -- knowing that a reply went out ---------------------------------------------------
+
+    def watch_sent(self) -> defer.Deferred:
+        """Call right before writing a reply whose fate matters (a pop, which acks what it
+        wrote): fires with True once every byte written on this connection up to the end of
+        that reply has been handed to the kernel, with False when the connection is lost
+        first.
+
+        Twisted pauses the connection (a streaming producer of its transport) when more than
+        the transport's `bufferSize` bytes wait unsent, and resumes it once all of them went
+        out. With the TCP transport's `bufferSize` at 0 until then, the reply's first write
+        pauses the connection, so the resume that follows is the news. A transport without a
+        socket (a test's) takes what it is given at once: the reply counts as sent when it is
+        finished."""
+        d = defer.Deferred()
+        if self._closing or not self.connected:
+            d.callback(False)
+            return d
+        tcp = tcp_of(self.transport)
+        if tcp is None or not self._producing:
+            self._sent_at_finish.append(d)
+            return d
+        if self._buffer_size is None:
+            self._buffer_size = tcp.bufferSize
+            tcp.bufferSize = 0
+        self._paused_since_watch = False
+        self._sent_watches.append(d)
+        return d
+
+    def _sent(self, delivered: bool) -> None:
+        tcp = tcp_of(self.transport)
+        if self._buffer_size is not None and tcp is not None:
+            tcp.bufferSize = self._buffer_size
+        self._buffer_size = None
+        self._fire(self._sent_watches, delivered)
+        if self._closing and delivered:
+            self._leave_transport()  # the close `_close` held back can complete
+
+    @staticmethod
+    def _fire(watches: list[defer.Deferred], delivered: bool) -> None:
+        fired = list(watches)
+        watches.clear()
+        for d in fired:
+            d.callback(delivered)
 
     # -- streams --------------------------------------------------------------------------
 

@@ -1,33 +1,30 @@
-"""The routes of consumers that want each message at least once: `/claim/<q>` leases messages,
-`/ack/<q>`, `/extend/<q>` and `/release/<q>` settle the leases by receipt, and `/redrive/<d>`
-moves dead letters back (docs/http-api.md#leases)."""
+"""The routes of consumers that want each message at least once: `/claim/<q>` leases messages
+(waiting for one with `wait`, restmq.http.polls), `/ack/<q>`, `/extend/<q>` and
+`/release/<q>` settle the leases by receipt, and `/redrive/<d>` moves dead letters back
+(docs/http-api.md#leases)."""
 from __future__ import annotations
 
 from restmq.core import arguments
 from restmq.http.base import EVERY_QUEUE, PATH, BaseHandler
+from restmq.http.polls import PollHandler
 
 
-class ClaimHandler(BaseHandler):
-    """`POST /claim/<q>`: lease up to `limit` messages for `lease` seconds; 204 when none is
-    pending."""
+class ClaimHandler(PollHandler):
+    """`POST /claim/<q>`: lease up to `limit` messages for `lease` seconds, at once or within
+    `wait` seconds; 204 when none came."""
 
-    methods = ("POST",)
-    sections = {"POST": "rest:consumer"}
-    queue_from = {"POST": PATH}
     prefix = "/claim/"
 
     def check_post(self):
         self.limit = arguments.limit(self.arg("limit"))
         self.lease = arguments.lease(self.arg("lease"))
-        # Checked, but a claim does not wait yet: it looks once and answers 204 when nothing
-        # is pending (README, "Reliable workers"). Long polls come with the waiters.
         self.wait = arguments.wait(self.arg("wait"))
 
-    async def post(self):
-        claimed = await self.ctx.core.claim(self.target, self.limit, self.lease)
-        if not claimed.messages:
-            return self.no_content()
-        self.reply_json(claimed.as_json())
+    def claim_now(self):
+        return self.ctx.core.claim(self.target, self.limit, self.lease)
+
+    def reply_body(self, claimed):
+        return claimed.as_json()
 
 
 class SettleHandler(BaseHandler):

@@ -4,9 +4,9 @@
 from __future__ import annotations
 
 from restmq import core as corelib
-from restmq.core import arguments
-from restmq.errors import BadRequest, EmptyQueue, MissingArgument, RestMQError
+from restmq.errors import BadRequest, EmptyQueue, RestMQError
 from restmq.frontends import collectd
+from restmq.http.adds import add, check_add
 from restmq.http.base import (EVERY_QUEUE, JSON, PATH, PATH_OR_EVERY, BaseHandler, Fixed,
                               FromArgument)
 from restmq.http.pages import queue_list_page
@@ -40,21 +40,6 @@ class RootHandler(BaseHandler):
 
     async def post(self):
         await add(self)
-
-
-def check_add(handler: BaseHandler) -> None:
-    """The arguments of an add (`POST /`, `POST /q/<q>`), in their order: value, ttl, callback."""
-    handler.value = handler.arg("msg") or handler.arg("value")
-    if handler.value is None:
-        raise MissingArgument("value")
-    ttl = handler.arg("ttl")
-    handler.ttl = None if ttl is None else arguments.integer(ttl, "ttl", 1, arguments.TTL_MAX)
-    handler.jsonp = handler.callback()
-
-
-async def add(handler: BaseHandler) -> None:
-    key = await handler.ctx.core.add(handler.target, handler.value, handler.ttl)
-    handler.reply_key(key, handler.jsonp)
 
 
 class QueueHandler(BaseHandler):

@@ -51,10 +51,18 @@ def text(value: Any) -> Any:
     return value
 
 
+_EMPTY_ARG = b"$0\r\n\r\n"
+
+
 def encode_command(args: tuple) -> bytes:
-    """One command in RESP: what txredisapi's _build_command does, at a fifth of the cost."""
+    """One command in RESP: what txredisapi's _build_command does, at a fifth of the cost. An
+    empty string, the usual filler of a script's optional arguments (four of the five of each
+    item of a batch), is one constant."""
     out = [b"*%d\r\n" % len(args)]
     for arg in args:
+        if arg == "":
+            out.append(_EMPTY_ARG)
+            continue
         data = arg if isinstance(arg, bytes) else str(arg).encode("utf-8")
         out.append(b"$%d\r\n%s\r\n" % (len(data), data))
     return b"".join(out)
@@ -280,7 +288,7 @@ class RedisService(service.Service):
 
     def _send(self, conn, args: tuple) -> defer.Deferred:
         now = self.now()
-        if any(isinstance(arg, _Deadline) for arg in args):
+        if _Deadline in map(type, args):  # (the scan runs in C: a batch has 500 arguments)
             # The watchdog fails this command (and all others on this connection) no sooner
             # than `timeout` after the connection's last sign of life before it was sent:
             # the deadline comes before that, in Redis's time.

@@ -42,6 +42,13 @@ def value(queue: str, n: int | str) -> str:
     return f"{queue}:{n}"
 
 
+def number_of(queue: str, key: str) -> str | None:
+    """The digits n when `key` is a value key `<queue>:<n>` of this queue, else None."""
+    prefix = value(queue, "")
+    digits = key[len(prefix):] if key.startswith(prefix) else ""
+    return digits if digits.isascii() and digits.isdigit() else None
+
+
 def status(queue: str) -> str:
     """The queue's flow-control status: '1' started, '0' stopped."""
     return _STATUS_PREFIX + queue
@@ -156,6 +163,11 @@ def consume_keys(queue: str) -> tuple[str, ...]:
 pop_keys = consume_keys
 
 
+def peek_keys(queue: str) -> tuple[str, ...]:
+    """peek.lua (read-only): the block."""
+    return queue_block(queue)
+
+
 def delete_keys(queue: str, value_key: str) -> tuple[str, ...]:
     """del.lua: the block, then the value key the client names."""
     return (*queue_block(queue), value_key)
@@ -172,8 +184,8 @@ def retire_keys(queue: str) -> tuple[str, ...]:
 
 
 def requeue_keys(queue: str, value_keys: Iterable[str]) -> tuple[str, ...]:
-    """requeue.lua: the keys of the messages put back, oldest first."""
-    return (pending(queue), *value_keys)
+    """requeue.lua: the block, then the keys of the messages put back, oldest first."""
+    return (*queue_block(queue), *value_keys)
 
 
 def lease_keys(queue: str, dead_letter: str | None = None) -> tuple[str, ...]:

@@ -6,12 +6,14 @@
 local late = guard(ARGV[7]) if late then return late end
 local Q = queue_keys(1)
 local ctx = lease_context()
-local reply = {}
+-- The messages leave the in-flight set and their records together, at the end; until then a
+-- receipt given twice is known stale by `seen`.
+local reply, acked, seen = {}, {}, {}
 for i = 8, #ARGV do
   local key = leased(Q, ARGV[i])
-  if key then
-    redis.call('ZREM', Q.inflight, key)
-    forget(Q, key)
+  if key and not seen[key] then
+    seen[key] = true
+    acked[#acked + 1] = key
     retire(key, ctx.retention)
     retire(refcount_of(key), ctx.retention)
     count(Q, 'acked', 1)
@@ -19,5 +21,9 @@ for i = 8, #ARGV do
   else
     reply[#reply + 1] = 'stale'
   end
+end
+if #acked > 0 then
+  redis.call('ZREM', Q.inflight, unpack(acked))
+  forget_all(Q, acked)
 end
 return reply

@@ -51,9 +51,17 @@ if idem ~= '' then
       return {'reused'}
     end
     count(Q, 'deduplicated', 1)
-    local reply = {'replayed', ''}
-    for earlier in listed:gmatch('[^,]+') do
-      reply[#reply + 1] = earlier
+    -- The keys are listed joined by commas, and a queue's name may hold commas: each key is
+    -- read as the queue's prefix and its digits, from where the previous one ended.
+    local reply, prefix, at = {'replayed', ''}, value_key(Q.counter, ''), 1
+    while at <= #listed do
+      local digits = listed:sub(at, at + #prefix - 1) == prefix and
+                     listed:match('^%d+', at + #prefix)
+      if not digits then
+        return redis.error_reply('ERR idempotency record of ' .. q .. ' unreadable: ' .. idem)
+      end
+      reply[#reply + 1] = value_key(Q.counter, digits)
+      at = at + #prefix + #digits + 1
     end
     return reply
   end
@@ -74,12 +82,11 @@ local function claim_numbers()
   return redis.call('INCRBY', Q.counter, n_items)
 end
 local function any_taken(last)
+  local names = {}
   for i = 1, n_items do
-    if redis.call('EXISTS', value_key(Q.counter, last - n_items + i)) == 1 then
-      return true
-    end
+    names[i] = value_key(Q.counter, last - n_items + i)
   end
-  return false
+  return redis.call('EXISTS', unpack(names)) > 0
 end
 local last = claim_numbers()
 while any_taken(last) do
@@ -99,12 +106,16 @@ for i, item in ipairs(items) do
   end
 end
 register(G, Q, q)
+local plain = {}  -- priority-0 keys due now, pushed together: one LPUSH keeps their order
 for i, item in ipairs(items) do
   local key = value_key(Q.counter, last - n_items + i)
   if item.priority >= 1 then
     redis.call('HSET', Q.prio, key, item.priority)
   end
-  if item.delay == 0 then
+  if item.delay == 0 and item.priority < 1 then
+    plain[#plain + 1] = key
+    woken = true
+  elseif item.delay == 0 then
     enqueue(Q, key, item.priority)
     woken = true
   else
@@ -113,6 +124,9 @@ for i, item in ipairs(items) do
       earliest = now + item.delay
     end
   end
+end
+if #plain > 0 then
+  redis.call('LPUSH', Q.pending, unpack(plain))
 end
 if woken then
   wake(channel, db)

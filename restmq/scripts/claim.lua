@@ -25,9 +25,12 @@ if wrong then
   return wrong
 end
 
-local reply, taken, dead = {now, lease}, 0, 0
+-- Nothing below adds to the priority levels: one look tells whether they need reading at all.
+-- The leases enter the in-flight set together, at the end.
+local flat = redis.call('EXISTS', Q.priority) == 0
+local reply, taken, dead, leases = {now, lease}, 0, 0, {}
 while taken < limit do
-  local key, value, skipped = next_live(Q, dead_limit - dead)
+  local key, value, skipped = next_live(Q, dead_limit - dead, false, flat)
   dead = dead + skipped
   if not key then
     if value and taken == 0 then
@@ -40,7 +43,8 @@ while taken < limit do
     dead_letter(Q, D, G, ctx, key, c - 1, 'max_attempts', now)
   else
     redis.call('HSET', Q.deliveries, key, c .. '.' .. token)
-    redis.call('ZADD', Q.inflight, now + lease, key)
+    leases[#leases + 1] = now + lease
+    leases[#leases + 1] = key
     taken = taken + 1
     reply[#reply + 1] = key
     reply[#reply + 1] = value
@@ -48,6 +52,7 @@ while taken < limit do
   end
 end
 if taken > 0 then
+  redis.call('ZADD', Q.inflight, unpack(leases))
   due(G, ctx.queue, now + lease)
   count(Q, COUNTERS[mode], taken)
 end

@@ -1,6 +1,6 @@
 -- POP_BATCH(q). KEYS: q's block (queue_keys). ARGV: channel, db, max messages, max bytes,
 -- dead limit, deadline. Priority messages come first.
--- Returns {policy, more, key1, value1, key2, value2, ...}; an empty reply when the queue is
+-- Returns {policy, more, key1, value1, priority1, key2, ...}; an empty reply when the queue is
 -- not started. `more` is 1 when the batch stopped after `limit` dead entries (the caller may
 -- pop again: more may be pending), else 0. Under broadcast the batch is published for every
 -- process to write (the caller never writes it itself). Nothing is popped for broadcast while
@@ -21,7 +21,7 @@ elseif redis.call('PUBSUB', 'NUMSUB', channel)[2] == 0 then
 end
 local reply, messages, taken, size, dead = {policy, 0}, {}, 0, 0, 0
 while taken < max_count and size < max_bytes do
-  local key, value, skipped = next_live(Q, limit - dead)
+  local key, value, skipped, level = next_live(Q, limit - dead)
   dead = dead + skipped
   if not key then
     if value then
@@ -35,6 +35,7 @@ while taken < max_count and size < max_bytes do
   size = size + #value
   reply[#reply + 1] = key
   reply[#reply + 1] = value
+  reply[#reply + 1] = level  -- a put-back returns the message to its level
   messages[taken] = {key = key, value = value}
 end
 if taken > 0 then

@@ -2,7 +2,8 @@
 -- (queue_keys), QUEUESET, DUESET, then the block of q's dead-letter queue when the caller
 -- names one. ARGV: the lease context (lease_context), deadline, delay ms, then the receipts.
 -- A current receipt's message keeps its delivery count and goes back next in line (with a
--- delay: to the delayed set, due then); after max_attempts deliveries it is dead-lettered
+-- delay: to the delayed set, due then); messages released together keep their order, the first
+-- receipt's next; after max_attempts deliveries it is dead-lettered
 -- instead. Replies {now, result1, result2, ...}, one per receipt: 'released', 'dead_lettered' or
 -- 'stale' (see leased in the prelude); {'dead_letter', name} when the dead-letter queue is not
 -- the one whose keys were given (nothing written).
@@ -15,7 +16,7 @@ local max_attempts, wrong = check_dead_letter(Q, ctx)
 if wrong then
   return wrong
 end
-local reply, requeued = {now}, false
+local reply = {now}
 for i = 9, #ARGV do
   local key, c = leased(Q, ARGV[i])
   if not key then
@@ -30,11 +31,19 @@ for i = 9, #ARGV do
       if delay > 0 then
         redis.call('ZADD', Q.delayed, now + delay, key)
         due(G, ctx.queue, now + delay)
-      else
-        requeue(Q, key)
-        requeued = true
       end
       reply[#reply + 1] = 'released'
+    end
+  end
+end
+-- Each requeue goes in front of the line, so the last one given is the first one out: the
+-- released messages go back last to first (their receipts parsed, as leased just did).
+local requeued = false
+if delay == 0 then
+  for i = #ARGV, 9, -1 do
+    if reply[i - 7] == 'released' then
+      requeue(Q, value_key(Q.counter, ARGV[i]:match('^(%d+)%.')))
+      requeued = true
     end
   end
 end

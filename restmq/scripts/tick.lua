@@ -27,23 +27,64 @@ local full = false  -- a step met its limit: more is due now
 -- The entries of `set` due by now (at most `step`): the ZRANGEBYSCORE reply (member, score,
 -- ...) and the positions of its members in due order: by score, then by message number, so
 -- that the messages of one claim or one batch, which share a due time, keep their order.
+-- Redis's order is by score, then by name: within one score, the names whose numbers have
+-- one length are in number order already, so putting the shorter numbers first (a pass, no
+-- sort) gives the due order; it is checked, and only names that are not plain numbers (not
+-- ours) leave a sort to do.
 local function due_in(set)
   local found = redis.call('ZRANGEBYSCORE', set, '-inf', now, 'WITHSCORES', 'LIMIT', 0, step)
   if #found >= 2 * step then
     full = true
   end
+  local score, number, digits = {}, {}, {}
+  local function before(a, b)
+    if score[a] ~= score[b] then
+      return score[a] < score[b]
+    end
+    return number[a] < number[b]
+  end
+  local function in_order(list)
+    for at = 2, #list do
+      if before(list[at], list[at - 1]) then
+        return false
+      end
+    end
+    return true
+  end
   local order = {}
   for i = 1, #found, 2 do
     order[#order + 1] = i
+    score[i] = tonumber(found[i + 1])
+    local n = number_of(found[i])
+    number[i], digits[i] = tonumber(n) or 0, n and #n or 0
   end
-  table.sort(order, function(a, b)
-    local sa, sb = tonumber(found[a + 1]), tonumber(found[b + 1])
-    if sa ~= sb then
-      return sa < sb
+  if in_order(order) then
+    return found, order
+  end
+  -- Within each run of equal scores, the numbers of each length in Redis's order, shortest
+  -- length first.
+  local by_length, first = {}, 1
+  while first <= #order do
+    local last, shelves = first, {}
+    while last < #order and score[order[last + 1]] == score[order[first]] do
+      last = last + 1
     end
-    return (tonumber(number_of(found[a])) or 0) < (tonumber(number_of(found[b])) or 0)
-  end)
-  return found, order
+    for at = first, last do
+      local shelf = shelves[digits[order[at]]] or {}
+      shelves[digits[order[at]]] = shelf
+      shelf[#shelf + 1] = order[at]
+    end
+    for length = 0, 15 do
+      for _, i in ipairs(shelves[length] or {}) do
+        by_length[#by_length + 1] = i
+      end
+    end
+    first = last + 1
+  end
+  if not in_order(by_length) then
+    table.sort(by_length, before)
+  end
+  return found, by_length
 end
 
 -- (1) ended leases
@@ -73,17 +114,36 @@ if requeued > 0 then
   count(Q, 'redelivered', requeued)
 end
 
--- (2) delayed messages that are due, in due order
+-- (2) delayed messages that are due, in due order. What does not depend on one message is
+-- done once for all of them: the removal (they are the set's first entries), the look at
+-- their values (each one's only when some value is gone: deleted or expired before it was
+-- due), at their priorities, and the push of those of priority 0.
 local promoted = 0
 local delayed, due_order = due_in(Q.delayed)
-for _, i in ipairs(due_order) do
-  local key = delayed[i]
-  redis.call('ZREM', Q.delayed, key)
-  if redis.call('EXISTS', key) == 1 then
-    enqueue(Q, key, tonumber(redis.call('HGET', Q.prio, key)))
-    promoted = promoted + 1
-  else
-    forget(Q, key)
+if #due_order > 0 then
+  local members, levels, plain = {}, {}, {}
+  for n, i in ipairs(due_order) do
+    members[n] = delayed[i]
+  end
+  redis.call('ZREMRANGEBYRANK', Q.delayed, 0, #members - 1)
+  local all_live = redis.call('EXISTS', unpack(members)) == #members
+  if redis.call('EXISTS', Q.prio) == 1 then
+    levels = redis.call('HMGET', Q.prio, unpack(members))
+  end
+  for n, i in ipairs(due_order) do
+    local key, p = delayed[i], tonumber(levels[n])
+    if not all_live and redis.call('EXISTS', key) == 0 then
+      forget(Q, key)
+    elseif p and p >= 1 then
+      enqueue(Q, key, p)
+      promoted = promoted + 1
+    else
+      plain[#plain + 1] = key
+      promoted = promoted + 1
+    end
+  end
+  if #plain > 0 then
+    redis.call('LPUSH', Q.pending, unpack(plain))  -- in due order, as one LPUSH each would
   end
 end
 

@@ -17,14 +17,26 @@ def int_at_least(minimum: int, name: str):
     return convert
 
 
-def seconds(name: str):
+def int_within(minimum: int, maximum: int, name: str):
+    at_least = int_at_least(minimum, name)
+
+    def convert(text: str) -> int:
+        value = at_least(text)
+        if value > maximum:
+            raise usage.UsageError(f"--{name} must be at most {maximum}, not {value}")
+        return value
+    return convert
+
+
+def seconds(name: str, low: float = 0.1, high: float = 3600):
     def convert(text: str) -> float:
         try:
             value = float(text)
         except ValueError:
             raise usage.UsageError(f"--{name} must be a number of seconds, not {text!r}") from None
-        if not 0.1 <= value <= 3600:
-            raise usage.UsageError(f"--{name} must be between 0.1 and 3600 seconds, not {text}")
+        if not low <= value <= high:
+            raise usage.UsageError(f"--{name} must be between {low:g} and {high:g} seconds, "
+                                   f"not {text}")
         return value
     return convert
 
@@ -38,14 +50,7 @@ def on_off(name: str):
 
 
 def port(name: str):
-    convert = int_at_least(1, name)
-
-    def port(text: str) -> int:
-        value = convert(text)
-        if value > 65535:
-            raise usage.UsageError(f"--{name} must be at most 65535, not {value}")
-        return value
-    return port
+    return int_within(1, 65535, name)
 
 
 class RedisOptions(usage.Options):
@@ -59,6 +64,10 @@ class RedisOptions(usage.Options):
         ["redis-db", None, 0, "Redis database number (SELECT).", int_at_least(0, "redis-db")],
         ["redis-pool", None, 10, "Command connections per process (at least 1).",
          int_at_least(1, "redis-pool")],
+        # At least 2: a write must reach Redis a second (DEADLINE_SLACK) before the timeout,
+        # so that one answered 503 is never run later (restmq.redis.connection).
+        ["redis-timeout", None, 5.0, "Seconds a Redis command may stay unanswered before it "
+         "fails (HTTP: 503); 2 to 3600.", seconds("redis-timeout", low=2)],
     ]
 
 

@@ -6,7 +6,8 @@ from twisted.application import internet, service
 from twisted.python import usage
 
 from restmq import __version__
-from restmq.tap.options import ListenOptions, RedisOptions, int_at_least, on_off, port, seconds
+from restmq.tap.options import (ListenOptions, RedisOptions, int_at_least, int_within, on_off,
+                                port, seconds)
 from restmq.tap.services import (OnStop, RedisVersionCheck, StopInOrder, exit_nonzero,
                                  redis_service)
 
@@ -25,6 +26,8 @@ class Options(RedisOptions, ListenOptions):
          int_at_least(0, "consumed-ttl")],
         ["max-body", None, 1048576, "Largest request body and WebSocket message, in bytes.",
          int_at_least(1, "max-body")],
+        ["max-batch", None, 100, "Most messages in one /batch/ request (1 to 1000).",
+         int_within(1, 1000, "max-batch")],
         ["access-log", None, "on", "on: log every request (buffered, one write a second); "
          "off: no access log (when a proxy in front logs).", on_off("access-log")],
         ["pubsub-timeout", None, 5.0, "Seconds the pub/sub connection may leave a PING "
@@ -33,6 +36,11 @@ class Options(RedisOptions, ListenOptions):
         ["live-stall-timeout", None, 20,
          "Seconds a live consumer may leave its output unread (or its peer stay silent to "
          "TCP) before it is disconnected.", int_at_least(1, "live-stall-timeout")],
+        ["acl-check-interval", None, 5.0, "Seconds between two looks at the ACL file, which "
+         "is reloaded when it changed.", seconds("acl-check-interval")],
+        ["pop-lease", None, 30, "Seconds a message popped by /pop/ stays leased until its "
+         "reply went out and it is acked (1 to 43200); a crash meanwhile hands it back after "
+         "that.", int_within(1, 43200, "pop-lease")],
     ]
     optFlags = [
         ["trusted-proxy", None, "Take the client address from X-Real-IP / X-Forwarded-For."],
@@ -80,13 +88,14 @@ def makeService(options: Options, collectd_frontend: bool = False) -> service.IS
     delivery.setServiceParent(top)
     acl = options.acl
     ctx = Context(core=core, acl=acl, delivery=delivery, redis_description=redis.description,
-                  static=load_static())
+                  static=load_static(), pop_lease=options["pop-lease"])
     access_log = AccessLog(clock) if options["access-log"] else None
     app = make_application(ctx, max_body=options["max-body"], access_log=access_log,
-                           collectd_frontend=collectd_frontend, clock=clock, wall=wall_time)
+                           collectd_frontend=collectd_frontend, clock=clock, wall=wall_time,
+                           max_batch=options["max-batch"])
     if access_log is not None:
         top.addService(OnStop(access_log.flush))
-    acl_reload = internet.TimerService(5, acl.check_for_change)
+    acl_reload = internet.TimerService(options["acl-check-interval"], acl.check_for_change)
     acl_reload.clock = clock
     acl_reload.setServiceParent(top)
     internet.StreamServerEndpointService(options.server_endpoint(reactor), app).setServiceParent(

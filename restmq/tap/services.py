@@ -22,7 +22,8 @@ def redis_service(options: usage.Options, reactor: Any):
     return RedisService(host=options["redis-host"], port=options["redis-port"],
                         unix_socket=options["redis-unix-socket"],
                         password=options["redis-password"], db=options["redis-db"],
-                        poolsize=options["redis-pool"], reactor=reactor)
+                        poolsize=options["redis-pool"], timeout=options["redis-timeout"],
+                        reactor=reactor)
 
 
 class StopInOrder(service.MultiService):

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable
 from urllib.parse import urlencode
 
-from tests.conftest import RedisProcess
+from tests.conftest import RedisProcess, process_gone
 from tests.faults.history import History
 from tests.resp import RedisClient
 from tests.util import wait_until
@@ -29,16 +29,6 @@ UNAVAILABLE_REASONS = ({"error": "redis unavailable"}, {"error": "redis error"})
 
 
 # -- processes ---------------------------------------------------------------------------------
-
-def process_gone(pid: int) -> bool:
-    """True once `pid` has exited (a zombie counts: our daemonized Redis has init as parent,
-    which may reap it late)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
-
 
 def wait_gone(pid: int, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.comet import CometClient
-from tests.conftest import ServerProcess
+from tests.conftest import SHORT_TIMEOUT, ServerProcess
 from tests.faults.load import pending_values, probe, redis_client, wait_for
 from tests.http_client import request
 
@@ -30,8 +30,9 @@ def libfaketime() -> str:
 
 
 def skewed_server(procs, redis_port: int, skew: int) -> ServerProcess:
-    """A server whose wall clock runs `skew` seconds off the host's (and Redis's)."""
-    server = ServerProcess(redis_port)
+    """A server whose wall clock runs `skew` seconds off the host's (and Redis's), with a
+    command timeout (2 s) far shorter than the skew."""
+    server = ServerProcess(redis_port, *SHORT_TIMEOUT)
     server.argv = ["env", f"LD_PRELOAD={libfaketime()}", f"FAKETIME={skew:+d}s",
                    "FAKETIME_DONT_FAKE_MONOTONIC=1", *server.argv]
     procs.servers.append(server)
@@ -85,7 +86,7 @@ class SteppedServer(ServerProcess):
     or a restored VM leaves it."""
 
     def __init__(self, redis_port: int):
-        super().__init__(redis_port)
+        super().__init__(redis_port, *SHORT_TIMEOUT)
         self.offset_file = Path(tempfile.mkdtemp(prefix="restmq-faketime-")) / "offset"
         self.offset_file.write_text("+0s\n")
         self.argv = ["env", f"LD_PRELOAD={libfaketime()}",
@@ -121,7 +122,7 @@ def test_a_backward_step_of_the_wall_clock_does_not_delay_the_503_of_a_paused_re
     try:
         started = time.monotonic()
         try:
-            # Within the command timeout (5 s) and some slack, well before the step's 60 s.
+            # Within the command timeout (2 s) and some slack, well before the step's 60 s.
             reply = request(server.url, "GET", f"/q/{QUEUE}", timeout=15)
         except socket.timeout:
             pytest.fail("no reply within 15 s while Redis was paused: a timer waited for "

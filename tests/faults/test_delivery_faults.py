@@ -11,6 +11,7 @@ import socket
 import threading
 import time
 
+from tests.conftest import REDIS_TIMEOUT, SHORT_TIMEOUT
 from tests.faults.load import Stream, pending_values, post, redis_client, wait_for
 from tests.http_client import delete
 
@@ -137,18 +138,18 @@ return keys
 
 
 def test_a_live_pop_hands_out_what_a_late_later_step_popped(procs):
-    """The pop skips the dead entries in two steps; the second step's reply comes 5.2 s
-    after the first was sent, past the command timeout: no client waits for a live pop, so
-    what that step popped (Redis deleted it) is still handed out."""
+    """The pop skips the dead entries in two steps; the second step's reply comes 2.6 s
+    after the first was sent, past the command timeout (2 s): no client waits for a live pop,
+    so what that step popped (Redis deleted it) is still handed out."""
     queue = "lateq"
     redis = procs.redis()
     proxy = DelayProxy(redis.port)
     try:
-        server = procs.server(proxy.port)
+        server = procs.server(proxy.port, *SHORT_TIMEOUT)
         roundrobin_queue(server.url, redis.port, queue)
         stream, delivered = keyed_stream(server.url, queue)
         wait_for(lambda: numsub(redis.port, queue) == 1, 10, message="the consumer registered")
-        proxy.delay = 2.6  # below the command timeout, twice above it
+        proxy.delay = 0.65 * REDIS_TIMEOUT  # below the command timeout, twice above it
         admin = redis_client(redis.port)
         try:
             keys = admin("EVAL", DEAD_RUN, 0, queue)
@@ -173,10 +174,11 @@ def silent_stream(url: str, queue: str) -> Stream:
     return Stream(url, queue, stalled=True)
 
 
-def pop_a_stopped_backlog(server, redis, proxy, queue: str) -> tuple[list[str], Stream]:
+def pop_a_stopped_backlog(server, redis, proxy, queue: str,
+                          delay: float = 1.5) -> tuple[list[str], Stream]:
     """A roundrobin backlog of COUNT messages and a silent consumer; then replies to commands
-    are held for 1.5 s and the queue is started: returns the keys once Redis ran the pop
-    (the server has not heard of it yet), and the consumer."""
+    are held for `delay` seconds and the queue is started: returns the keys once Redis ran the
+    pop (the server has not heard of it yet), and the consumer."""
     assert post(server.url, f"/p/{queue}", {"policy": "roundrobin"}) == 200
     assert post(server.url, f"/control/{queue}", {"status": "stop"}) == 200
     keys = []
@@ -187,7 +189,7 @@ def pop_a_stopped_backlog(server, redis, proxy, queue: str) -> tuple[list[str], 
     wait_for(lambda: numsub(redis.port, queue) == 1, 10, message="the consumer registered")
     # Redis knows the purge script from now on: the purge below runs at its first attempt.
     assert delete(server.url, "/q/other").status == 200
-    proxy.delay = 1.5
+    proxy.delay = delay
     admin = redis_client(redis.port)
     try:
         admin("SET", f"queuestat::{queue}", "1")
@@ -201,16 +203,19 @@ def pop_a_stopped_backlog(server, redis, proxy, queue: str) -> tuple[list[str], 
 
 def test_a_put_back_held_by_a_write_pause_past_its_deadline_is_retried(procs):
     """Redis pauses writes (CLIENT PAUSE WRITE, as FAILOVER does) just after the pop: the
-    put-back waits past its deadline and is refused then; it is tried again."""
+    put-back waits past its deadline and is refused then; it is tried again. With the
+    command timeout at 2 s, replies held for 1 s and a pause of 2.5 s, the put-back waits
+    about 1.5 s: past its deadline (a second after it was sent), before the watchdog's 503."""
     queue = "pausedq"
     redis = procs.redis()
     proxy = DelayProxy(redis.port)
     try:
-        server = procs.server(proxy.port)
-        keys, silent = pop_a_stopped_backlog(server, redis, proxy, queue)
+        server = procs.server(proxy.port, *SHORT_TIMEOUT)
+        keys, silent = pop_a_stopped_backlog(server, redis, proxy, queue,
+                                             delay=REDIS_TIMEOUT / 2)
         admin = redis_client(redis.port)
         try:
-            admin("CLIENT", "PAUSE", "6000", "WRITE")
+            admin("CLIENT", "PAUSE", str(int(1250 * REDIS_TIMEOUT)), "WRITE")
             # Two messages filled the silent consumer's output; three go back.
             wait_for(lambda: admin("LLEN", f"{queue}:queue") == COUNT - 2
                      or "could not be put back" in server.log(), 30, interval=0.1,

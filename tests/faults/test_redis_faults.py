@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 
+from tests.conftest import REDIS_TIMEOUT, SHORT_TIMEOUT
 from tests.faults.load import (Load, Target, assert_replies_clean, client_list, explain_lost,
                                figures, pending_values, probe, redis_client, settle, wait_for)
 from tests.http_client import request
@@ -73,16 +74,19 @@ def test_redis_kill9_and_restart_loses_no_acknowledged_message(procs):
     assert recovery < 15.0
 
 
-def test_redis_paused_for_10_seconds(procs):
+def test_redis_paused_for_more_than_twice_the_timeout(procs):
+    """A pause of two and a half command timeouts (the shortest timeout, 2 s: a 5 s pause):
+    requests sent during the pause, also on connections opened after the first 503s, all get
+    their 503, and service comes back after it."""
     redis = procs.redis()
-    server = procs.server(redis.port)
+    server = procs.server(redis.port, *SHORT_TIMEOUT)
     load = Load(Target(server.url), QUEUE)
     with load:
         load.wait_successes(WARM)
         paused = time.monotonic()
         redis.pause()
         try:
-            time.sleep(10.0)  # the pause itself
+            time.sleep(2.5 * REDIS_TIMEOUT)  # the pause itself
         finally:
             redis.resume()
         resumed = time.monotonic()
@@ -109,7 +113,7 @@ def test_redis_paused_for_10_seconds(procs):
             client_errors=len(load.log.errors()), statuses=dict(load.log.statuses()))
     assert report.ok, (report.details(), report.explained)
     assert_replies_clean(load.log)
-    assert worst < 7.5
+    assert worst < REDIS_TIMEOUT + 2.5  # the timeout, the watchdog's look, scheduling
     assert in_pause and all(e.status == 503 for e in in_pause), \
         [(e.role, e.status, round(e.ended - paused, 2)) for e in in_pause if e.status != 503][:5]
     assert full_service < 5.0
@@ -193,9 +197,10 @@ def test_requests_answered_503_during_a_pause_change_nothing_afterwards(procs):
     after Redis resumes and reads what was sent to it before the watchdog dropped the
     connection (Redis runs commands that reached its socket before the reset). An add
     carries a deadline for this; a get, take or purge that runs late takes messages that
-    nobody receives."""
+    nobody receives. The server runs with the shortest command timeout (2 s): each 503
+    comes sooner, and the write deadline still comes a second before it."""
     redis = procs.redis()
-    server = procs.server(redis.port)
+    server = procs.server(redis.port, *SHORT_TIMEOUT)
     form = {"Content-Type": "application/x-www-form-urlencoded"}
 
     def call(method, path, body=None, timeout=15.0):

@@ -1,5 +1,6 @@
 """Fakes shared by the unit tier: an HTTP connection of our Application over a StringTransport,
-driven by task.Clock, with a core and a delivery that answer at once and touch no Redis."""
+driven by task.Clock, with a core and a delivery that answer at once and touch no Redis; and
+the core and pub/sub connection live delivery runs on, answered by the test."""
 from __future__ import annotations
 
 from twisted.internet import defer, task
@@ -39,6 +40,49 @@ class FakeDelivery:
 
     def trigger(self, queue):
         pass
+
+
+class PopCore:
+    """Live delivery's batch pops, answered by the test (`pops`, one Deferred per pop)."""
+
+    def __init__(self):
+        self.pops: list[defer.Deferred] = []
+
+    def pop_batch(self, queue):
+        self.pops.append(defer.Deferred())
+        return self.pops[-1]
+
+
+class PubSub:
+    """The subscriptions live delivery asks for; confirmed at once unless `confirm` is False
+    (then the test adds to `confirmed` and tells delivery)."""
+
+    def __init__(self, confirm: bool = True):
+        self.confirm = confirm
+        self.wanted: set[str] = set()
+        self.confirmed: set[str] = set()
+
+    def subscribe(self, channel):
+        self.wanted.add(channel)
+        if self.confirm:
+            self.confirmed.add(channel)
+
+    def unsubscribe(self, channel):
+        self.wanted.discard(channel)
+        self.confirmed.discard(channel)
+
+
+class LiveConsumer:
+    """A live consumer that can always take a message, and records the keys it got."""
+
+    ready = True
+
+    def __init__(self):
+        self.got: list[str] = []
+
+    def send(self, batch):
+        self.got += [key for key, _ in batch]
+        return True
 
 
 class Transport(StringTransport):

@@ -53,6 +53,15 @@ def test_eta_is_refused_together_with_a_delay():
     assert refused(a.eta, "12", delay_given=True) == "invalid argument: eta"
 
 
+def test_after_is_a_message_key_of_the_queue():
+    assert a.after(None, "jobs") is None
+    assert a.after("jobs:0", "jobs") == "jobs:0"
+    assert a.after("a:b:" + "9" * 15, "a:b") == "a:b:" + "9" * 15
+    for text in ("jobs", "jobs:", "jobs:x", "jobs:-1", "jobs:1 ", "job:1", "other:1",
+                 "jobs:1:refcount", "jobs:" + "1" * 16, "jobs:١", "jobsx:1"):
+        assert refused(a.after, text, "jobs") == "invalid argument: after", text
+
+
 def test_receipts_one_to_a_hundred_unparsed_ones_kept():
     assert a.receipts("1.1.0123456789abcdef,junk,") == ["1.1.0123456789abcdef", "junk", ""]
     assert len(a.receipts(",".join(["x"] * 100))) == 100

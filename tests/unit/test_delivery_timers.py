@@ -5,49 +5,17 @@ from __future__ import annotations
 
 import json
 
-from twisted.internet import defer, task
+from twisted.internet import task
 
 from restmq.core import BATCH_COUNT, Message
 from restmq.delivery import Delivery
 from restmq.delivery.live import BROADCAST_WAIT, SWEEP_INTERVAL
 from restmq.redis import keys
-
-
-class Core:
-    """Pops are answered by the test."""
-
-    def __init__(self):
-        self.pops: list[defer.Deferred] = []
-
-    def pop_batch(self, queue):
-        self.pops.append(defer.Deferred())
-        return self.pops[-1]
-
-
-class PubSub:
-    def __init__(self):
-        self.confirmed: set[str] = set()
-
-    def subscribe(self, channel):
-        self.confirmed.add(channel)
-
-    def unsubscribe(self, channel):
-        self.confirmed.discard(channel)
-
-
-class Consumer:
-    ready = True
-
-    def __init__(self):
-        self.got: list[str] = []
-
-    def send(self, batch):
-        self.got += [key for key, _ in batch]
-        return True
+from tests.unit.fakes import LiveConsumer as Consumer, PopCore, PubSub
 
 
 def started():
-    clock, core = task.Clock(), Core()
+    clock, core = task.Clock(), PopCore()
     delivery = Delivery(core, PubSub(), clock=clock)
     delivery.startService()
     return delivery, core, clock

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
 from twisted.application import internet
 from twisted.internet import defer, task
 from twisted.internet.address import IPv4Address
@@ -131,6 +132,19 @@ def test_the_plugin_runs_every_timer_on_one_monotonic_clock():
     app = children[-1].factory
     assert app.settings["clock"] is reactor and app.settings["wall_time"] is time.time
     assert app.settings["log_function"].clock is reactor
+
+
+def test_the_acl_file_is_looked_at_every_acl_check_interval():
+    from twisted.python import usage
+
+    from restmq.tap import restmq as plugin
+    for argv, step in (([], 5.0), (["--acl-check-interval", "0.5"], 0.5)):
+        options = plugin.Options()
+        options.parseOptions(["--port", "1", "--redis-port", "1", *argv])
+        [timer] = [s for s in plugin.makeService(options) if isinstance(s, internet.TimerService)]
+        assert timer.step == step and timer.call[0] == options.acl.check_for_change
+    with pytest.raises(usage.UsageError, match="between 0.1 and 3600"):
+        plugin.Options().parseOptions(["--acl-check-interval", "0"])
 
 
 def test_the_syslog_plugin_runs_its_timers_on_the_same_clock():

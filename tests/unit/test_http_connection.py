@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from twisted.internet import defer
 
+from restmq.core import Added
 from restmq.core.messages import Message
 from restmq.http.connection import HEAD_TIMEOUT, READ_AHEAD_REQUESTS
 from restmq.http.live import MAX_UNSENT
@@ -22,10 +23,11 @@ class SlowCore(FakeCore):
     def __init__(self):
         self.calls: list[tuple[str, defer.Deferred]] = []
 
-    def add(self, queue, value, *args, **kwargs):
+    def add_items(self, queue, items, idempotency=None):
+        """Fired by the test with the key, as an add of one message answers."""
         d = defer.Deferred()
-        self.calls.append((value, d))
-        return d
+        self.calls.append((items[0].value, d))
+        return d.addCallback(lambda key: Added([key]))
 
     def hard_get(self, queue):
         d = defer.Deferred()

@@ -39,8 +39,9 @@ class Connection:
                 d.errback(RedisUnavailable("connection lost"))
 
 
-def started(reactor: MemoryReactorClock) -> tuple[RedisService, Connection]:
-    svc = RedisService(unix_socket="/nonexistent/redis.sock", reactor=reactor)
+def started(reactor: MemoryReactorClock,
+            timeout: float = COMMAND_TIMEOUT) -> tuple[RedisService, Connection]:
+    svc = RedisService(unix_socket="/nonexistent/redis.sock", reactor=reactor, timeout=timeout)
     svc.startService()
     assert reactor.unixClients  # a connection was asked of this reactor, not the global one
     conn = Connection()
@@ -60,6 +61,21 @@ def test_the_watchdog_fails_a_command_left_unanswered_for_the_timeout():
     reactor.advance(1)  # the watchdog's next look, past the timeout
     assert conn.aborted
     assert isinstance(d.result, Failure) and d.result.check(RedisUnavailable)
+    d.addErrback(lambda f: None)
+    svc._factory.pool.remove(conn)
+    svc.stopService()
+
+
+def test_the_watchdog_counts_a_shorter_timeout_and_looks_more_often():
+    """--redis-timeout 2: the watchdog looks every half second and fails the command between
+    2 and 2.5 s after it was sent."""
+    reactor = MemoryReactorClock()
+    svc, conn = started(reactor, timeout=2.0)
+    d = svc.execute("GET", "k")
+    reactor.advance(2.0)
+    assert not d.called and not conn.aborted
+    reactor.advance(0.5)
+    assert conn.aborted and d.result.check(RedisUnavailable)
     d.addErrback(lambda f: None)
     svc._factory.pool.remove(conn)
     svc.stopService()

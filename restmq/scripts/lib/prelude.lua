@@ -106,6 +106,13 @@ local function forget(Q, key)
   redis.call('HDEL', Q.origin, key)
 end
 
+-- forget_all(Q, keys): forget for each of `keys` (a list of value keys), one command per hash.
+local function forget_all(Q, keys)
+  redis.call('HDEL', Q.deliveries, unpack(keys))
+  redis.call('HDEL', Q.prio, unpack(keys))
+  redis.call('HDEL', Q.origin, unpack(keys))
+end
+
 -- retire(k, retention): keep a consumed value readable for the retention period. A retention
 -- of 0 deletes at once; a shorter remaining ttl is kept.
 local function retire(k, retention)
@@ -148,28 +155,30 @@ local function requeue(Q, key)
   end
 end
 
--- next_live(Q, limit[, peek]): the next message to consume, priority levels first (highest
--- first), then the pending list (oldest first): its key and value, taken off (ZPOPMIN, RPOP),
--- or left in place with `peek`. A dead entry met on the way (its value expired or was
--- deleted) is removed with its read count and what refers to it, at most `limit` of them, so
--- that one script never holds Redis long. Returns key, value, and how many dead entries it
--- removed; without a live entry, key is nil and value is what the script answers: nil when
--- nothing is pending, 'MORE' after `limit` dead entries (the caller runs it again, and Redis
--- serves other clients in between).
-local function next_live(Q, limit, peek)
+-- next_live(Q, limit[, peek[, flat]]): the next message to consume, priority levels first
+-- (highest first), then the pending list (oldest first): its key and value, taken off
+-- (ZPOPMIN, RPOP), or left in place with `peek`. `flat`: the caller knows that no priority
+-- level holds anything (it looked once for many messages), so only the list is read. A dead
+-- entry met on the way (its value expired or was deleted) is removed with its read count and
+-- what refers to it, at most `limit` of them, so that one script never holds Redis long.
+-- Returns key, value, how many dead entries it removed, and the message's priority (0 to 9);
+-- without a live entry, key is nil and value is what the script answers: nil when nothing is
+-- pending, 'MORE' after `limit` dead entries (the caller runs it again, and Redis serves other
+-- clients in between).
+local function next_live(Q, limit, peek, flat)
   for dead = 0, limit - 1 do
-    local key, top
+    local key, top, level
     if peek then
-      top = redis.call('ZRANGE', Q.priority, 0, 0)
-    else
+      top = redis.call('ZRANGE', Q.priority, 0, 0, 'WITHSCORES')
+    elseif not flat then
       top = redis.call('ZPOPMIN', Q.priority)
     end
-    if #top > 0 then
-      key = top[1]
+    if top and #top > 0 then
+      key, level = top[1], 9 - math.floor(tonumber(top[2]) / PRIORITY_STEP)
       if peek then
         local value = redis.call('GET', key)
         if value then
-          return key, value, dead
+          return key, value, dead, level
         end
         redis.call('ZREM', Q.priority, key)
       end
@@ -185,7 +194,7 @@ local function next_live(Q, limit, peek)
       if peek then
         local value = redis.call('GET', key)
         if value then
-          return key, value, dead
+          return key, value, dead, 0
         end
         redis.call('RPOP', Q.pending)
       end
@@ -193,7 +202,7 @@ local function next_live(Q, limit, peek)
     if not peek then
       local value = redis.call('GET', key)
       if value then
-        return key, value, dead
+        return key, value, dead, level or 0
       end
     end
     redis.call('DEL', refcount_of(key))
