@@ -29,6 +29,7 @@ from hypothesis.stateful import (RuleBasedStateMachine, invariant, precondition,
                                  run_state_machine_as_test)
 
 from tests.adversarial.clients import LiveConsumer, call
+from tests.adversarial.flow import FlowRules
 from tests.adversarial.model import Add, Live, Model, Purge
 from tests.adversarial.rules import (MAX_LIVE, QUEUES, SERVERS, WITHOUT, PipelineRules,
                                      WorkerRules, allowed, picks, queues, servers, step)
@@ -118,7 +119,7 @@ class Traffic(threading.Thread):
             self.machine.held += self.leases
 
 
-class Adversary(WorkerRules, PipelineRules, RuleBasedStateMachine):
+class Adversary(WorkerRules, PipelineRules, FlowRules, RuleBasedStateMachine):
     system: System  # set by the test
 
     def __init__(self):
@@ -496,6 +497,7 @@ class Adversary(WorkerRules, PipelineRules, RuleBasedStateMachine):
         ghosts = list(self.model.ghosts)
         problems += self.model.ghost_verdict(self.system.counters(ghosts),
                                              self.system.pending(ghosts))
+        problems += self.flow_verdict()
         return problems + list(self.model.problems)
 
     def verdict_within(self, seconds: float) -> list[str]:
@@ -595,6 +597,30 @@ SCENARIOS = {
                           behind=["add", "get", "purge"], cuts=[3, 150, 151, 400], pause=0.01)),
     ],
 }
+# Issue 15's flow: priorities and delays, batches (one refused), idempotent retries (one after
+# a dropped connection), long polls woken across processes or left parked or mid-reply, peeks.
+SCENARIOS["flow_priorities_batches_retries_long_polls"] = [
+    ("flow_add", dict(specs=[(0, 0, True), (5, 0, False), (9, 1, False), (5, 0, True)],
+                      via=0, how="adds", idem=True, bad=0)),
+    ("flow_add", dict(specs=[(0, 0, True), (3, 0, False), (3, 2, False), (0, 0, False)] * 3,
+                      via=1, how="batch", idem=True, bad=0)),
+    ("flow_add", dict(specs=[(1, 0, True)] * 5, via=0, how="bad", idem=False, bad=3)),
+    ("flow_retry", dict(pick=1, via=0, how="same", prio=0, delay=0)),
+    ("flow_retry", dict(pick=0, via=1, how="other", prio=0, delay=0)),
+    ("flow_retry", dict(pick=0, via=1, how="dropped", prio=4, delay=1)),
+    ("flow_peek", dict(via=1, limit=3)),
+    ("flow_take", dict(kind="pop", via=0, limit=3)),
+    ("flow_take", dict(kind="claim", via=1, limit=2)),
+    ("flow_long_poll", dict(kind="pop", wait=2, waiters=2, via=0, add_via=1, prio=2,
+                            leave="stay")),
+    ("flow_long_poll", dict(kind="claim", wait=1, waiters=1, via=1, add_via=0, prio=0,
+                            leave="parked")),
+    ("flow_long_poll", dict(kind="claim", wait=2, waiters=1, via=0, add_via=1, prio=7,
+                            leave="midreply")),
+    ("flow_long_poll", dict(kind="pop", wait=2, waiters=1, via=1, add_via=1, prio=0,
+                            leave="midreply")),
+    ("flow_peek", dict(via=0, limit=100)),
+]
 SCENARIO_CHECKS = {
     "workers_to_the_dead_letter_queue": lambda machine: [
         f"expected qa:1 and qa:2 in the dead-letter queue, found {letters}"
@@ -614,7 +640,7 @@ def test_scenario(adversarial_system, name):
             getattr(machine, rule_name)(**args)
             machine.nothing_wrong_so_far()
         machine.checkpoint()
-        problems = SCENARIO_CHECKS[name](machine)
+        problems = SCENARIO_CHECKS.get(name, lambda machine: [])(machine)
         assert not problems, machine.model.report(problems)
     finally:
         machine.teardown()
