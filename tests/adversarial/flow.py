@@ -477,7 +477,12 @@ class FlowRules:
             return
         if leave != "stay":
             waiters = 1
-        lease = "&lease=1" if kind == "claim" else ""
+        # The waiters are read one after another, so a woken claim's ack can come up to `wait`
+        # seconds after its reply: its lease outlasts that (a lapse would be a documented
+        # duplicate, not a fault). Mid-reply, the one-second lease brings back what went out.
+        lease = ""
+        if kind == "claim":
+            lease = "&lease=1" if leave == "midreply" else f"&lease={wait + 10}"
         limit = 4 if leave == "midreply" else 2
         path = f"/{kind}/{QUEUE}?wait={wait}&limit={limit}{lease}"
         parked = [Waiter(self.port(via), path, 4096 if leave == "midreply" else None)
