@@ -143,11 +143,24 @@ class ServerProcess:
                 time.sleep(0.05)
         raise RuntimeError("server did not start listening")
 
+    def _log_pieces(self) -> list[Path]:
+        """The log file and the pieces twistd rotated out of it (past 1 MB, or on SIGUSR1:
+        `.1` the latest, `.2` the one before ...), oldest first."""
+        main = Path(self.logfile)
+        rotated = [p for p in main.parent.glob(main.name + ".*")
+                   if p.name[len(main.name) + 1:].isdigit()]
+        rotated.sort(key=lambda p: int(p.name[len(main.name) + 1:]), reverse=True)
+        return rotated + [main]
+
     def log(self) -> str:
+        """The whole log, rotated pieces included."""
         try:
-            return Path(self.logfile).read_text()
-        except OSError:
-            return self.final_log
+            return "".join(piece.read_text() for piece in self._log_pieces())
+        except OSError:  # rotated or removed while we read: read again
+            try:
+                return "".join(piece.read_text() for piece in self._log_pieces())
+            except OSError:
+                return self.final_log
 
     final_log = ""
 
@@ -162,7 +175,8 @@ class ServerProcess:
         if self.proc and self.proc.stdout:
             self.proc.stdout.close()
         self.final_log = self.log()
-        Path(self.logfile).unlink(missing_ok=True)
+        for piece in self._log_pieces():
+            piece.unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="session")

@@ -107,6 +107,30 @@ def test_access_log_on_and_off(redis_proc):
         assert (f'"GET /stats/x?probe={setting} HTTP/1.1" 200' in server.log()) is expected
 
 
+def test_the_log_of_a_server_process_is_read_whole_after_twistd_rotates_it(redis_proc):
+    """twistd starts a new log file past 1 MB (and on SIGUSR1), renaming the full one to
+    `.1`, `.2` ...: a test that counts log lines (the adversarial tier counts pub/sub
+    reconnects) reads every piece, oldest first; stopping removes them all."""
+    import urllib.request
+    from pathlib import Path
+    server = ServerProcess(redis_proc.port).start()
+    try:
+        wait_until(lambda: "pub/sub connection ready" in server.log(), 10, "a running reactor")
+        for n in (1, 2):
+            server.proc.send_signal(signal.SIGUSR1)
+            wait_until(lambda: Path(f"{server.logfile}.{n}").exists(), 10, f"rotation {n}")
+            urllib.request.urlopen(f"{server.url}/stats/x?after={n}").read()
+            wait_until(lambda: f"after={n}" in server.log(), 10, f"the request after {n}")
+        log = server.log()
+        assert log.count("pub/sub connection ready") == 1
+        assert log.index("pub/sub connection ready") < log.index("after=1") < \
+            log.index("after=2")
+    finally:
+        server.stop()
+    assert "after=2" in server.final_log
+    assert not list(Path(server.logfile).parent.glob(Path(server.logfile).name + "*"))
+
+
 def test_start_up_warns_when_redis_persistence_cannot_protect_messages():
     from tests.conftest import RedisProcess
     from tests.http_client import get
