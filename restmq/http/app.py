@@ -13,7 +13,7 @@ from restmq.http.base import Context
 from restmq.http.commands import JsonProtocolHandler, XmlRpcHandler
 from restmq.http.compat import Application, ChunkedTransferEncoding
 from restmq.http.config import ConfigHandler, InfoHandler
-from restmq.http.connection import BODY_TIMEOUT, HEAD_TIMEOUT
+from restmq.http.reading import BODY_TIMEOUT, HEAD_TIMEOUT
 from restmq.http.leases import (AckHandler, ClaimHandler, ExtendHandler, RedriveHandler,
                                 ReleaseHandler)
 from restmq.http.live import SSE_KEEPALIVE, CometHandler, SSEHandler, WebSocketHandler
