@@ -70,6 +70,7 @@ def makeService(options: Options, collectd_frontend: bool = False) -> service.IS
     from restmq.delivery import Delivery, Ticker
     from restmq.http import AccessLog, Context, load_static, make_application
     from restmq.redis import PubSubService
+    from restmq.redis.health import Health
 
     clock = use_monotonic_time(reactor)  # every timer below runs on it
     top = StopInOrder()
@@ -88,7 +89,8 @@ def makeService(options: Options, collectd_frontend: bool = False) -> service.IS
     delivery.setServiceParent(top)
     acl = options.acl
     ctx = Context(core=core, acl=acl, delivery=delivery, redis_description=redis.description,
-                  static=load_static(), pop_lease=options["pop-lease"])
+                  static=load_static(), pop_lease=options["pop-lease"],
+                  health=Health(redis, clock))
     access_log = AccessLog(clock) if options["access-log"] else None
     app = make_application(ctx, max_body=options["max-body"], access_log=access_log,
                            collectd_frontend=collectd_frontend, clock=clock, wall=wall_time,
