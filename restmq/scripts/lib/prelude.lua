@@ -40,12 +40,13 @@ end
 
 -- A queue's keys, KEYS[i] to KEYS[i + BLOCK - 1], in the order restmq/redis/keys.py's
 -- queue_block gives them.
-local BLOCK = 13
+local BLOCK = 14
 local function queue_keys(i)
   return {pending = KEYS[i], priority = KEYS[i + 1], prio = KEYS[i + 2], inflight = KEYS[i + 3],
           deliveries = KEYS[i + 4], delayed = KEYS[i + 5], config = KEYS[i + 6],
           counter = KEYS[i + 7], dedup = KEYS[i + 8], dedupexp = KEYS[i + 9],
-          origin = KEYS[i + 10], status = KEYS[i + 11], policy = KEYS[i + 12]}
+          origin = KEYS[i + 10], status = KEYS[i + 11], policy = KEYS[i + 12],
+          counters = KEYS[i + 13]}
 end
 
 -- The keys outside every queue's prefix, after the first block.
