@@ -44,6 +44,8 @@ class Options(RedisOptions, ListenOptions):
     ]
     optFlags = [
         ["trusted-proxy", None, "Take the client address from X-Real-IP / X-Forwarded-For."],
+        ["counters", None, "Keep per-queue counters in Redis (<q>:counters: acked, "
+         "redelivered, dead letters, reads, deliveries ...) for /info/ and /metrics."],
     ]
 
     def opt_version(self):
@@ -77,7 +79,8 @@ def makeService(options: Options, collectd_frontend: bool = False) -> service.IS
     redis = redis_service(options, clock)
     redis.setServiceParent(top)
     RedisVersionCheck(redis, clock, lambda: exit_nonzero(reactor)).setServiceParent(top)
-    core = Core(redis, consumed_ttl=options["consumed-ttl"], clock=clock)
+    core = Core(redis, consumed_ttl=options["consumed-ttl"], clock=clock,
+                counters=bool(options["counters"]))
     # Leases, delays and dead letters need a ticker in every HTTP process (it stops before
     # the Redis connections close, after the listener and live delivery).
     Ticker(core, clock).setServiceParent(top)

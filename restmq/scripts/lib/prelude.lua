@@ -79,9 +79,16 @@ local function guard(deadline, now)
   return nil
 end
 
--- count(Q, counter, n): where the per-queue counters of the metrics will be kept. Nothing is
--- counted yet; every place that counts calls this already.
+-- count(Q, counter, n): add n to the counter named `counter` of the queue whose block is Q,
+-- on a server run with --counters (restmq/redis/scripts.py turns COUNTING on in the text of
+-- the scripts it loads for it). Otherwise nothing is written: a database used only through
+-- the original operations keeps exactly the original keyspace. A dispatcher's outcome is
+-- counted with count(Q, 'push_' .. outcome, 1).
+local COUNTING = false
 local function count(Q, counter, n)
+  if COUNTING and n > 0 then
+    redis.call('HINCRBY', Q.counters, counter, n)
+  end
 end
 
 local function wake(channel, db)
