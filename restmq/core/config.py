@@ -37,8 +37,8 @@ class DeadLetterState:
 class QueueInfo:
     """`status` and `policy` as stored (None when absent); `next_due`: Unix seconds of the
     queue's next due time (a lower bound), None when nothing is due; `priority`: pending
-    messages per level 1 to 9 (levels without any left out); `counters`: None until counters
-    are kept."""
+    messages per level 1 to 9 (levels without any left out); `counters`: what the queue's
+    counters hold on a server run with --counters (only those ever counted), else None."""
 
     queue: str
     pending: int
@@ -123,12 +123,15 @@ class ConfigMixin:
             return self._run("info", keys.lease_keys(queue, dead or None), queue, dead)
 
         d = defer.ensureDeferred(self._believing(queue, run, self.redis.deadline()))
-        return d.addCallback(_info, queue)
+        return d.addCallback(_info, queue, self.counters)
 
 
-def _info(reply: list, queue: str) -> QueueInfo:
+def _info(reply: list, queue: str, counting: bool = False) -> QueueInfo:
     pending, inflight, delayed, status, policy, dead, dead_pending, due = reply[1:9]
     levels = {p: int(n) for p, n in zip(range(1, 10), reply[9:18]) if int(n)}
+    counted = text(reply[18:])
+    counters = {k: int(v) for k, v in sorted(zip(counted[::2], counted[1::2]))} \
+        if counting else None
     return QueueInfo(queue, int(pending), int(inflight), int(delayed), status or None,
                      policy or None, DeadLetterState(dead, int(dead_pending)) if dead else None,
-                     int(float(due)) / 1000 if due != "" else None, levels)
+                     int(float(due)) / 1000 if due != "" else None, levels, counters)

@@ -60,7 +60,8 @@ class Core(AddsMixin, LeasesMixin, ConfigMixin, ScheduleMixin, PolicyMixin, Stat
 
     log = Logger()
 
-    def __init__(self, redis: Any, consumed_ttl: int = 3600, clock: Any = None):
+    def __init__(self, redis: Any, consumed_ttl: int = 3600, clock: Any = None,
+                 counters: bool = False):
         if clock is None:
             clock = getattr(redis, "reactor", None)
         if clock is None:
@@ -69,7 +70,8 @@ class Core(AddsMixin, LeasesMixin, ConfigMixin, ScheduleMixin, PolicyMixin, Stat
         self.redis = redis
         self.consumed_ttl = consumed_ttl
         self.clock = clock
-        self.scripts = {name: load_script(name) for name in (
+        self.counters = counters  # --counters: the scripts keep <q>:counters
+        self.scripts = {name: load_script(name, counters) for name in (
             "add", "hard_get", "soft_get", "take", "del", "purge", "pop_batch", "set", "stats",
             "retire_range", "requeue", "claim", "ack", "extend", "release", "redrive", "due",
             "tick", "config_set", "info", "peek")}
@@ -78,6 +80,15 @@ class Core(AddsMixin, LeasesMixin, ConfigMixin, ScheduleMixin, PolicyMixin, Stat
         # ('redrive', dead-letter queue) -> the origin its last redrive moved messages to.
         self._dead_letters: dict[Any, str] = {}
         self._scans: dict[str, str] = {}  # queue -> position of its clean-up scan (schedule)
+
+    def count(self, queue: str, counter: str, n: int = 1) -> defer.Deferred:
+        """Add `n` to a counter of `queue` from Python (a push dispatcher's outcome:
+        `count(q, "push_" + outcome)`), on a server run with --counters; else does nothing.
+        Fires with None; fails as `execute` does."""
+        if not self.counters or n <= 0:
+            return defer.succeed(None)
+        return self.redis.execute("HINCRBY", keys.counters(queue), counter, n).addCallback(
+            lambda _: None)
 
     def admit(self, name: str) -> defer.Deferred:
         """Fires with `name` when it is valid; when it breaks only the rule for new names, asks

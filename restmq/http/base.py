@@ -120,6 +120,7 @@ class Context:
     delivery: Any = None
     pop_lease: int = 30  # seconds: the safety lease of /pop/ (--pop-lease)
     redis_description: str = ""
+    health: Any = None  # restmq.redis.health.Health: the report of /health
     static: dict[str, bytes] = field(default_factory=dict)
 
 

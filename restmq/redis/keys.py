@@ -10,8 +10,8 @@ same keys the same way. See docs/redis-layout.md#scripts for the rules.
 
 The keys of leases, delays, priorities, dead letters and per-queue configuration (inflight,
 deliveries, delayed, priority, prio, config, dedup, dedupexp, origin, DUESET) appear only once
-something uses those features: a queue used only through the original routes keeps exactly the
-original keyspace."""
+something uses those features, and the counters only on a server run with --counters: a queue
+used only through the original routes keeps exactly the original keyspace."""
 from __future__ import annotations
 
 from typing import Iterable
@@ -110,6 +110,12 @@ def origin(queue: str) -> str:
     return f"{queue}:origin"
 
 
+def counters(queue: str) -> str:
+    """Hash: counter name -> how many times it happened (acked, read_get ...), kept only by a
+    server run with --counters."""
+    return f"{queue}:counters"
+
+
 def authkey(key: str) -> str:
     """The record of an auth key (JSON: its queues and privileges)."""
     return _AUTHKEY_PREFIX + key
@@ -140,10 +146,10 @@ def queue_block(queue: str) -> tuple[str, ...]:
     configuration writes only the pending list, the counter and its value)."""
     return (pending(queue), priority(queue), prio(queue), inflight(queue), deliveries(queue),
             delayed(queue), config(queue), counter(queue), dedup(queue), dedupexp(queue),
-            origin(queue), status(queue), policy(queue))
+            origin(queue), status(queue), policy(queue), counters(queue))
 
 
-BLOCK = 13  # len(queue_block(q)); the prelude's BLOCK
+BLOCK = 14  # len(queue_block(q)); the prelude's BLOCK
 
 
 def _with_globals(queue: str) -> tuple[str, ...]:

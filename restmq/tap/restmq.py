@@ -44,6 +44,8 @@ class Options(RedisOptions, ListenOptions):
     ]
     optFlags = [
         ["trusted-proxy", None, "Take the client address from X-Real-IP / X-Forwarded-For."],
+        ["counters", None, "Keep per-queue counters in Redis (<q>:counters: acked, "
+         "redelivered, dead letters, reads, deliveries ...) for /info/ and /metrics."],
     ]
 
     def opt_version(self):
@@ -70,13 +72,15 @@ def makeService(options: Options, collectd_frontend: bool = False) -> service.IS
     from restmq.delivery import Delivery, Ticker
     from restmq.http import AccessLog, Context, load_static, make_application
     from restmq.redis import PubSubService
+    from restmq.redis.health import Health
 
     clock = use_monotonic_time(reactor)  # every timer below runs on it
     top = StopInOrder()
     redis = redis_service(options, clock)
     redis.setServiceParent(top)
     RedisVersionCheck(redis, clock, lambda: exit_nonzero(reactor)).setServiceParent(top)
-    core = Core(redis, consumed_ttl=options["consumed-ttl"], clock=clock)
+    core = Core(redis, consumed_ttl=options["consumed-ttl"], clock=clock,
+                counters=bool(options["counters"]))
     # Leases, delays and dead letters need a ticker in every HTTP process (it stops before
     # the Redis connections close, after the listener and live delivery).
     Ticker(core, clock).setServiceParent(top)
@@ -88,7 +92,8 @@ def makeService(options: Options, collectd_frontend: bool = False) -> service.IS
     delivery.setServiceParent(top)
     acl = options.acl
     ctx = Context(core=core, acl=acl, delivery=delivery, redis_description=redis.description,
-                  static=load_static(), pop_lease=options["pop-lease"])
+                  static=load_static(), pop_lease=options["pop-lease"],
+                  health=Health(redis, clock))
     access_log = AccessLog(clock) if options["access-log"] else None
     app = make_application(ctx, max_body=options["max-body"], access_log=access_log,
                            collectd_frontend=collectd_frontend, clock=clock, wall=wall_time,

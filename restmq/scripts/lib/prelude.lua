@@ -40,12 +40,13 @@ end
 
 -- A queue's keys, KEYS[i] to KEYS[i + BLOCK - 1], in the order restmq/redis/keys.py's
 -- queue_block gives them.
-local BLOCK = 13
+local BLOCK = 14
 local function queue_keys(i)
   return {pending = KEYS[i], priority = KEYS[i + 1], prio = KEYS[i + 2], inflight = KEYS[i + 3],
           deliveries = KEYS[i + 4], delayed = KEYS[i + 5], config = KEYS[i + 6],
           counter = KEYS[i + 7], dedup = KEYS[i + 8], dedupexp = KEYS[i + 9],
-          origin = KEYS[i + 10], status = KEYS[i + 11], policy = KEYS[i + 12]}
+          origin = KEYS[i + 10], status = KEYS[i + 11], policy = KEYS[i + 12],
+          counters = KEYS[i + 13]}
 end
 
 -- The keys outside every queue's prefix, after the first block.
@@ -78,9 +79,16 @@ local function guard(deadline, now)
   return nil
 end
 
--- count(Q, counter, n): where the per-queue counters of the metrics will be kept. Nothing is
--- counted yet; every place that counts calls this already.
+-- count(Q, counter, n): add n to the counter named `counter` of the queue whose block is Q,
+-- on a server run with --counters (restmq/redis/scripts.py turns COUNTING on in the text of
+-- the scripts it loads for it). Otherwise nothing is written: a database used only through
+-- the original operations keeps exactly the original keyspace. A dispatcher's outcome is
+-- counted with count(Q, 'push_' .. outcome, 1).
+local COUNTING = false
 local function count(Q, counter, n)
+  if COUNTING and n > 0 then
+    redis.call('HINCRBY', Q.counters, counter, n)
+  end
 end
 
 local function wake(channel, db)
