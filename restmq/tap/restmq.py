@@ -44,6 +44,10 @@ class Options(RedisOptions, ListenOptions):
     ]
     optFlags = [
         ["trusted-proxy", None, "Take the client address from X-Real-IP / X-Forwarded-For."],
+        ["no-push", None, "Run no push dispatcher in this process (push queues are served by "
+         "the other processes)."],
+        ["push-private", None, "Allow push and hook targets on loopback, private, link-local "
+         "and CGNAT addresses (tests, single-host setups)."],
     ]
 
     def opt_version(self):
@@ -92,7 +96,8 @@ def makeService(options: Options, collectd_frontend: bool = False) -> service.IS
     access_log = AccessLog(clock) if options["access-log"] else None
     app = make_application(ctx, max_body=options["max-body"], access_log=access_log,
                            collectd_frontend=collectd_frontend, clock=clock, wall=wall_time,
-                           max_batch=options["max-batch"])
+                           max_batch=options["max-batch"],
+                           push_private=bool(options["push-private"]))
     if access_log is not None:
         top.addService(OnStop(access_log.flush))
     acl_reload = internet.TimerService(options["acl-check-interval"], acl.check_for_change)
