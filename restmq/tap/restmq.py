@@ -90,6 +90,14 @@ def makeService(options: Options, collectd_frontend: bool = False) -> service.IS
     pubsub.listener = delivery
     pubsub.setServiceParent(top)
     delivery.setServiceParent(top)
+    if not options["no-push"]:
+        # Stopped before live delivery and Redis: its attempts settle over the pool.
+        from restmq.delivery.push import PushService
+        from restmq.redis.pubsub import FanOut
+        push = PushService(core, pubsub, clock, reactor, db=options["redis-db"],
+                           private=bool(options["push-private"]), wall=wall_time)
+        pubsub.listener = FanOut(delivery, push)
+        push.setServiceParent(top)
     acl = options.acl
     ctx = Context(core=core, acl=acl, delivery=delivery, redis_description=redis.description,
                   static=load_static(), pop_lease=options["pop-lease"])
