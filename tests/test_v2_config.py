@@ -9,7 +9,10 @@ from tests.http_client import delete, get, post
 from tests.util import redis_ms, snapshot, v2_json
 
 DEFAULTS = {"ttl": None, "delay": 0, "max_message": None, "lease": 30, "max_attempts": 0,
-            "dead_letter": None, "dedup_window": 300}
+            "dead_letter": None, "dedup_window": 300, "push_url": None, "push_auth": None,
+            "push_type": "text/plain; charset=utf-8", "push_timeout": 30, "push_rate": 10,
+            "push_burst": 10, "push_concurrency": 10, "backoff_min": 1, "backoff_max": 300,
+            "pre_hook": None, "post_hook": None}
 
 
 def test_config_of_an_unconfigured_queue_is_every_default_and_writes_nothing(H, redis):
@@ -22,10 +25,10 @@ def test_config_set_stores_the_attributes_as_integers(H, redis):
     body = v2_json(post(H, "/config/jobs", {
         "ttl": "0060", "delay": "0", "max_message": "1048576", "lease": "43200",
         "max_attempts": "1000", "dead_letter": "jobs.dead", "dedup_window": "604800",
-        "callback": "cb", "other": "ignored", "push_url": "http://example.com/"}))
+        "callback": "cb", "other": "ignored"}))
     config = {"ttl": 60, "delay": 0, "max_message": 1048576, "lease": 43200,
               "max_attempts": 1000, "dead_letter": "jobs.dead", "dedup_window": 604800}
-    assert body == {"queue": "jobs", "config": config, "set": sorted(config)}
+    assert body == {"queue": "jobs", "config": {**DEFAULTS, **config}, "set": sorted(config)}
     flat = redis("HGETALL", "jobs:config")
     assert dict(zip(flat[::2], flat[1::2])) == {k: str(v) for k, v in config.items()}
     assert v2_json(get(H, "/config/jobs")) == body

@@ -86,7 +86,8 @@ class ConfigMixin:
         config_changes checked them) and remove `removed`, merged with the stored record and
         checked as a whole first (max_attempts > 0 needs a dead_letter). Does not register the
         queue. Fires with the new QueueConfig; InvalidArgument(attribute) for the first
-        attribute at fault, InvalidArgument('unset') for an unknown name to remove."""
+        attribute at fault, InvalidArgument('unset') for an unknown name to remove. The queue
+        is a member of PUSHSET exactly while its record has a push_url."""
         check_name(queue)
         for name, value in changes.items():
             if name not in arguments.ATTRIBUTES:
@@ -103,15 +104,15 @@ class ConfigMixin:
                 raise InvalidArgument(reply[1])
             return _config(queue, dict(zip(reply[1::2], reply[2::2])))
 
-        return self.redis.run_script(self.scripts["config_set"], keys.queue_block(queue),
+        return self.redis.run_script(self.scripts["config_set"], keys.config_keys(queue),
                                      DEADLINE, "", len(changes), *pairs,
                                      *removed).addCallback(done)
 
     def config_clear(self, queue: str) -> defer.Deferred:
-        """Remove the whole configuration; fires with whether there was one. Leases and delays
-        in progress run on; max_attempts is 0 again."""
+        """Remove the whole configuration (and the queue from PUSHSET); fires with whether
+        there was one. Leases and delays in progress run on; max_attempts is 0 again."""
         check_name(queue)
-        return self.redis.run_script(self.scripts["config_set"], keys.queue_block(queue),
+        return self.redis.run_script(self.scripts["config_set"], keys.config_keys(queue),
                                      DEADLINE, "clear", 0).addCallback(
             lambda reply: int(reply[1]) == 1)
 

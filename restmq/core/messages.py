@@ -17,6 +17,7 @@ from restmq.core.adds import AddsMixin, Item
 from restmq.core.config import ConfigMixin
 from restmq.core.leases import LeasesMixin
 from restmq.core.peek import PeekMixin
+from restmq.core.push import PushMixin
 from restmq.core.policy import PolicyMixin
 from restmq.core.schedule import ScheduleMixin
 from restmq.core.stats import StatsMixin
@@ -40,11 +41,12 @@ class Message:
     priority: int = 0
 
 
-class Core(AddsMixin, LeasesMixin, ConfigMixin, ScheduleMixin, PolicyMixin, StatsMixin,
-           PeekMixin, StepsMixin):
+class Core(AddsMixin, LeasesMixin, PushMixin, ConfigMixin, ScheduleMixin, PolicyMixin,
+           StatsMixin, PeekMixin, StepsMixin):
     """The queue operations (docs/redis-layout.md#operations) on one Redis database: the
     message operations here, adds in restmq.core.adds, leases and dead letters in
-    restmq.core.leases, per-queue configuration and state in restmq.core.config, what is due
+    restmq.core.leases, the push claim in restmq.core.push, per-queue configuration and state
+    in restmq.core.config, what is due
     (the tick) in restmq.core.schedule, the peek in restmq.core.peek, policy and status in
     restmq.core.policy, the queue list and stats in restmq.core.stats, the running of scripts
     in steps in restmq.core.steps.
@@ -74,7 +76,7 @@ class Core(AddsMixin, LeasesMixin, ConfigMixin, ScheduleMixin, PolicyMixin, Stat
         self.scripts = {name: load_script(name, counters) for name in (
             "add", "hard_get", "soft_get", "take", "del", "purge", "pop_batch", "set", "stats",
             "retire_range", "requeue", "claim", "ack", "extend", "release", "redrive", "due",
-            "tick", "config_set", "info", "peek")}
+            "tick", "config_set", "info", "peek", "push_claim", "push_pause")}
         self.on_due = _ignore
         # What this process believes (restmq.core.leases): queue -> its dead-letter queue, and
         # ('redrive', dead-letter queue) -> the origin its last redrive moved messages to.

@@ -79,15 +79,17 @@ def make_application(ctx: Context, max_body: int = 1024 * 1024,
                      wall: Callable[[], float] = wall_time, head_timeout: float = HEAD_TIMEOUT,
                      body_timeout: float = BODY_TIMEOUT,
                      sse_keepalive: float = SSE_KEEPALIVE,
-                     max_batch: int = MAX_BATCH) -> Application:
+                     max_batch: int = MAX_BATCH, push_private: bool = False) -> Application:
     """The Application; `access_log` None means no access log at all. `clock` (an
     IReactorTime) runs every timer of the connections and streams, `wall` gives the date.
-    `max_batch` bounds the messages of one `/batch/` request."""
+    `max_batch` bounds the messages of one `/batch/` request; `push_private` lets push and
+    hook targets be on loopback and private addresses."""
     settings: dict[str, Any] = {"max_body": max_body, "max_batch": max_batch,
                                 "log_function": access_log or (lambda handler: None),
                                 "clock": reactor_clock() if clock is None else clock,
                                 "wall_time": wall, "head_timeout": head_timeout,
-                                "body_timeout": body_timeout, "sse_keepalive": sse_keepalive}
+                                "body_timeout": body_timeout, "sse_keepalive": sse_keepalive,
+                                "push_private": push_private}
     app = Application(routes(ctx, collectd_frontend), **settings)
     app.transforms = [ChunkedTransferEncoding]
     return app

@@ -9,15 +9,17 @@ its prefix (QUEUESET, queuestat::<q>). Most scripts get a queue's whole key bloc
 same keys the same way. See docs/redis-layout.md#scripts for the rules.
 
 The keys of leases, delays, priorities, dead letters and per-queue configuration (inflight,
-deliveries, delayed, priority, prio, config, dedup, dedupexp, origin, DUESET) appear only once
-something uses those features, and the counters only on a server run with --counters: a queue
-used only through the original routes keeps exactly the original keyspace."""
+deliveries, delayed, priority, prio, config, dedup, dedupexp, origin, bucket, DUESET,
+PUSHSET) appear only once something uses those features, and the counters only on a server
+run with --counters: a queue used only through the original routes keeps exactly the
+original keyspace."""
 from __future__ import annotations
 
 from typing import Iterable
 
 QUEUESET = "QUEUESET"  # the set of every queue name ever added to
 DUESET = "DUESET"  # queue name -> a lower bound of its next due time (ms, Redis's clock)
+PUSHSET = "PUSHSET"  # the set of the queues with a push_url (push queues)
 CHANNEL_SUFFIX = ":PUBSUB"
 _STATUS_PREFIX = "queuestat::"
 _AUTHKEY_PREFIX = "AUTHKEY:"
@@ -116,6 +118,12 @@ def counters(queue: str) -> str:
     return f"{queue}:counters"
 
 
+def bucket(queue: str) -> str:
+    """Hash: the push token bucket, `tokens` (a decimal) and `ts` (ms when they were
+    counted), shared by every process that pushes from the queue."""
+    return f"{queue}:bucket"
+
+
 def authkey(key: str) -> str:
     """The record of an auth key (JSON: its queues and privileges)."""
     return _AUTHKEY_PREFIX + key
@@ -201,6 +209,21 @@ def lease_keys(queue: str, dead_letter: str | None = None) -> tuple[str, ...]:
     if dead_letter:
         return (*_with_globals(queue), *queue_block(dead_letter))
     return _with_globals(queue)
+
+
+def config_keys(queue: str) -> tuple[str, ...]:
+    """config_set.lua: the block, then PUSHSET (a push_url makes the queue a member)."""
+    return (*queue_block(queue), PUSHSET)
+
+
+def push_claim_keys(queue: str, dead_letter: str | None = None) -> tuple[str, ...]:
+    """push_claim.lua: the keys of claim.lua (lease_keys), then the queue's token bucket."""
+    return (*lease_keys(queue, dead_letter), bucket(queue))
+
+
+def push_pause_keys(queue: str) -> tuple[str, ...]:
+    """push_pause.lua: the queue's configuration and token bucket."""
+    return (config(queue), bucket(queue))
 
 
 def redrive_keys(queue: str, target: str) -> tuple[str, ...]:

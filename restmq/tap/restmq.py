@@ -46,6 +46,10 @@ class Options(RedisOptions, ListenOptions):
         ["trusted-proxy", None, "Take the client address from X-Real-IP / X-Forwarded-For."],
         ["counters", None, "Keep per-queue counters in Redis (<q>:counters: acked, "
          "redelivered, dead letters, reads, deliveries ...) for /info/ and /metrics."],
+        ["no-push", None, "Run no push dispatcher in this process (push queues are served by "
+         "the other processes)."],
+        ["push-private", None, "Allow push and hook targets on loopback, private, link-local "
+         "and CGNAT addresses (tests, single-host setups)."],
     ]
 
     def opt_version(self):
@@ -90,6 +94,14 @@ def makeService(options: Options, collectd_frontend: bool = False) -> service.IS
     pubsub.listener = delivery
     pubsub.setServiceParent(top)
     delivery.setServiceParent(top)
+    if not options["no-push"]:
+        # Stopped before live delivery and Redis: its attempts settle over the pool.
+        from restmq.delivery.push import PushService
+        from restmq.redis.pubsub import FanOut
+        push = PushService(core, pubsub, clock, reactor, db=options["redis-db"],
+                           private=bool(options["push-private"]), wall=wall_time)
+        pubsub.listener = FanOut(delivery, push)
+        push.setServiceParent(top)
     acl = options.acl
     ctx = Context(core=core, acl=acl, delivery=delivery, redis_description=redis.description,
                   static=load_static(), pop_lease=options["pop-lease"],
@@ -97,7 +109,8 @@ def makeService(options: Options, collectd_frontend: bool = False) -> service.IS
     access_log = AccessLog(clock) if options["access-log"] else None
     app = make_application(ctx, max_body=options["max-body"], access_log=access_log,
                            collectd_frontend=collectd_frontend, clock=clock, wall=wall_time,
-                           max_batch=options["max-batch"])
+                           max_batch=options["max-batch"],
+                           push_private=bool(options["push-private"]))
     if access_log is not None:
         top.addService(OnStop(access_log.flush))
     acl_reload = internet.TimerService(options["acl-check-interval"], acl.check_for_change)

@@ -309,3 +309,44 @@ local function wake_dead_letter(ctx)
     wake(ctx.dead_channel, ctx.db)
   end
 end
+
+-- take_leases(Q, D, G, ctx, now, limit, lease, token, dead_limit, reply): lease up to `limit`
+-- messages in consumption order for `lease` ms under `token` (CLAIM's loop, shared with the
+-- push claim): each gets delivery count c, one more than before, and its deliveries field
+-- 'c.token'; one already delivered max_attempts times (the setting was lowered meanwhile) is
+-- dead-lettered instead. Appends key, value, c of each to `reply`. Returns how many were
+-- taken, and 'MORE' when none was and `dead_limit` dead entries were removed on the way.
+local function take_leases(Q, D, G, ctx, now, limit, lease, token, dead_limit, reply)
+  local max_attempts = tonumber(redis.call('HGET', Q.config, 'max_attempts')) or 0
+  -- Nothing below adds to the priority levels: one look tells whether they need reading at
+  -- all. The leases enter the in-flight set together, at the end.
+  local flat = redis.call('EXISTS', Q.priority) == 0
+  local taken, dead, leases = 0, 0, {}
+  while taken < limit do
+    local key, value, skipped = next_live(Q, dead_limit - dead, false, flat)
+    dead = dead + skipped
+    if not key then
+      if value and taken == 0 then
+        return 0, value  -- 'MORE'
+      end
+      break
+    end
+    local c = deliveries_of(Q, key) + 1
+    if max_attempts > 0 and c > max_attempts then
+      dead_letter(Q, D, G, ctx, key, c - 1, 'max_attempts', now)
+    else
+      redis.call('HSET', Q.deliveries, key, c .. '.' .. token)
+      leases[#leases + 1] = now + lease
+      leases[#leases + 1] = key
+      taken = taken + 1
+      reply[#reply + 1] = key
+      reply[#reply + 1] = value
+      reply[#reply + 1] = c
+    end
+  end
+  if taken > 0 then
+    redis.call('ZADD', Q.inflight, unpack(leases))
+    due(G, ctx.queue, now + lease)
+  end
+  return taken, nil
+end
