@@ -28,7 +28,7 @@ $(STAMP): setup.py Makefile
 	$(PY) -m pip install -q "twisted>=24.7" "txredisapi>=1.6,<1.7" hiredis pyopenssl service_identity \
 		"httptools>=0.9,<0.10" "wsproto>=1.3,<1.4" h11 \
 		pytest pytest-twisted "pytest-xdist>=3.6,<4" autobahn psutil hypothesis "schemathesis>=4,<5" \
-		pyyaml
+		pyyaml "prometheus_client>=0.20,<1"
 	$(PY) -m pip install -q --no-deps "cyclone==1.3"
 	@# cyclone's bundled twistd plugin imports the reactor and `imp`: remove it
 	@# (docs/stack-notes.md#plugin-files).

@@ -17,7 +17,7 @@ from restmq.http.reading import BODY_TIMEOUT, HEAD_TIMEOUT
 from restmq.http.leases import (AckHandler, ClaimHandler, ExtendHandler, RedriveHandler,
                                 ReleaseHandler)
 from restmq.http.live import SSE_KEEPALIVE, CometHandler, SSEHandler, WebSocketHandler
-from restmq.http.ops import HealthHandler, PingHandler
+from restmq.http.ops import HealthHandler, MetricsHandler, PingHandler
 from restmq.http.pages import JobsHandler, NotFoundHandler, StaticHandler
 from restmq.http.peek import PeekHandler
 from restmq.http.polls import PopHandler
@@ -67,6 +67,7 @@ def routes(ctx: Context, collectd_frontend: bool = False) -> list:
         (r"/peek/.*", PeekHandler, kw),
         (r"/ping", PingHandler, kw),
         (r"/health", HealthHandler, kw),
+        (r"/metrics", MetricsHandler, kw),
         (r"/static/.*", StaticHandler, kw),
         (r"/(?:favicon\.ico|robots\.txt)", StaticHandler, kw),
         (r".*", NotFoundHandler, kw),

@@ -12,6 +12,7 @@ from twisted.application import service
 from twisted.internet import defer, task
 from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from restmq.clock import RedisClock, reactor_clock
 from restmq.errors import RedisFailure, RedisUnavailable
@@ -154,6 +155,9 @@ class RedisService(service.Service):
         self._watchdog = None
         self._clock_read_at = 0.0
         self._persistence_checked = False
+        # restmq.metrics.ProcessMetrics (or anything with `observe(seconds)` and
+        # `failed(kind)`), told of every command's round trip and failure; None: not measured.
+        self.metrics: Any = None
         # Commands that arrived before the first connection was ready: (Deferred, args, timer).
         self._waiting: list[tuple[defer.Deferred, tuple, Any]] = []
         where = f"unix:{unix_socket}" if unix_socket else f"{host}:{port}"
@@ -250,6 +254,7 @@ class RedisService(service.Service):
                 self.log.warn("Redis did not answer for {t} s: dropping a connection",
                               t=self.timeout)
                 conn.waiting_since = None
+                conn.timed_out = True  # its commands fail as timeouts (the metrics)
                 conn.transport.abortConnection()
         if now - self._clock_read_at >= CLOCK_INTERVAL or not self.redis_clock.known:
             conn = self._ready_connection()
@@ -296,6 +301,8 @@ class RedisService(service.Service):
         # it, bounded by the timeout, rather than fail the first requests of a fresh server.
         if factory is not None and (not factory.settled or factory.size):
             return self._wait(args)
+        if self.metrics is not None:
+            self.metrics.failed("unavailable")
         return defer.fail(RedisUnavailable("no connection to Redis"))
 
     def _send(self, conn, args: tuple) -> defer.Deferred:
@@ -307,7 +314,27 @@ class RedisService(service.Service):
             since = conn.waiting_since if conn.waiting_since is not None else now
             args = tuple(self._deadline_ms(arg, since) if isinstance(arg, _Deadline) else arg
                          for arg in args)
-        return conn.send(encode_command(args), now).addCallback(_reply)
+        return self._measured(conn.send(encode_command(args), now).addCallback(_reply), conn,
+                              now)
+
+    def _measured(self, d: defer.Deferred, conn, sent: float) -> defer.Deferred:
+        """Report the round trip of the command (or pipeline) `d` to the metrics."""
+        metrics = self.metrics
+        if metrics is None:
+            return d
+
+        def record(result):
+            metrics.observe(max(0.0, self.now() - sent))
+            if isinstance(result, Failure):
+                if result.check(RedisFailure):
+                    if not str(result.value).startswith("NOSCRIPT"):  # answered by a load
+                        metrics.failed("error")
+                else:
+                    metrics.failed("timeout" if getattr(conn, "timed_out", False)
+                                   else "unavailable")
+            return result
+
+        return d.addBoth(record)
 
     def _deadline_ms(self, deadline: _Deadline, since: float) -> int:
         if deadline.start is not None:
@@ -364,7 +391,7 @@ class RedisService(service.Service):
             return replies
 
         # Replies on one connection come in order: the last one comes last.
-        return ds[-1].addCallback(gathered)
+        return self._measured(ds[-1].addCallback(gathered), conn, self.now())
 
     def _wait(self, args: tuple) -> defer.Deferred:
         d = defer.Deferred()

@@ -102,7 +102,7 @@ class Health:
     async def report(self, version: str) -> dict:
         """The report; raises RedisUnavailable when Redis does not answer PING in time."""
         ping_ms = await self.ping()
-        settings = await self._current()
+        settings = await self.current()
         return {"status": "ok", "protocol": 2, "version": version,
                 "redis": {"ping_ms": ping_ms, "version": settings.version,
                           "persistence": settings.persistence,
@@ -117,7 +117,9 @@ class Health:
         await _within(self.redis.execute("PING"), PING_DEADLINE, self.clock)
         return round((self.clock.seconds() - started) * 1000, 3)
 
-    async def _current(self) -> RedisSettings:
+    async def current(self) -> RedisSettings:
+        """The settings, read again when older than SETTINGS_TTL; RedisUnavailable when
+        Redis does not answer within PING_DEADLINE."""
         now = self.clock.seconds()
         if self._settings is None or now - self._read_at >= SETTINGS_TTL:
             settings = await _within(read_settings(self.redis), PING_DEADLINE, self.clock)

@@ -236,6 +236,16 @@ def due_keys() -> tuple[str, ...]:
     return (DUESET,)
 
 
+def metrics_keys(queues: Iterable[str], counting: bool) -> tuple[str, ...]:
+    """metrics.lua: seven keys for each queue, eight with counters."""
+    out: list[str] = []
+    for q in queues:
+        out += [pending(q), priority(q), inflight(q), delayed(q), status(q), counter(q), config(q)]
+        if counting:
+            out.append(counters(q))
+    return tuple(out)
+
+
 def stats_keys(queues: Iterable[str | bytes]) -> tuple[str | bytes, ...]:
     """stats.lua: four keys for each queue of the page. A name read from QUEUESET as bytes
     (not UTF-8: written by other software) gets its keys as bytes, the same bytes around it."""

@@ -41,6 +41,8 @@ class Options(RedisOptions, ListenOptions):
         ["pop-lease", None, 30, "Seconds a message popped by /pop/ stays leased until its "
          "reply went out and it is acked (1 to 43200); a crash meanwhile hands it back after "
          "that.", int_within(1, 43200, "pop-lease")],
+        ["metrics-queues", None, 10000, "Most queues /metrics exports (the first in byte "
+         "order); beyond them restmq_metrics_truncated is 1.", int_at_least(1, "metrics-queues")],
     ]
     optFlags = [
         ["trusted-proxy", None, "Take the client address from X-Real-IP / X-Forwarded-For."],
@@ -76,6 +78,7 @@ def makeService(options: Options, collectd_frontend: bool = False) -> service.IS
     from restmq.delivery import Delivery, Ticker
     from restmq.http import AccessLog, Context, load_static, make_application
     from restmq.redis import PubSubService
+    from restmq.metrics import ProcessMetrics
     from restmq.redis.health import Health
 
     clock = use_monotonic_time(reactor)  # every timer below runs on it
@@ -92,6 +95,8 @@ def makeService(options: Options, collectd_frontend: bool = False) -> service.IS
     delivery = Delivery(core, pubsub, db=options["redis-db"], clock=clock,
                         stall_timeout=options["live-stall-timeout"])
     pubsub.listener = delivery
+    metrics = ProcessMetrics(delivery)
+    redis.metrics = metrics
     pubsub.setServiceParent(top)
     delivery.setServiceParent(top)
     if not options["no-push"]:
@@ -105,7 +110,8 @@ def makeService(options: Options, collectd_frontend: bool = False) -> service.IS
     acl = options.acl
     ctx = Context(core=core, acl=acl, delivery=delivery, redis_description=redis.description,
                   static=load_static(), pop_lease=options["pop-lease"],
-                  health=Health(redis, clock))
+                  health=Health(redis, clock), metrics=metrics,
+                  metrics_queues=options["metrics-queues"])
     access_log = AccessLog(clock) if options["access-log"] else None
     app = make_application(ctx, max_body=options["max-body"], access_log=access_log,
                            collectd_frontend=collectd_frontend, clock=clock, wall=wall_time,
