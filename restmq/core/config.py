@@ -37,8 +37,9 @@ class DeadLetterState:
 class QueueInfo:
     """`status` and `policy` as stored (None when absent); `next_due`: Unix seconds of the
     queue's next due time (a lower bound), None when nothing is due; `priority`: pending
-    messages per level 1 to 9 (levels without any left out); `counters`: None until counters
-    are kept."""
+    messages per level 1 to 9 (levels without any left out); `added`: the messages ever
+    numbered in the queue (its key counter, kept with or without counters, so a reader can
+    derive add rates); `counters`: None until counters are kept."""
 
     queue: str
     pending: int
@@ -49,6 +50,7 @@ class QueueInfo:
     dead_letter: DeadLetterState | None
     next_due: float | None
     priority: dict[int, int]
+    added: int = 0
     counters: dict[str, int] | None = None
 
     def as_json(self) -> dict[str, Any]:
@@ -59,7 +61,9 @@ class QueueInfo:
                                                       "pending": self.dead_letter.pending}
         return {"queue": self.queue, "pending": self.pending, "inflight": self.inflight,
                 "delayed": self.delayed, "status": status, "policy": policy_name(self.policy),
-                "dead_letter": dead, "next_due": self.next_due, "counters": self.counters}
+                "dead_letter": dead, "next_due": self.next_due, "counters": self.counters,
+                "priority": {str(p): n for p, n in sorted(self.priority.items())},
+                "added": self.added}
 
 
 def _config(queue: str, stored: Mapping[str, str]) -> QueueConfig:
@@ -131,4 +135,5 @@ def _info(reply: list, queue: str) -> QueueInfo:
     levels = {p: int(n) for p, n in zip(range(1, 10), reply[9:18]) if int(n)}
     return QueueInfo(queue, int(pending), int(inflight), int(delayed), status or None,
                      policy or None, DeadLetterState(dead, int(dead_pending)) if dead else None,
-                     int(float(due)) / 1000 if due != "" else None, levels)
+                     int(float(due)) / 1000 if due != "" else None, levels,
+                     int(reply[18] or 0))
