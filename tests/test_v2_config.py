@@ -76,7 +76,7 @@ def test_info_of_a_queue_never_used(H, redis):
     body = v2_json(get(H, "/info/jobs"))
     assert body == {"queue": "jobs", "pending": 0, "inflight": 0, "delayed": 0, "status": "",
                     "policy": "broadcast", "dead_letter": None, "next_due": None,
-                    "counters": None}
+                    "counters": None, "priority": {}, "added": 0}
     assert redis("KEYS", "*") == []
 
 
@@ -94,9 +94,22 @@ def test_info_counts_every_state(H, redis):
     body = v2_json(get(H, "/info/jobs"))
     assert body == {"queue": "jobs", "pending": 1, "inflight": 1, "delayed": 1, "status": 0,
                     "policy": "roundrobin", "dead_letter": {"queue": "jobs.dead", "pending": 1},
-                    "next_due": body["next_due"], "counters": None}
+                    "next_due": body["next_due"], "counters": None, "priority": {},
+                    "added": 4}
     # The next due time is a lower bound: the lease of jobs:3 at the latest.
     assert redis_ms(redis) / 1000 - 1 < body["next_due"] <= lease_until
+
+
+def test_info_counts_pending_messages_per_priority_level_and_every_add(H, redis):
+    """Levels without a pending message are left out; `added` is the queue's key counter, so
+    it keeps counting what consumers took."""
+    for value, priority in (("a", "0"), ("b", "5"), ("c", "5"), ("d", "9"), ("e", "2")):
+        assert post(H, "/q/jobs", {"value": value, "priority": priority}).status == 200
+    assert get(H, "/q/jobs").status == 200  # takes d, the only one of priority 9
+    body = v2_json(get(H, "/info/jobs"))
+    assert (body["pending"], body["priority"], body["added"]) == (4, {"5": 2, "2": 1}, 5)
+    assert int(redis("GET", "jobs:UUID")) == 5
+    assert redis("ZCARD", "jobs:priority") == 3 and redis("LLEN", "jobs:queue") == 1
 
 
 @pytest.mark.parametrize("name,bad,good", [
