@@ -53,10 +53,11 @@ apt-redis:
 # Tools the suite drives as real clients, as command:Debian-package pairs. collectd's
 # write_http plugin needs libcurl4 and its JSON needs libyajl2 (Debian only "recommends" them);
 # libfaketime runs a server with its clock off Redis's (tests/faults/test_clock_skew.py); ss
-# and ip (iproute2) inspect stream sockets and give the loopback interface its ::1.
+# and ip (iproute2) inspect stream sockets and give the loopback interface its ::1; promtool
+# (prometheus) checks contrib/prometheus/ and a live /metrics reply.
 TEST_TOOLS := curl:curl chromium:chromium collectd:collectd-core rsyslogd:rsyslog \
 	logger:bsdutils openssl:openssl nginx:nginx-light systemd-analyze:systemd \
-	ss:iproute2 ip:iproute2 pgrep:procps
+	ss:iproute2 ip:iproute2 pgrep:procps promtool:prometheus
 TEST_LIBS := libyajl2 libcurl4 libfaketime
 
 test-tools:

@@ -13,6 +13,7 @@ import dashboard as dashmod
 import flow as flowmod
 import httpbench
 import leases as leasemod
+import scrape as scrapemod
 import live as livemod
 import wrk
 
@@ -21,6 +22,7 @@ DATA_MARKER = "<!-- bench-data -->"
 EXPECTED_LOG = {
     "Redis runs without AOF": "every server says so at start; the benchmark's Redis persists "
                               "nothing",
+    "Redis health warning: persistence:none": "the same, as /health words it",
     "Redis unavailable": "syslogd, while the back-pressure run has Redis stopped",
 }
 
@@ -137,6 +139,7 @@ class Analysis:
         self._leases()
         flowmod.analyse(self)
         dashmod.analyse(self)
+        scrapemod.analyse(self)
 
     def _wrk(self, name: str):
         sec = self.sec.get(name)
@@ -788,6 +791,8 @@ def render(results: dict, out_path: Path, with_plots: bool = True) -> str:
         o += flowmod.render(a.sec["flow"]) + plot("flow")
     if a.sec.get("dashboard", {}).get("rounds"):
         o += dashmod.render(a.sec["dashboard"])
+    if a.sec.get("metrics", {}).get("latency"):
+        o += scrapemod.render(a.sec["metrics"])
 
     o += ["## Problems and server logs", ""]
     o += [f"- {p}" for p in a.problems] or ["- none: every reply was 2xx, no socket errors, "

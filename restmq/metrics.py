@@ -18,6 +18,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import generate_latest
 
 from restmq import __version__
+from restmq.delivery.push import OUTCOMES as PUSH_OUTCOMES
 from restmq.redis import keys, text
 from restmq.redis.health import MODES
 from restmq.redis.scripts import load_script
@@ -234,13 +235,23 @@ class QueueSeries:
             for family, fields in labelled:
                 for field_name, value in fields.items():
                     family.add_metric([q.name, value], q.counters.get(field_name, 0))
-            for field_name, n in sorted(q.counters.items()):
-                if field_name.startswith(PUSH_PREFIX):
-                    push.add_metric([q.name, field_name[len(PUSH_PREFIX):]], n)
+            for outcome, n in _push_outcomes(q.counters):
+                push.add_metric([q.name, outcome], n)
         yield from plain.values()
         for family, _ in labelled:
             yield family
         yield push
+
+
+def _push_outcomes(counters: dict[str, int]) -> list[tuple[str, int]]:
+    """(outcome, attempts) of a queue that has counted a push attempt: every outcome, 0 where
+    none happened yet, so that a rate over an outcome's series has its start (a series that
+    appears at 1 hides its first increment from rate() and increase())."""
+    found = {name[len(PUSH_PREFIX):]: n for name, n in counters.items()
+             if name.startswith(PUSH_PREFIX)}
+    if not found:
+        return []
+    return sorted({**dict.fromkeys(PUSH_OUTCOMES, 0), **found}.items())
 
 
 class _Both:

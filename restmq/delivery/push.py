@@ -290,12 +290,20 @@ class PushService(service.Service):
         """Every attempt's outcome (one of OUTCOMES) passes here, and only here: the place to
         count it into the queue's counters."""
         self.outcomes[(queue, outcome)] = self.outcomes.get((queue, outcome), 0) + 1
+        # Not awaited: the attempt settles whether or not the count lands, and a count lost
+        # to a Redis outage is only a missing increment (the lease protects the message).
+        self.core.count(queue, "push_" + outcome).addErrback(self._count_failed, queue)
         if outcome == "forbidden_target":
             self.log.warn("push of {key}: target refused, it resolves to a loopback or private "
                           "address (start with --push-private to allow it)", key=key)
         elif outcome != "ok":
             self.log.info("push of {key}: {outcome} (status {status})", key=key,
                           outcome=outcome, status=status)
+
+    def _count_failed(self, failure, queue: str) -> None:
+        failure.trap(RestMQError)
+        self.log.debug("push outcome of {queue} not counted ({error})", queue=queue,
+                       error=failure.value.reason)
 
 
 class Dispatcher:
