@@ -13,6 +13,7 @@ import flow as flowmod
 import httpbench
 import leases as leasemod
 import live as livemod
+import push as pushmod
 import wrk
 
 DATA_MARKER = "<!-- bench-data -->"
@@ -135,6 +136,7 @@ class Analysis:
         self._syslog()
         self._leases()
         flowmod.analyse(self)
+        pushmod.analyse(self)
 
     def _wrk(self, name: str):
         sec = self.sec.get(name)
@@ -784,6 +786,8 @@ def render(results: dict, out_path: Path, with_plots: bool = True) -> str:
         o += leasemod.render(a.sec["leases"], a.leases, wrk_table) + plot("leases")
     if a.sec.get("flow", {}).get("runs"):
         o += flowmod.render(a.sec["flow"]) + plot("flow")
+    if a.sec.get("push", {}).get("dispatch"):
+        o += pushmod.render(a.sec["push"]) + plot("push")
 
     o += ["## Problems and server logs", ""]
     o += [f"- {p}" for p in a.problems] or ["- none: every reply was 2xx, no socket errors, "

@@ -22,6 +22,9 @@ Sections, each figure beside a baseline measured in the same run and interleaved
             replaced and stock cyclone's (bench/parser.py; its own servers)
   flow      /batch/ and /pop/ messages/s, 100,000 messages due at once, the long-poll wake
             across two processes, vs the bare handler (bench/flow.py; its own servers)
+  push      push dispatch messages/s from one process to a 204 target (and the target's own
+            capacity), add → receipt latency, rate-limit accuracy over 30 s (bench/push.py;
+            its own servers)
 
 Everything (wrk, Redis, the servers, the clients) shares this machine; the report records
 the machine, the versions, the load average, and each process's CPU during each wrk run.
@@ -50,6 +53,7 @@ import httpbench
 import leases as leasebench
 import live
 import parser as layer
+import push as pushbench
 import rabbit
 import redis_private
 import syslog as syslogd
@@ -59,7 +63,7 @@ from common import (BENCH_DIR, ServerProcess, checkout_env, cpu_seconds, dist_ve
                     start_all, stop_all, venv_bin)
 
 SECTIONS = ("http", "reuse", "collectd", "syslog", "live", "leases", "rabbitmq", "parser",
-            "flow")
+            "flow", "push")
 OUT_DIR = BENCH_DIR / "out"
 FORM = "application/x-www-form-urlencoded"
 PREFILL_MARGIN = 1.5  # queues are filled for 1.5x the requests the run is expected to make
@@ -518,6 +522,8 @@ def run_all(args: argparse.Namespace) -> dict:
                         duration=layer.DURATION if not args.quick else 1.0)),
                     ("flow", lambda: flow.measure(redis_bin, wrk_bin, args.rounds,
                                                   args.duration, args.pause, args.quick)),
+                    ("push", lambda: pushbench.measure(redis_bin, wrk_bin, args.rounds,
+                                                       args.quick)),
                 ]
                 for name, run in plan:
                     if name not in sections:
