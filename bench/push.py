@@ -441,7 +441,7 @@ def render(sec: dict) -> list[str]:
          "--access-log off --push-private` (the dispatching process) and a target in a process "
          "of its own (bench/push_target.py: a Twisted protocol that answers 204 at once and "
          "notes each arrival on the monotonic clock all processes share).", "",
-         f"* Target alone: wrk POSTs to it at 50 connections, its capacity (it must not be "
+         "* Target alone: wrk POSTs to it at 50 connections, its capacity (it must not be "
          "the limit below).",
          f"* Dispatch: {st['queues']} push queues (push_rate is at most 1000 per queue), "
          f"each push_rate 1000, push_burst 1000, push_concurrency {st['concurrency']} "
