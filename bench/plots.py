@@ -56,6 +56,9 @@ def draw(a, out_dir: Path, stem: str = "report") -> list[str]:
     if a.sec.get("flow", {}).get("runs"):
         import flow
         written.append(flow.plot(a.sec["flow"], out_dir, stem))
+    if a.sec.get("push", {}).get("dispatch"):
+        import push
+        written.append(push.plot(a.sec["push"], out_dir, stem))
     return written
 
 

@@ -15,6 +15,7 @@ import httpbench
 import leases as leasemod
 import scrape as scrapemod
 import live as livemod
+import push as pushmod
 import wrk
 
 DATA_MARKER = "<!-- bench-data -->"
@@ -140,6 +141,7 @@ class Analysis:
         flowmod.analyse(self)
         dashmod.analyse(self)
         scrapemod.analyse(self)
+        pushmod.analyse(self)
 
     def _wrk(self, name: str):
         sec = self.sec.get(name)
@@ -793,6 +795,8 @@ def render(results: dict, out_path: Path, with_plots: bool = True) -> str:
         o += dashmod.render(a.sec["dashboard"])
     if a.sec.get("metrics", {}).get("latency"):
         o += scrapemod.render(a.sec["metrics"])
+    if a.sec.get("push", {}).get("dispatch"):
+        o += pushmod.render(a.sec["push"]) + plot("push")
 
     o += ["## Problems and server logs", ""]
     o += [f"- {p}" for p in a.problems] or ["- none: every reply was 2xx, no socket errors, "

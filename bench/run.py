@@ -26,6 +26,9 @@ Sections, each figure beside a baseline measured in the same run and interleaved
             page of queues, /stats/ of 1,000) (bench/dashboard.py; its own servers)
   metrics   GET /metrics with 10,000 queues: latency, its Redis commands (MONITOR), and the
             add req/s with a scrape every second vs without (bench/scrape.py; its own servers)
+  push      push dispatch messages/s from one process to a 204 target (and the target's own
+            capacity), add → receipt latency, rate-limit accuracy over 30 s (bench/push.py;
+            its own servers)
 
 Everything (wrk, Redis, the servers, the clients) shares this machine; the report records
 the machine, the versions, the load average, and each process's CPU during each wrk run.
@@ -55,6 +58,7 @@ import httpbench
 import leases as leasebench
 import live
 import parser as layer
+import push as pushbench
 import rabbit
 import redis_private
 import scrape
@@ -65,7 +69,7 @@ from common import (BENCH_DIR, ServerProcess, checkout_env, cpu_seconds, dist_ve
                     start_all, stop_all, venv_bin)
 
 SECTIONS = ("http", "reuse", "collectd", "syslog", "live", "leases", "rabbitmq", "parser",
-            "flow", "dashboard", "metrics")
+            "flow", "dashboard", "metrics", "push")
 OUT_DIR = BENCH_DIR / "out"
 FORM = "application/x-www-form-urlencoded"
 PREFILL_MARGIN = 1.5  # queues are filled for 1.5x the requests the run is expected to make
@@ -529,6 +533,8 @@ def run_all(args: argparse.Namespace) -> dict:
                         args.pause, args.quick)),
                     ("metrics", lambda: scrape.measure(redis_bin, wrk_bin, args.rounds,
                                                        args.duration, args.pause, args.quick)),
+                    ("push", lambda: pushbench.measure(redis_bin, wrk_bin, args.rounds,
+                                                       args.quick)),
                 ]
                 for name, run in plan:
                     if name not in sections:

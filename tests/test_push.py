@@ -147,8 +147,16 @@ def test_max_attempts_dead_letters_after_the_last_failure(servers, target, redis
     gaps = [b.at - a.at for a, b in zip(target.requests, target.requests[1:])]
     assert gaps[0] >= 0.1 and gaps[1] >= 0.2  # 0.2 * [0.5, 1], then 0.4 * [0.5, 1]
     origin = json.loads(redis("HGET", "jobs.dead:origin", "jobs.dead:1"))
-    assert (origin["key"], origin["deliveries"]) == (key, 3)
+    # The origin record says why it died: the pushes failed (a worker's release says
+    # `released`, test_leases.py).
+    assert (origin["key"], origin["deliveries"], origin["reason"]) == (key, 3, "push_failed")
     assert redis("EXISTS", key) == 0
+    # The record still leads a redrive back to the push queue, which pushes it again.
+    target.behave = lambda r: (204, {}, b"")
+    redriven = v2_json(post(H, "/redrive/jobs.dead", {}))
+    assert redriven["moved"] == [{"from": "jobs.dead:1", "to": key}]
+    wait_until(lambda: len(target.paths("/work")) == 4, what="the push after the redrive")
+    assert target.paths("/work")[-1].headers["restmq-attempt"] == "1"
 
 
 def test_rate_and_burst_hold_across_two_processes(servers, target, redis):

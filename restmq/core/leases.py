@@ -215,7 +215,8 @@ class LeasesMixin:
                             [r for r, outcome in outcomes if outcome == "dead_lettered"],
                             [r for r, outcome in outcomes if outcome == "stale"])
 
-        return self._lease_script("release", queue, delay * 1000, *receipts).addCallback(done)
+        return self._lease_script("release", queue, delay * 1000, "released",
+                                  *receipts).addCallback(done)
 
     def redrive(self, queue: str, to: str | None = None, limit: int = 100) -> defer.Deferred:
         """REDRIVE: move up to `limit` (1 to 1000) messages of dead-letter queue `queue`,

@@ -77,8 +77,8 @@ class PushMixin:
 
     def push_release(self, queue: str, receipt: str, delay_ms: int) -> defer.Deferred:
         """RELEASE of one pushed message for a retry `delay_ms` milliseconds from now (a
-        backoff need not be whole seconds); dead-lettered at max_attempts. Fires with
-        Released."""
+        backoff need not be whole seconds); dead-lettered at max_attempts with the reason
+        `push_failed`. Fires with Released."""
         check_name(queue)
 
         def done(reply):
@@ -89,7 +89,8 @@ class PushMixin:
                             [receipt] if outcome == "dead_lettered" else [],
                             [receipt] if outcome == "stale" else [])
 
-        return self._lease_script("release", queue, max(0, delay_ms), receipt).addCallback(done)
+        return self._lease_script("release", queue, max(0, delay_ms), "push_failed",
+                                  receipt).addCallback(done)
 
     def push_pause(self, queue: str, seconds: float) -> defer.Deferred:
         """No process pushes from `queue` for `seconds`: its bucket goes to -push_rate *

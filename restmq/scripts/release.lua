@@ -1,6 +1,8 @@
 -- RELEASE(q, receipts, delay): the consumer gives the messages back (a nack). KEYS: q's block
 -- (queue_keys), QUEUESET, DUESET, then the block of q's dead-letter queue when the caller
--- names one. ARGV: the lease context (lease_context), deadline, delay ms, then the receipts.
+-- names one. ARGV: the lease context (lease_context), deadline, delay ms, the reason a message
+-- dead-lettered here is recorded with ('released' for a consumer, 'push_failed' for a push
+-- dispatcher; anything else counts as 'released'), then the receipts.
 -- A current receipt's message keeps its delivery count and goes back next in line (with a
 -- delay: to the delayed set, due then); messages released together keep their order, the first
 -- receipt's next; after max_attempts deliveries it is dead-lettered
@@ -12,12 +14,13 @@ local late = guard(ARGV[7], now) if late then return late end
 local Q, G, D = queue_keys(1), global_keys(BLOCK + 1), queue_keys(BLOCK + 3)
 local ctx = lease_context()
 local delay = tonumber(ARGV[8])
+local reason = ARGV[9] == 'push_failed' and 'push_failed' or 'released'
 local max_attempts, wrong = check_dead_letter(Q, ctx)
 if wrong then
   return wrong
 end
 local reply = {now}
-for i = 9, #ARGV do
+for i = 10, #ARGV do
   local key, c = leased(Q, ARGV[i])
   if not key then
     reply[#reply + 1] = 'stale'
@@ -25,7 +28,7 @@ for i = 9, #ARGV do
     redis.call('ZREM', Q.inflight, key)
     redis.call('HSET', Q.deliveries, key, c)
     if max_attempts > 0 and c >= max_attempts then
-      dead_letter(Q, D, G, ctx, key, c, 'released', now)
+      dead_letter(Q, D, G, ctx, key, c, reason, now)
       reply[#reply + 1] = 'dead_lettered'
     else
       if delay > 0 then
@@ -40,8 +43,8 @@ end
 -- released messages go back last to first (their receipts parsed, as leased just did).
 local requeued = false
 if delay == 0 then
-  for i = #ARGV, 9, -1 do
-    if reply[i - 7] == 'released' then
+  for i = #ARGV, 10, -1 do
+    if reply[i - 8] == 'released' then
       requeue(Q, value_key(Q.counter, ARGV[i]:match('^(%d+)%.')))
       requeued = true
     end
