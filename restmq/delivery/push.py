@@ -107,10 +107,16 @@ class _QuietFactory(client._HTTP11ClientFactory):
 
 class _CappedReader(protocol.Protocol):
     """Reads at most REPLY_MAX bytes of a reply, then stops the transfer (the connection is
-    dropped rather than a large reply read to its end)."""
+    dropped rather than a large reply read to its end). `done` fires with the size read;
+    cancelling it (the attempt's timeout) drops the connection as well: a target that sends
+    its head at once and then trickles the body would otherwise keep one open per attempt."""
 
-    def __init__(self, done: defer.Deferred):
-        self.done, self.size = done, 0
+    def __init__(self):
+        self.done, self.size = defer.Deferred(self._cancel), 0
+
+    def _cancel(self, _: defer.Deferred) -> None:
+        if self.transport is not None:
+            self.transport.stopProducing()
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
         self.size += len(data)
@@ -136,9 +142,9 @@ async def _post(agent: Any, url: str, body: bytes, headers: dict[bytes, bytes],
         response = await agent.request(b"POST", url.encode("ascii"),
                                        Headers({k: [v] for k, v in headers.items()}),
                                        client.FileBodyProducer(BytesIO(body)))
-        done = defer.Deferred()
-        response.deliverBody(_CappedReader(done))
-        await done
+        reader = _CappedReader()
+        response.deliverBody(reader)
+        await reader.done
         return response.code, response.headers
 
     # Cancelling makes the Agent drop the connection; its failure then names the cancel in

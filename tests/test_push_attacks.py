@@ -1,0 +1,105 @@
+"""Push queues against hostile or unlucky targets, over real processes: a `twistd restmq
+--push-private` server on a Redis of this module's own, and targets in the test process (the
+recording server of tests/push_target.py, or a raw socket server where the target must
+misbehave below HTTP). Each test names what a target could do to the server or to a
+message, and checks the server's answer from outside: the target's sockets, Redis, the log."""
+from __future__ import annotations
+
+import select
+import socket
+import threading
+import time
+
+import pytest
+
+from tests.conftest import RedisProcess, ServerProcess
+from tests.push_target import Target
+from tests.test_push import add, configure, due_in
+from tests.util import wait_until
+
+
+@pytest.fixture(scope="module")
+def redis_proc():
+    proc = RedisProcess().start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
+def server(redis_proc):
+    proc = ServerProcess(redis_proc.port, "--push-private").start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def target():
+    t = Target().start()
+    yield t
+    t.stop()
+
+
+class Trickler:
+    """A raw target that reads a request, sends a 200 head promising a body of `size` bytes,
+    then sends one byte of it every `every` seconds for `lasting` seconds, and records when the
+    client hung up (None while it has not)."""
+
+    def __init__(self, size: int = 10000, every: float = 0.2, lasting: float = 30):
+        self.size, self.every, self.lasting = size, every, lasting
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.accepted: list[float] = []
+        self.closed: list[float] = []  # time.monotonic() when the client hung up
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/work"
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += conn.recv(65536)
+            self.accepted.append(time.monotonic())
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % self.size)
+            end = time.monotonic() + self.lasting
+            while time.monotonic() < end:
+                readable, _, _ = select.select([conn], [], [], self.every)
+                try:
+                    if readable and not conn.recv(65536):
+                        break  # the client closed its end
+                    conn.send(b"x")
+                except OSError:  # reset by the client
+                    break
+            else:
+                return
+            self.closed.append(time.monotonic())
+
+    def stop(self) -> None:
+        self.listener.close()
+
+
+def test_a_target_trickling_its_body_past_push_timeout_loses_the_connection(server, redis):
+    """A target that sends its head at once and then a byte of body now and then must not
+    hold a connection (a file descriptor of the server) beyond push_timeout: the attempt is
+    a timeout, and the connection is dropped with it."""
+    trickler = Trickler()
+    try:
+        configure(server.url, push_url=trickler.url(), push_timeout=1, backoff_min=30)
+        key = add(server.url, "v")
+        wait_until(lambda: trickler.accepted, what="the attempt")
+        wait_until(lambda: due_in(redis, "jobs", key), timeout=5, what="the release")
+        wait_until(lambda: f"push of {key}: timeout" in server.log(), what="the timeout logged")
+        wait_until(lambda: trickler.closed, timeout=5, what="the connection dropped")
+        assert trickler.closed[0] - trickler.accepted[0] < 5
+    finally:
+        trickler.stop()
+
