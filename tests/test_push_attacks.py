@@ -103,3 +103,24 @@ def test_a_target_trickling_its_body_past_push_timeout_loses_the_connection(serv
     finally:
         trickler.stop()
 
+
+def test_a_slow_pre_hook_and_a_slow_target_within_their_timeouts_deliver_once(server, redis,
+                                                                                target):
+    """The pre hook and the target each have push_timeout, one after the other: an attempt
+    whose hook and target both answer in time is acked, and its message is not handed to
+    another attempt meanwhile (the lease covers the whole attempt)."""
+    def behave(r):
+        first = b'"attempt": 1}' in r.body or r.headers.get("restmq-attempt") == "1"
+        if first:
+            time.sleep(8)  # each 2 s within push_timeout, together 1 s past the 15 s lease
+        return 200, {}, b""
+
+    target.behave = behave
+    configure(server.url, push_url=target.url(), pre_hook=target.url("/pre"), push_timeout=10,
+              backoff_min=30)
+    key = add(server.url, "v")
+    wait_until(lambda: target.paths("/pre"), what="the pre hook")
+    wait_until(lambda: redis("ZCARD", "jobs:inflight") == 0 and
+               redis("HLEN", "jobs:deliveries") == 0, timeout=30, what="the ack")
+    assert [r.headers["restmq-attempt"] for r in target.paths("/work")] == ["1"]
+    assert [r.headers["restmq-key"] for r in target.paths("/work")] == [key]

@@ -5,7 +5,7 @@ processes) on a `wake` notice, on the 1 s sweep, when one of its own attempts en
 a `rate` answer's wait is over; it POSTs each message to the queue's `push_url` and settles
 it: a 2xx acks, anything else releases it with a jittered backoff (dead-lettered after
 max_attempts). A dispatcher that dies mid-request leaves the message leased: the lease
-(push_timeout + 5 s) hands it back."""
+(push_timeout + 5 s, or twice push_timeout + 5 s with a pre hook) hands it back."""
 from __future__ import annotations
 
 import email.utils

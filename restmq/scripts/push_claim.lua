@@ -8,8 +8,9 @@
 -- the bucket: push_burst when it is new, else what was left plus push_rate per second since,
 -- at most push_burst. A pause after a 429 or 503 left it below zero (push_pause.lua), so no
 -- process takes anything until it has refilled. Each message is leased for push_timeout +
--- 5 s. Replies {'not_push'} (no push_url), {'stopped'} (status not exactly '1'), {'busy'}
--- (no room), {'rate', ms until a whole token}, or {'ok', now, lease ms, push_url, push_auth
+-- 5 s (2 * push_timeout + 5 s when a pre_hook is set). Replies {'not_push'} (no push_url),
+-- {'stopped'} (status not exactly '1'), {'busy'} (no room), {'rate', ms until a whole
+-- token}, or {'ok', now, lease ms, push_url, push_auth
 -- or '', push_type or '', push_timeout, backoff_min, backoff_max, pre_hook or '', post_hook
 -- or '', key1, value1, c1, ...}; 'MORE' as claim.lua; {'dead_letter', name} as claim.lua.
 local now = now_ms()
@@ -47,7 +48,9 @@ local _, wrong = check_dead_letter(Q, ctx)
 if wrong then
   return wrong
 end
-local lease = (timeout + 5) * 1000
+-- The pre hook is called first, with the same timeout: the lease covers both calls, so an
+-- attempt whose hook and target each answer in time is not handed to another meanwhile.
+local lease = ((cfg[7] and 2 or 1) * timeout + 5) * 1000
 local reply = {'ok', now, lease, cfg[1], cfg[2] or '', cfg[3] or '', timeout,
                cfg[5] or '1', cfg[6] or '300', cfg[7] or '', cfg[8] or ''}
 local taken, more = take_leases(Q, D, G, ctx, now, wanted, lease, token, dead_limit, reply)
