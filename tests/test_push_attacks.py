@@ -124,3 +124,15 @@ def test_a_slow_pre_hook_and_a_slow_target_within_their_timeouts_deliver_once(se
                redis("HLEN", "jobs:deliveries") == 0, timeout=30, what="the ack")
     assert [r.headers["restmq-attempt"] for r in target.paths("/work")] == ["1"]
     assert [r.headers["restmq-key"] for r in target.paths("/work")] == [key]
+
+
+def test_a_registered_legacy_name_can_be_a_push_queue(server, redis, target):
+    """A queue the original RestMQ created under a name new queues may not have (`my queue`)
+    is admitted by every route, `/config/` included: made a push queue, it is pushed."""
+    redis("SADD", "QUEUESET", "my queue")
+    configure(server.url, "my queue", push_url=target.url())
+    key = add(server.url, "v", queue="my queue")
+    [got] = wait_until(lambda: target.paths("/work"), what="the push")
+    assert got.headers["restmq-queue"] == "my%20queue" and key == "my queue:1"
+    wait_until(lambda: redis("ZCARD", "my queue:inflight") == 0 and
+               redis("HLEN", "my queue:deliveries") == 0, what="the ack")

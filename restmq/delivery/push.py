@@ -315,6 +315,7 @@ class Dispatcher:
         self.again = False
         self.timer = None  # the wait a `rate` answer named
         self.stopped = False
+        self.admitted = False
         self._failing = False
 
     def stop(self) -> list[defer.Deferred]:
@@ -344,6 +345,10 @@ class Dispatcher:
         while not (self.stopped or self.owner.stopping):
             self.again = False
             try:
+                if not self.admitted:
+                    # A name the original RestMQ allowed (`my queue`) passes the queue
+                    # operations only once found registered, as in every route.
+                    self.queue, self.admitted = await self.owner.core.admit(self.queue), True
                 claim = await self.owner.core.push_claim(self.queue)
             except RestMQError as e:
                 if not self._failing:
