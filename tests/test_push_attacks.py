@@ -13,7 +13,7 @@ import time
 import pytest
 
 from tests.conftest import RedisProcess, ServerProcess
-from tests.push_target import Target
+from tests.push_target import HANG, Target
 from tests.test_push import add, configure, due_in
 from tests.util import wait_until
 
@@ -136,3 +136,23 @@ def test_a_registered_legacy_name_can_be_a_push_queue(server, redis, target):
     assert got.headers["restmq-queue"] == "my%20queue" and key == "my queue:1"
     wait_until(lambda: redis("ZCARD", "my queue:inflight") == 0 and
                redis("HLEN", "my queue:deliveries") == 0, what="the ack")
+
+
+def test_a_hanging_post_hook_does_not_open_a_request_per_message(server, redis, target):
+    """The post hook is called after the message is settled, so it is no longer in flight:
+    a post hook that never answers must still not let a process open more than
+    push_concurrency requests of a queue at once (each is a connection, a file
+    descriptor), whatever push_rate allows."""
+    target.behave = lambda r: HANG if r.path == "/post" else (204, {}, b"")
+    configure(server.url, push_url=target.url(), post_hook=target.url("/post"),
+              push_concurrency=2, push_rate=100, push_burst=100, push_timeout=20)
+    for i in range(12):
+        add(server.url, f"m{i}")
+    wait_until(lambda: len(target.paths("/post")) >= 2, what="two post hooks")
+    marker = add(server.url, "marker", queue="other")  # a positive marker: a sweep later
+    configure(server.url, "other", push_url=target.url("/other"))
+    wait_until(lambda: target.paths("/other"), what="the marker's push")
+    time.sleep(1.1)  # and one more sweep of jobs
+    assert target.max_open <= 2 + 1, (target.max_open, len(target.paths("/work")))
+    assert len(target.paths("/work")) <= 2 and marker == "other:1"
+    target.release()

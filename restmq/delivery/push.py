@@ -316,6 +316,7 @@ class Dispatcher:
         self.timer = None  # the wait a `rate` answer named
         self.stopped = False
         self.admitted = False
+        self.concurrency = 10  # push_concurrency as the last claim read it
         self._failing = False
 
     def stop(self) -> list[defer.Deferred]:
@@ -345,11 +346,17 @@ class Dispatcher:
         while not (self.stopped or self.owner.stopping):
             self.again = False
             try:
+                # Attempts of this process include post hooks, called after the message
+                # left the in-flight set: they count here, so a post hook that hangs cannot
+                # make the process open a request per message push_rate allows.
+                most = min(10, self.concurrency - len(self.attempts))
+                if most <= 0:
+                    return  # the end of an attempt triggers the next claim
                 if not self.admitted:
                     # A name the original RestMQ allowed (`my queue`) passes the queue
                     # operations only once found registered, as in every route.
                     self.queue, self.admitted = await self.owner.core.admit(self.queue), True
-                claim = await self.owner.core.push_claim(self.queue)
+                claim = await self.owner.core.push_claim(self.queue, most)
             except RestMQError as e:
                 if not self._failing:
                     self._failing = True
@@ -360,7 +367,10 @@ class Dispatcher:
             if claim.state == "rate":
                 self._after(claim.wait_ms / 1000)
                 return
-            if claim.state != "ok" or not claim.messages:
+            if claim.state != "ok":
+                return
+            self.concurrency = claim.config.concurrency
+            if not claim.messages:
                 return
             for lease in claim.messages:
                 attempt = defer.ensureDeferred(Attempt(self, claim.config, lease).run())
