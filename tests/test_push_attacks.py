@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import select
 import socket
+import ssl
+import subprocess
 import threading
 import time
 
@@ -156,3 +158,30 @@ def test_a_hanging_post_hook_does_not_open_a_request_per_message(server, redis, 
     assert target.max_open <= 2 + 1, (target.max_open, len(target.paths("/work")))
     assert len(target.paths("/work")) <= 2 and marker == "other:1"
     target.release()
+
+
+def test_an_https_target_with_a_self_signed_certificate_gets_no_request(server, redis, target,
+                                                                        tmp_path):
+    """https targets are verified against the system's trust store and the URL's host: a
+    self-signed certificate (valid for 127.0.0.1 otherwise) fails the attempt as a
+    connect_error, and no request (no value, no Authorization) is sent over it."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    target.server.socket = context.wrap_socket(target.server.socket, server_side=True)
+    configure(server.url, push_url=f"https://127.0.0.1:{target.port}/work",
+              push_auth="Bearer s3cret", backoff_min=30)
+    key_ = add(server.url, "secret value")
+    wait_until(lambda: due_in(redis, "jobs", key_), what="the failed attempt")
+    wait_until(lambda: f"push of {key_}: connect_error" in server.log(), what="the outcome")
+    assert target.requests == []
+    # The same target, trusted, takes a request: the refusal was the certificate's.
+    trusting = ssl.create_default_context(cafile=str(cert))
+    with socket.create_connection(("127.0.0.1", target.port)) as raw, \
+            trusting.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+        tls.sendall(b"POST /check HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+        assert tls.recv(100).startswith(b"HTTP/1.1 200")
+    assert [r.path for r in target.requests] == ["/check"]
