@@ -185,3 +185,16 @@ def test_an_https_target_with_a_self_signed_certificate_gets_no_request(server, 
         tls.sendall(b"POST /check HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
         assert tls.recv(100).startswith(b"HTTP/1.1 200")
     assert [r.path for r in target.requests] == ["/check"]
+
+
+@pytest.mark.parametrize("value,seconds", [("000000000020", 20), ("-5", None), ("1.5", None),
+                                           ("99999999999999999999", 3600)])
+def test_retry_after_values_a_target_may_send(server, redis, target, value, seconds):
+    """Delta seconds are read whole (leading zeros included) and capped at 3600; a negative,
+    fractional or garbled value is ignored (the backoff applies: 10 s here, jittered)."""
+    target.behave = lambda r: (500, {"Retry-After": value}, b"")
+    configure(server.url, push_url=target.url(), backoff_min=10)
+    key = add(server.url, "v")
+    left = wait_until(lambda: due_in(redis, "jobs", key), what="the release")
+    low, high = (5000, 10000) if seconds is None else (seconds * 1000, seconds * 1000)
+    assert low - 1500 <= left <= high, left

@@ -172,7 +172,9 @@ def retry_after(headers: Any, now: float) -> float | None:
         return None
     value = values[0].decode("latin-1").strip()
     if value.isascii() and value.isdigit():
-        return float(min(int(value[:8]), RETRY_AFTER_MAX))
+        # Only the first digits of a long value are read (no huge integer from a target),
+        # but after its leading zeros: 000000000020 is 20 s.
+        return float(min(int(value.lstrip("0")[:8] or "0"), RETRY_AFTER_MAX))
     try:
         when = email.utils.parsedate_to_datetime(value).timestamp()
     except (TypeError, ValueError, IndexError, OverflowError):
