@@ -226,15 +226,22 @@ class PushService(service.Service):
 
     def stopService(self):
         """Stop claiming; the attempts under way get their push_timeout to end (their
-        messages stay leased if they do not), then the pooled connections close."""
+        messages stay leased if they do not), then the pooled connections close. A claim
+        already sent is waited for first: the messages it brings back are leased to this
+        process, so they are attempted like the others rather than left to their lease."""
         super().stopService()
         self.stopping = True
         if self._sweep.running:
             self._sweep.stop()
-        attempts = []
-        for dispatcher in self.dispatchers.values():
-            attempts += dispatcher.stop()
-        return defer.DeferredList(attempts).addBoth(
+        claims = [d.cycle for d in self.dispatchers.values() if d.cycle is not None]
+
+        def attempts(_: Any) -> defer.Deferred:
+            running = []
+            for dispatcher in self.dispatchers.values():
+                running += dispatcher.stop()
+            return defer.DeferredList(running)
+
+        return defer.DeferredList(claims).addBoth(attempts).addBoth(
             lambda _: self.pool.closeCachedConnections())
 
     # -- which queues --------------------------------------------------------------------------
