@@ -17,7 +17,8 @@ import pytest
 from tests.conftest import RedisProcess, ServerProcess
 from tests.push_target import HANG, Target
 from tests.test_push import add, configure, due_in
-from tests.util import wait_until
+from tests.http_client import post
+from tests.util import numsub, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -198,3 +199,17 @@ def test_retry_after_values_a_target_may_send(server, redis, target, value, seco
     left = wait_until(lambda: due_in(redis, "jobs", key), what="the release")
     low, high = (5000, 10000) if seconds is None else (seconds * 1000, seconds * 1000)
     assert low - 1500 <= left <= high, left
+
+
+def test_a_queue_that_stops_being_a_push_queue_releases_its_channel(server, redis, target):
+    """Thousands of queues may be made push queues and back: the dispatcher of one that left
+    PUSHSET stops, and its pub/sub subscription goes with it (after its attempts end)."""
+    target.behave = lambda r: HANG
+    configure(server.url, push_url=target.url(), push_timeout=2, backoff_min=30)
+    wait_until(lambda: numsub(redis, "jobs") == 1, what="the dispatcher's subscription")
+    add(server.url, "v")
+    wait_until(lambda: target.requests, what="an attempt under way")
+    post(server.url, "/config/jobs", {"unset": "push_url"})
+    wait_until(lambda: redis("ZCARD", "jobs:delayed") == 1, what="the attempt's timeout")
+    wait_until(lambda: numsub(redis, "jobs") == 0, timeout=5, what="the channel released")
+    target.release()
