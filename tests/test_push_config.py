@@ -36,7 +36,8 @@ REFUSED = [
     "http://172.16.0.1/", "http://172.31.1.1/", "http://192.168.1.1/", "http://0xc0a80101/",
     "http://[fc00::1]/", "http://[fd12:3456::1]/", "http://169.254.169.254/latest/",
     "http://[fe80::1]/", "http://100.64.0.1/", "http://100.127.255.254/", "http://0.0.0.0/",
-    "http://0/", "http://[::]/", "http://08.1.1.1/",
+    "http://0/", "http://[::]/", "http://08.1.1.1/", "http://[fec0::1]/",
+    "http://[feff::1]/",
 ]
 # Not URLs a queue may push to, whatever the flag.
 MALFORMED = [

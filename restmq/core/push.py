@@ -27,6 +27,7 @@ class PushConfig:
     backoff_max: float
     pre_hook: str | None
     post_hook: str | None
+    concurrency: int
 
 
 @dataclass(frozen=True)
@@ -44,8 +45,8 @@ class PushClaim:
 class PushMixin:
     """Core's push operations. Needs what restmq.core.leases.LeasesMixin needs."""
 
-    def push_claim(self, queue: str) -> defer.Deferred:
-        """PUSH_CLAIM: fires with a PushClaim."""
+    def push_claim(self, queue: str, most: int = 10) -> defer.Deferred:
+        """PUSH_CLAIM of at most `most` (1 to 10) messages: fires with a PushClaim."""
         check_name(queue)
         token = secrets.token_hex(TOKEN_BYTES)
         deadline = self.redis.deadline()
@@ -53,7 +54,8 @@ class PushMixin:
         def run(dead: str) -> defer.Deferred:
             return self._run("push_claim", keys.push_claim_keys(queue, dead or None), queue,
                              keys.channel(queue), self.redis.db, self.consumed_ttl, dead,
-                             keys.channel(dead) if dead else "", deadline, token, DEAD_STEP)
+                             keys.channel(dead) if dead else "", deadline, token, DEAD_STEP,
+                             most)
 
         d = defer.ensureDeferred(self._believing(queue, run, deadline, more=True))
         return d.addCallback(self._push_claimed, queue, token)
@@ -65,10 +67,11 @@ class PushMixin:
         if state != "ok":
             return PushClaim(queue, state)
         now, lease_ms = int(reply[1]), int(reply[2])
-        url, auth, kind, timeout, low, high, pre, post = reply[3:11]
+        url, auth, kind, timeout, low, high, pre, post, concurrency = reply[3:12]
         config = PushConfig(url, auth or None, kind or "text/plain; charset=utf-8",
-                            int(timeout), float(low), float(high), pre or None, post or None)
-        rows, until = reply[11:], (now + lease_ms) / 1000
+                            int(timeout), float(low), float(high), pre or None, post or None,
+                            int(concurrency))
+        rows, until = reply[12:], (now + lease_ms) / 1000
         messages = [Lease(rows[i], rows[i + 1], receipt(rows[i], rows[i + 2], token),
                           int(rows[i + 2]), until) for i in range(0, len(rows), 3)]
         if messages:

@@ -26,8 +26,8 @@ Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 def forbidden_address(address: Address) -> bool:
-    """Whether `address` is loopback, private (RFC 1918, RFC 4193), link-local, CGNAT,
-    unspecified, or otherwise not a public unicast address; an IPv6 address that carries an
+    """Whether `address` is loopback, private (RFC 1918, RFC 4193), link-local, site-local,
+    CGNAT, unspecified, or otherwise not a public unicast address; an IPv6 address that carries an
     IPv4 one (mapped, 6to4, Teredo, NAT64) is judged by that one as well."""
     if isinstance(address, ipaddress.IPv6Address):
         inner = [address.ipv4_mapped, address.sixtofour]
@@ -38,6 +38,10 @@ def forbidden_address(address: Address) -> bool:
         if any(a is not None and forbidden_address(a) for a in inner):
             return True
     if address.version == 4 and address in _CGNAT:
+        return True
+    # fec0::/10 (site-local) is deprecated but still routed inside some networks, and the
+    # ipaddress module counts it as global.
+    if address.version == 6 and address.is_site_local:
         return True
     return (not address.is_global or address.is_multicast or address.is_reserved
             or address.is_loopback or address.is_link_local or address.is_unspecified)

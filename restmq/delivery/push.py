@@ -5,7 +5,7 @@ processes) on a `wake` notice, on the 1 s sweep, when one of its own attempts en
 a `rate` answer's wait is over; it POSTs each message to the queue's `push_url` and settles
 it: a 2xx acks, anything else releases it with a jittered backoff (dead-lettered after
 max_attempts). A dispatcher that dies mid-request leaves the message leased: the lease
-(push_timeout + 5 s) hands it back."""
+(push_timeout + 5 s, or twice push_timeout + 5 s with a pre hook) hands it back."""
 from __future__ import annotations
 
 import email.utils
@@ -106,10 +106,16 @@ class _QuietFactory(client._HTTP11ClientFactory):
 
 class _CappedReader(protocol.Protocol):
     """Reads at most REPLY_MAX bytes of a reply, then stops the transfer (the connection is
-    dropped rather than a large reply read to its end)."""
+    dropped rather than a large reply read to its end). `done` fires with the size read;
+    cancelling it (the attempt's timeout) drops the connection as well: a target that sends
+    its head at once and then trickles the body would otherwise keep one open per attempt."""
 
-    def __init__(self, done: defer.Deferred):
-        self.done, self.size = done, 0
+    def __init__(self):
+        self.done, self.size = defer.Deferred(self._cancel), 0
+
+    def _cancel(self, _: defer.Deferred) -> None:
+        if self.transport is not None:
+            self.transport.stopProducing()
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
         self.size += len(data)
@@ -158,9 +164,9 @@ async def _post(agent: Any, url: str, body: bytes, headers: dict[bytes, bytes],
         response = await agent.request(b"POST", url.encode("ascii"),
                                        Headers({k: [v] for k, v in headers.items()}),
                                        _Body(body))
-        done = defer.Deferred()
-        response.deliverBody(_CappedReader(done))
-        await done
+        reader = _CappedReader()
+        response.deliverBody(reader)
+        await reader.done
         return response.code, response.headers
 
     # Cancelling makes the Agent drop the connection; its failure then names the cancel in
@@ -188,7 +194,9 @@ def retry_after(headers: Any, now: float) -> float | None:
         return None
     value = values[0].decode("latin-1").strip()
     if value.isascii() and value.isdigit():
-        return float(min(int(value[:8]), RETRY_AFTER_MAX))
+        # Only the first digits of a long value are read (no huge integer from a target),
+        # but after its leading zeros: 000000000020 is 20 s.
+        return float(min(int(value.lstrip("0")[:8] or "0"), RETRY_AFTER_MAX))
     try:
         when = email.utils.parsedate_to_datetime(value).timestamp()
     except (TypeError, ValueError, IndexError, OverflowError):
@@ -240,15 +248,22 @@ class PushService(service.Service):
 
     def stopService(self):
         """Stop claiming; the attempts under way get their push_timeout to end (their
-        messages stay leased if they do not), then the pooled connections close."""
+        messages stay leased if they do not), then the pooled connections close. A claim
+        already sent is waited for first: the messages it brings back are leased to this
+        process, so they are attempted like the others rather than left to their lease."""
         super().stopService()
         self.stopping = True
         if self._sweep.running:
             self._sweep.stop()
-        attempts = []
-        for dispatcher in self.dispatchers.values():
-            attempts += dispatcher.stop()
-        return defer.DeferredList(attempts).addBoth(
+        claims = [d.cycle for d in self.dispatchers.values() if d.cycle is not None]
+
+        def attempts(_: Any) -> defer.Deferred:
+            running = []
+            for dispatcher in self.dispatchers.values():
+                running += dispatcher.stop()
+            return defer.DeferredList(running)
+
+        return defer.DeferredList(claims).addBoth(attempts).addBoth(
             lambda _: self.pool.closeCachedConnections())
 
     # -- which queues --------------------------------------------------------------------------
@@ -339,6 +354,8 @@ class Dispatcher:
         self.again = False
         self.timer = None  # the wait a `rate` answer named
         self.stopped = False
+        self.admitted = False
+        self.concurrency = 10  # push_concurrency as the last claim read it
         self._failing = False
 
     def stop(self) -> list[defer.Deferred]:
@@ -368,7 +385,17 @@ class Dispatcher:
         while not (self.stopped or self.owner.stopping):
             self.again = False
             try:
-                claim = await self.owner.core.push_claim(self.queue)
+                # Attempts of this process include post hooks, called after the message
+                # left the in-flight set: they count here, so a post hook that hangs cannot
+                # make the process open a request per message push_rate allows.
+                most = min(10, self.concurrency - len(self.attempts))
+                if most <= 0:
+                    return  # the end of an attempt triggers the next claim
+                if not self.admitted:
+                    # A name the original RestMQ allowed (`my queue`) passes the queue
+                    # operations only once found registered, as in every route.
+                    self.queue, self.admitted = await self.owner.core.admit(self.queue), True
+                claim = await self.owner.core.push_claim(self.queue, most)
             except RestMQError as e:
                 if not self._failing:
                     self._failing = True
@@ -379,7 +406,10 @@ class Dispatcher:
             if claim.state == "rate":
                 self._after(claim.wait_ms / 1000)
                 return
-            if claim.state != "ok" or not claim.messages:
+            if claim.state != "ok":
+                return
+            self.concurrency = claim.config.concurrency
+            if not claim.messages:
                 return
             for lease in claim.messages:
                 attempt = defer.ensureDeferred(Attempt(self, claim.config, lease).run())
