@@ -37,6 +37,9 @@ class Core:
         self.acked += receipts
         return defer.succeed(SimpleNamespace(acked=receipts))
 
+    def count(self, queue, name):  # counting is off: nothing to record
+        return defer.succeed(None)
+
 
 class Response:
     code, headers = 200, Headers()
