@@ -26,7 +26,8 @@ setup(
         "httptools>=0.9,<0.10",
         "wsproto>=1.3,<1.4",
     ],
-    entry_points={"console_scripts": ["restmq-engine = restmq.engine:main"]},
+    entry_points={"console_scripts": ["restmq-engine = restmq.engine:main",
+                                     "restmq = restmq.client.cli:main"]},
     extras_require={"test": ["pytest", "pytest-twisted", "autobahn", "h11"]},
     classifiers=[
         "Framework :: Twisted",
