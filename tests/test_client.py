@@ -4,7 +4,6 @@ streams over SSE and comet, the protocol-1 fallback (a stub that answers 404 to 
 that the library imports none of the server's dependencies."""
 from __future__ import annotations
 
-import json
 import socket
 import subprocess
 import sys

@@ -139,3 +139,24 @@ def test_sigterm_finishes_running_work_releases_the_rest_and_loses_nothing(H, re
                                                 after=client.peek("slow", limit=100)[1])]
                for m in page[0]}
     assert done | pending == {str(n) for n in range(total)} and not done & pending
+
+
+def test_the_example_workers_run_as_documented(H, redis, tmp_path):
+    # examples/worker.py and examples/tx_worker.py: print each job, stop on SIGTERM, report
+    client = Client(H)
+    for name in ("worker.py", "tx_worker.py"):
+        queue = f"ex-{name}"
+        client.add_batch(queue, ["one", "two"])
+        proc = subprocess.Popen([sys.executable, str(ROOT / "examples" / name), H, queue],
+                                cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        try:
+            assert proc.stdout.readline().split()[1] == "one"
+            assert proc.stdout.readline().split()[1] == "two"
+            proc.send_signal(signal.SIGTERM)
+            out, _ = proc.communicate(timeout=10)  # a claim in its long poll is cut short
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode == 0 and out.strip() == "processed 2, failed 0", (name, out)
+        assert client.info(queue).inflight == 0

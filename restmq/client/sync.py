@@ -3,7 +3,7 @@ thread, safe to share between threads."""
 from __future__ import annotations
 
 import http.client
-import json
+import select
 import socket
 import threading
 import time
@@ -98,6 +98,11 @@ class Client(Api):
     def _exchange(self, request: Request, timeout: float, reuse: bool):
         """One request and its whole reply: (status, body)."""
         conn = getattr(self._local, "conn", None) if reuse else None
+        if conn is not None and select.select([conn.sock], [], [], 0)[0]:
+            # an idle connection with something to read was closed by the server, or holds
+            # the 408 it sends before closing an idle one: never read that as our reply
+            self._forget(conn)
+            conn = None
         reused = conn is not None
         if conn is None:
             conn = self._new_connection(timeout)

@@ -25,6 +25,12 @@ LOST = (ResponseFailed, RequestTransmissionFailed, defer.TimeoutError, net.Conne
         net.ConnectionDone, OSError)
 
 
+def _cancelled(error: Exception) -> bool:
+    """Agent reports a request cancelled while in flight as a failed response."""
+    reasons = getattr(error, "reasons", None) or []
+    return any(r.check(defer.CancelledError) for r in reasons)
+
+
 class TxClient(Api):
     """TxClient(url, auth=None, auth_key=None, timeout=30, retries=3, protocol=None,
     reactor=None): the calls of Client, each returning a Deferred."""
@@ -78,6 +84,8 @@ class TxClient(Api):
                     continue
                 raise Unavailable(None, f"cannot reach {self.url}: {e}") from None
             except LOST as e:
+                if _cancelled(e):
+                    raise defer.CancelledError() from None  # our caller gave up: no retry
                 if request.resend and attempt < self.retries:
                     attempt += 1
                     yield task.deferLater(self.reactor, backoff(attempt), lambda: None)
