@@ -15,7 +15,7 @@ class Printer(Worker):
     def work(self, message):
         if message.value == "fail":
             raise ValueError("this job always fails")
-        print(f"{message.key} {message.value}", flush=True)
+        print(f"{message.key} {message.value}\n", end="", flush=True)  # one write per line
 
     def after(self, message, outcome):
         logging.debug("%s: %s", message.key, outcome)
