@@ -28,7 +28,7 @@ $(STAMP): setup.py Makefile
 	$(PY) -m pip install -q "twisted>=24.7" "txredisapi>=1.6,<1.7" hiredis pyopenssl service_identity \
 		"httptools>=0.9,<0.10" "wsproto>=1.3,<1.4" h11 \
 		pytest pytest-twisted "pytest-xdist>=3.6,<4" autobahn psutil hypothesis "schemathesis>=4,<5" \
-		pyyaml
+		pyyaml "prometheus_client>=0.20,<1"
 	$(PY) -m pip install -q --no-deps "cyclone==1.3"
 	@# cyclone's bundled twistd plugin imports the reactor and `imp`: remove it
 	@# (docs/stack-notes.md#plugin-files).
@@ -53,10 +53,11 @@ apt-redis:
 # Tools the suite drives as real clients, as command:Debian-package pairs. collectd's
 # write_http plugin needs libcurl4 and its JSON needs libyajl2 (Debian only "recommends" them);
 # libfaketime runs a server with its clock off Redis's (tests/faults/test_clock_skew.py); ss
-# and ip (iproute2) inspect stream sockets and give the loopback interface its ::1.
+# and ip (iproute2) inspect stream sockets and give the loopback interface its ::1; promtool
+# (prometheus) checks contrib/prometheus/ and a live /metrics reply.
 TEST_TOOLS := curl:curl chromium:chromium collectd:collectd-core rsyslogd:rsyslog \
 	logger:bsdutils openssl:openssl nginx:nginx-light systemd-analyze:systemd \
-	ss:iproute2 ip:iproute2 pgrep:procps
+	ss:iproute2 ip:iproute2 pgrep:procps promtool:prometheus
 TEST_LIBS := libyajl2 libcurl4 libfaketime
 
 test-tools:

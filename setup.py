@@ -25,6 +25,7 @@ setup(
         # llhttp's HTTP/1.x parser and a sans-I/O WebSocket (docs/stack-notes.md#versions)
         "httptools>=0.9,<0.10",
         "wsproto>=1.3,<1.4",
+        "prometheus_client>=0.20,<1",  # /metrics
     ],
     entry_points={"console_scripts": ["restmq-engine = restmq.engine:main",
                                      "restmq = restmq.client.cli:main"]},

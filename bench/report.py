@@ -9,9 +9,11 @@ import json
 import statistics
 from pathlib import Path
 
+import dashboard as dashmod
 import flow as flowmod
 import httpbench
 import leases as leasemod
+import scrape as scrapemod
 import live as livemod
 import wrk
 
@@ -20,6 +22,7 @@ DATA_MARKER = "<!-- bench-data -->"
 EXPECTED_LOG = {
     "Redis runs without AOF": "every server says so at start; the benchmark's Redis persists "
                               "nothing",
+    "Redis health warning: persistence:none": "the same, as /health words it",
     "Redis unavailable": "syslogd, while the back-pressure run has Redis stopped",
 }
 
@@ -135,6 +138,8 @@ class Analysis:
         self._syslog()
         self._leases()
         flowmod.analyse(self)
+        dashmod.analyse(self)
+        scrapemod.analyse(self)
 
     def _wrk(self, name: str):
         sec = self.sec.get(name)
@@ -784,6 +789,10 @@ def render(results: dict, out_path: Path, with_plots: bool = True) -> str:
         o += leasemod.render(a.sec["leases"], a.leases, wrk_table) + plot("leases")
     if a.sec.get("flow", {}).get("runs"):
         o += flowmod.render(a.sec["flow"]) + plot("flow")
+    if a.sec.get("dashboard", {}).get("rounds"):
+        o += dashmod.render(a.sec["dashboard"])
+    if a.sec.get("metrics", {}).get("latency"):
+        o += scrapemod.render(a.sec["metrics"])
 
     o += ["## Problems and server logs", ""]
     o += [f"- {p}" for p in a.problems] or ["- none: every reply was 2xx, no socket errors, "

@@ -22,6 +22,10 @@ Sections, each figure beside a baseline measured in the same run and interleaved
             replaced and stock cyclone's (bench/parser.py; its own servers)
   flow      /batch/ and /pop/ messages/s, 100,000 messages due at once, the long-poll wake
             across two processes, vs the bare handler (bench/flow.py; its own servers)
+  dashboard add req/s with and without the polling of 10 open dashboards (/info/ of a
+            page of queues, /stats/ of 1,000) (bench/dashboard.py; its own servers)
+  metrics   GET /metrics with 10,000 queues: latency, its Redis commands (MONITOR), and the
+            add req/s with a scrape every second vs without (bench/scrape.py; its own servers)
 
 Everything (wrk, Redis, the servers, the clients) shares this machine; the report records
 the machine, the versions, the load average, and each process's CPU during each wrk run.
@@ -45,6 +49,7 @@ import time
 import traceback
 from pathlib import Path
 
+import dashboard
 import flow
 import httpbench
 import leases as leasebench
@@ -52,6 +57,7 @@ import live
 import parser as layer
 import rabbit
 import redis_private
+import scrape
 import syslog as syslogd
 import wrk
 from common import (BENCH_DIR, ServerProcess, checkout_env, cpu_seconds, dist_version,
@@ -59,7 +65,7 @@ from common import (BENCH_DIR, ServerProcess, checkout_env, cpu_seconds, dist_ve
                     start_all, stop_all, venv_bin)
 
 SECTIONS = ("http", "reuse", "collectd", "syslog", "live", "leases", "rabbitmq", "parser",
-            "flow")
+            "flow", "dashboard", "metrics")
 OUT_DIR = BENCH_DIR / "out"
 FORM = "application/x-www-form-urlencoded"
 PREFILL_MARGIN = 1.5  # queues are filled for 1.5x the requests the run is expected to make
@@ -518,6 +524,11 @@ def run_all(args: argparse.Namespace) -> dict:
                         duration=layer.DURATION if not args.quick else 1.0)),
                     ("flow", lambda: flow.measure(redis_bin, wrk_bin, args.rounds,
                                                   args.duration, args.pause, args.quick)),
+                    ("dashboard", lambda: dashboard.measure(
+                        redis_bin, wrk_bin, args.rounds, max(args.duration, 10.0),
+                        args.pause, args.quick)),
+                    ("metrics", lambda: scrape.measure(redis_bin, wrk_bin, args.rounds,
+                                                       args.duration, args.pause, args.quick)),
                 ]
                 for name, run in plan:
                     if name not in sections:

@@ -261,9 +261,9 @@ def test_hostile_names_render_as_text_on_every_page(H, redis, tmp_path):
     dom, console = dashboard
     parsed = Dom(dom)
     assert parsed.title == "RestMQ dashboard", dom
-    parsed.assert_no_payload("dashboard", own_scripts=1)
+    parsed.assert_no_payload("dashboard", own_scripts=2)
     assert set(parsed.rows) == set(NAMES), (
-        "the dashboard shows no queues; its JSONP load of /stats/ failed.\n"
+        "the dashboard shows no queues; its load of /stats/ failed.\n"
         f"browser console:\n{console}")
     for name in NAMES:
         assert parsed.rows[name][:4] == [name, "2", "started", "broadcast"], parsed.rows[name]

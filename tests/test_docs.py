@@ -154,7 +154,7 @@ def test_route_patterns_table_lists_every_pattern_in_order():
 
 # -- error reasons -------------------------------------------------------------------------------
 
-REASON_ARGUMENT = {"BadRequest": 0, "RestMQError": 0, "_Reject": 1, "_stop": 1, "Fault": 1,
+REASON_ARGUMENT = {"BadRequest": 0, "RestMQError": 0, "Reject": 1, "_stop": 1, "Fault": 1,
                    "with_status": 1}
 NAMED_ARGUMENT = {"MissingArgument": "missing argument: ", "InvalidArgument": "invalid argument: ",
                   "required": "missing argument: "}
@@ -184,7 +184,7 @@ def code_reasons() -> tuple[set[str], set[str]]:
     """Every error reason restmq/ can produce: (complete texts, prefixes of variable texts).
 
     Sources: `reason = "..."` in a class, the reason argument of BadRequest, RestMQError,
-    RestMQError.with_status, _Reject, _stop and Fault, MissingArgument/InvalidArgument/required(name),
+    RestMQError.with_status, Reject, _stop and Fault, MissingArgument/InvalidArgument/required(name),
     `{"error": ...}` and `{"stat": ...}` literals, and strings returned by functions named
     `*error*` (the JSON protocol's field checks)."""
     literals, prefixes = set(), set()

@@ -26,7 +26,10 @@ def core(service):
 
 
 DEFAULTS = {"ttl": None, "delay": 0, "max_message": None, "lease": 30, "max_attempts": 0,
-            "dead_letter": None, "dedup_window": 300}
+            "dead_letter": None, "dedup_window": 300, "push_url": None, "push_auth": None,
+            "push_type": "text/plain; charset=utf-8", "push_timeout": 30, "push_rate": 10,
+            "push_burst": 10, "push_concurrency": 10, "backoff_min": 1, "backoff_max": 300,
+            "pre_hook": None, "post_hook": None}
 
 
 # -- configuration ----------------------------------------------------------------------------
@@ -66,7 +69,7 @@ async def test_max_attempts_needs_a_dead_letter_queue_and_nothing_is_written(cor
 
 @pytest_twisted.ensureDeferred
 async def test_config_set_refuses_what_is_no_attribute(core, redis):
-    for changes, removed, reason in (({"push_url": "x"}, [], "invalid argument: push_url"),
+    for changes, removed, reason in (({"push_link": "x"}, [], "invalid argument: push_link"),
                                      ({"dead_letter": "q"}, [], "invalid argument: dead_letter"),
                                      ({}, ["nope"], "invalid argument: unset")):
         with pytest.raises(InvalidArgument) as raised:

@@ -116,7 +116,11 @@ def test_reliable_workers_walk_through(H, redis):
     assert json.loads(step1) == {
         "queue": "jobs", "config": {"ttl": None, "delay": 0, "max_message": None, "lease": 1,
                                     "max_attempts": 2, "dead_letter": "jobs.dead",
-                                    "dedup_window": 300},
+                                    "dedup_window": 300, "push_url": None, "push_auth": None,
+                                    "push_type": "text/plain; charset=utf-8",
+                                    "push_timeout": 30, "push_rate": 10, "push_burst": 10,
+                                    "push_concurrency": 10, "backoff_min": 1,
+                                    "backoff_max": 300, "pre_hook": None, "post_hook": None},
         "set": ["dead_letter", "lease", "max_attempts"]}
     assert curl("-d", "value=a", f"{H}/q/jobs") == "jobs:1\r\n"
     step3 = json.loads(curl("-X", "POST", f"{H}/claim/jobs"))

@@ -9,7 +9,10 @@ from tests.http_client import delete, get, post
 from tests.util import redis_ms, snapshot, v2_json
 
 DEFAULTS = {"ttl": None, "delay": 0, "max_message": None, "lease": 30, "max_attempts": 0,
-            "dead_letter": None, "dedup_window": 300}
+            "dead_letter": None, "dedup_window": 300, "push_url": None, "push_auth": None,
+            "push_type": "text/plain; charset=utf-8", "push_timeout": 30, "push_rate": 10,
+            "push_burst": 10, "push_concurrency": 10, "backoff_min": 1, "backoff_max": 300,
+            "pre_hook": None, "post_hook": None}
 
 
 def test_config_of_an_unconfigured_queue_is_every_default_and_writes_nothing(H, redis):
@@ -22,10 +25,10 @@ def test_config_set_stores_the_attributes_as_integers(H, redis):
     body = v2_json(post(H, "/config/jobs", {
         "ttl": "0060", "delay": "0", "max_message": "1048576", "lease": "43200",
         "max_attempts": "1000", "dead_letter": "jobs.dead", "dedup_window": "604800",
-        "callback": "cb", "other": "ignored", "push_url": "http://example.com/"}))
+        "callback": "cb", "other": "ignored"}))
     config = {"ttl": 60, "delay": 0, "max_message": 1048576, "lease": 43200,
               "max_attempts": 1000, "dead_letter": "jobs.dead", "dedup_window": 604800}
-    assert body == {"queue": "jobs", "config": config, "set": sorted(config)}
+    assert body == {"queue": "jobs", "config": {**DEFAULTS, **config}, "set": sorted(config)}
     flat = redis("HGETALL", "jobs:config")
     assert dict(zip(flat[::2], flat[1::2])) == {k: str(v) for k, v in config.items()}
     assert v2_json(get(H, "/config/jobs")) == body
@@ -73,7 +76,7 @@ def test_info_of_a_queue_never_used(H, redis):
     body = v2_json(get(H, "/info/jobs"))
     assert body == {"queue": "jobs", "pending": 0, "inflight": 0, "delayed": 0, "status": "",
                     "policy": "broadcast", "dead_letter": None, "next_due": None,
-                    "counters": None}
+                    "counters": None, "priority": {}, "added": 0}
     assert redis("KEYS", "*") == []
 
 
@@ -91,9 +94,22 @@ def test_info_counts_every_state(H, redis):
     body = v2_json(get(H, "/info/jobs"))
     assert body == {"queue": "jobs", "pending": 1, "inflight": 1, "delayed": 1, "status": 0,
                     "policy": "roundrobin", "dead_letter": {"queue": "jobs.dead", "pending": 1},
-                    "next_due": body["next_due"], "counters": None}
+                    "next_due": body["next_due"], "counters": None, "priority": {},
+                    "added": 4}
     # The next due time is a lower bound: the lease of jobs:3 at the latest.
     assert redis_ms(redis) / 1000 - 1 < body["next_due"] <= lease_until
+
+
+def test_info_counts_pending_messages_per_priority_level_and_every_add(H, redis):
+    """Levels without a pending message are left out; `added` is the queue's key counter, so
+    it keeps counting what consumers took."""
+    for value, priority in (("a", "0"), ("b", "5"), ("c", "5"), ("d", "9"), ("e", "2")):
+        assert post(H, "/q/jobs", {"value": value, "priority": priority}).status == 200
+    assert get(H, "/q/jobs").status == 200  # takes d, the only one of priority 9
+    body = v2_json(get(H, "/info/jobs"))
+    assert (body["pending"], body["priority"], body["added"]) == (4, {"5": 2, "2": 1}, 5)
+    assert int(redis("GET", "jobs:UUID")) == 5
+    assert redis("ZCARD", "jobs:priority") == 3 and redis("LLEN", "jobs:queue") == 1
 
 
 @pytest.mark.parametrize("name,bad,good", [

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping
 
+from restmq.core import targets
 from restmq.errors import InvalidArgument, MissingArgument
 from restmq.names import is_valid_name
 from restmq.redis import keys
@@ -131,32 +132,68 @@ def queue_other_than(text: str | None, queue: str, name: str) -> str | None:
 
 # -- per-queue configuration ------------------------------------------------------------------
 
-# The attributes in the order they are checked; the push attributes come with push queues.
+# The attributes in the order they are checked.
 ATTRIBUTES = ("ttl", "delay", "max_message", "lease", "max_attempts", "dead_letter",
-              "dedup_window")
+              "dedup_window", "push_url", "push_auth", "push_type", "push_timeout", "push_rate",
+              "push_burst", "push_concurrency", "backoff_min", "backoff_max", "pre_hook",
+              "post_hook")
+PUSH_TYPE = "text/plain; charset=utf-8"
 DEFAULTS: dict[str, Any] = {"ttl": None, "delay": 0, "max_message": None, "lease": 30,
-                            "max_attempts": 0, "dead_letter": None, "dedup_window": 300}
+                            "max_attempts": 0, "dead_letter": None, "dedup_window": 300,
+                            "push_url": None, "push_auth": None, "push_type": PUSH_TYPE,
+                            "push_timeout": 30, "push_rate": 10, "push_burst": 10,
+                            "push_concurrency": 10, "backoff_min": 1, "backoff_max": 300,
+                            "pre_hook": None, "post_hook": None}
+SECRET = "***"  # how a stored push_auth reads back
 # attribute: (low, high); None for `--max-body`. dead_letter is a queue name.
 _NUMBERS = {"ttl": (1, TTL_MAX), "delay": (0, DELAY_MAX), "max_message": (1, None),
-            "lease": (1, LEASE_MAX), "max_attempts": (0, 1000), "dedup_window": (1, 604800)}
+            "lease": (1, LEASE_MAX), "max_attempts": (0, 1000), "dedup_window": (1, 604800),
+            "push_timeout": (1, 600), "push_burst": (1, 1000), "push_concurrency": (1, 1000)}
+_DECIMALS = {"push_rate": (0.01, 1000), "backoff_min": (0.1, 86400),
+             "backoff_max": (0.1, 86400)}
+_URLS = ("push_url", "pre_hook", "post_hook")
+_AUTH = re.compile(r"[\x20-\x7e]{1,1024}\Z")
+# type "/" subtype, then parameters: printable ASCII, at most 128 bytes in all.
+_MEDIA_TYPE = re.compile(r"[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+(;[\x20-\x7e]*)?\Z")
 
 
-def attribute(name: str, text: str, queue: str, max_body: int) -> str:
-    """The text to store for attribute `name` (integers without leading zeros), or
-    InvalidArgument(name)."""
+def _decimal_within(text: str, name: str) -> str:
+    low, high = _DECIMALS[name]
+    value = decimal(text, name)
+    if not low <= value <= high:
+        raise InvalidArgument(name)
+    return str(int(value)) if value == int(value) else repr(value)
+
+
+def attribute(name: str, text: str, queue: str, max_body: int, private: bool = False) -> str:
+    """The text to store for attribute `name` (numbers without leading zeros), or
+    InvalidArgument(name). `private`: push and hook targets on loopback and private addresses
+    are allowed (`--push-private`)."""
     if name == "dead_letter":
         return queue_other_than(text, queue, name)
+    if name in _URLS:
+        return targets.check_url(text, name, private)
+    if name == "push_auth":
+        if not _AUTH.match(text):
+            raise InvalidArgument(name)
+        return text
+    if name == "push_type":
+        if len(text) > 128 or not _MEDIA_TYPE.match(text):
+            raise InvalidArgument(name)
+        return text
+    if name in _DECIMALS:
+        return _decimal_within(text, name)
     low, high = _NUMBERS[name]
     return str(integer(text, name, low, max_body if high is None else high))
 
 
 def config_changes(args: Mapping[str, str | None], unset: str | None, queue: str,
-                   max_body: int) -> tuple[dict[str, str], list[str]]:
+                   max_body: int, private: bool = False) -> tuple[dict[str, str], list[str]]:
     """The attributes a configuration write sets (those of ATTRIBUTES among `args`, absent or
     empty ones ignored, other arguments ignored) and the names `unset` removes (a `,`-joined
     list of attributes). Checked in the order of ATTRIBUTES, then `unset`: the first fault is
     raised. Refused: an unknown name in `unset`, or a name both set and removed."""
-    changes = {name: attribute(name, args[name], queue, max_body)
+    changes = {name: attribute(name, args[name], queue, max_body, private)
                for name in ATTRIBUTES if args.get(name)}
     removed: list[str] = []
     if unset is not None:
@@ -169,18 +206,27 @@ def config_changes(args: Mapping[str, str | None], unset: str | None, queue: str
 
 
 def effective(stored: Mapping[str, str]) -> dict[str, Any]:
-    """Every attribute's value in force: the stored one (integers as int), else its default
-    (None when it has none). Stored fields that are no attribute are left out."""
+    """Every attribute's value in force: the stored one (numbers as int or float), else its
+    default (None when it has none); a stored push_auth reads "***". Stored fields that are
+    no attribute are left out."""
     config: dict[str, Any] = {}
     for name in ATTRIBUTES:
         value = stored.get(name)
         if value is None:
             config[name] = DEFAULTS[name]
-        elif name == "dead_letter":
-            config[name] = value
+        elif name == "push_auth":
+            config[name] = SECRET
+        elif name in _NUMBERS or name in _DECIMALS:
+            config[name] = _number(value)
         else:
-            try:
-                config[name] = int(value)
-            except ValueError:  # written by hand: shown as it is
-                config[name] = value
+            config[name] = value
     return config
+
+
+def _number(value: str) -> Any:
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value  # written by hand: shown as it is

@@ -37,8 +37,10 @@ class DeadLetterState:
 class QueueInfo:
     """`status` and `policy` as stored (None when absent); `next_due`: Unix seconds of the
     queue's next due time (a lower bound), None when nothing is due; `priority`: pending
-    messages per level 1 to 9 (levels without any left out); `counters`: None until counters
-    are kept."""
+    messages per level 1 to 9 (levels without any left out); `added`: the messages ever
+    numbered in the queue (its key counter, kept with or without counters, so a reader can
+    derive add rates); `counters`: what the queue's counters hold on a server run with
+    --counters (only those ever counted), else None."""
 
     queue: str
     pending: int
@@ -49,6 +51,7 @@ class QueueInfo:
     dead_letter: DeadLetterState | None
     next_due: float | None
     priority: dict[int, int]
+    added: int = 0
     counters: dict[str, int] | None = None
 
     def as_json(self) -> dict[str, Any]:
@@ -59,7 +62,9 @@ class QueueInfo:
                                                       "pending": self.dead_letter.pending}
         return {"queue": self.queue, "pending": self.pending, "inflight": self.inflight,
                 "delayed": self.delayed, "status": status, "policy": policy_name(self.policy),
-                "dead_letter": dead, "next_due": self.next_due, "counters": self.counters}
+                "dead_letter": dead, "next_due": self.next_due, "counters": self.counters,
+                "priority": {str(p): n for p, n in sorted(self.priority.items())},
+                "added": self.added}
 
 
 def _config(queue: str, stored: Mapping[str, str]) -> QueueConfig:
@@ -86,7 +91,8 @@ class ConfigMixin:
         config_changes checked them) and remove `removed`, merged with the stored record and
         checked as a whole first (max_attempts > 0 needs a dead_letter). Does not register the
         queue. Fires with the new QueueConfig; InvalidArgument(attribute) for the first
-        attribute at fault, InvalidArgument('unset') for an unknown name to remove."""
+        attribute at fault, InvalidArgument('unset') for an unknown name to remove. The queue
+        is a member of PUSHSET exactly while its record has a push_url."""
         check_name(queue)
         for name, value in changes.items():
             if name not in arguments.ATTRIBUTES:
@@ -103,15 +109,15 @@ class ConfigMixin:
                 raise InvalidArgument(reply[1])
             return _config(queue, dict(zip(reply[1::2], reply[2::2])))
 
-        return self.redis.run_script(self.scripts["config_set"], keys.queue_block(queue),
+        return self.redis.run_script(self.scripts["config_set"], keys.config_keys(queue),
                                      DEADLINE, "", len(changes), *pairs,
                                      *removed).addCallback(done)
 
     def config_clear(self, queue: str) -> defer.Deferred:
-        """Remove the whole configuration; fires with whether there was one. Leases and delays
-        in progress run on; max_attempts is 0 again."""
+        """Remove the whole configuration (and the queue from PUSHSET); fires with whether
+        there was one. Leases and delays in progress run on; max_attempts is 0 again."""
         check_name(queue)
-        return self.redis.run_script(self.scripts["config_set"], keys.queue_block(queue),
+        return self.redis.run_script(self.scripts["config_set"], keys.config_keys(queue),
                                      DEADLINE, "clear", 0).addCallback(
             lambda reply: int(reply[1]) == 1)
 
@@ -123,12 +129,16 @@ class ConfigMixin:
             return self._run("info", keys.lease_keys(queue, dead or None), queue, dead)
 
         d = defer.ensureDeferred(self._believing(queue, run, self.redis.deadline()))
-        return d.addCallback(_info, queue)
+        return d.addCallback(_info, queue, self.counters)
 
 
-def _info(reply: list, queue: str) -> QueueInfo:
+def _info(reply: list, queue: str, counting: bool = False) -> QueueInfo:
     pending, inflight, delayed, status, policy, dead, dead_pending, due = reply[1:9]
     levels = {p: int(n) for p, n in zip(range(1, 10), reply[9:18]) if int(n)}
+    counted = text(reply[19:])
+    counters = {k: int(v) for k, v in sorted(zip(counted[::2], counted[1::2]))} \
+        if counting else None
     return QueueInfo(queue, int(pending), int(inflight), int(delayed), status or None,
                      policy or None, DeadLetterState(dead, int(dead_pending)) if dead else None,
-                     int(float(due)) / 1000 if due != "" else None, levels)
+                     int(float(due)) / 1000 if due != "" else None, levels,
+                     int(reply[18] or 0), counters)

@@ -17,6 +17,7 @@ from restmq.core.adds import AddsMixin, Item
 from restmq.core.config import ConfigMixin
 from restmq.core.leases import LeasesMixin
 from restmq.core.peek import PeekMixin
+from restmq.core.push import PushMixin
 from restmq.core.policy import PolicyMixin
 from restmq.core.schedule import ScheduleMixin
 from restmq.core.stats import StatsMixin
@@ -40,11 +41,12 @@ class Message:
     priority: int = 0
 
 
-class Core(AddsMixin, LeasesMixin, ConfigMixin, ScheduleMixin, PolicyMixin, StatsMixin,
-           PeekMixin, StepsMixin):
+class Core(AddsMixin, LeasesMixin, PushMixin, ConfigMixin, ScheduleMixin, PolicyMixin,
+           StatsMixin, PeekMixin, StepsMixin):
     """The queue operations (docs/redis-layout.md#operations) on one Redis database: the
     message operations here, adds in restmq.core.adds, leases and dead letters in
-    restmq.core.leases, per-queue configuration and state in restmq.core.config, what is due
+    restmq.core.leases, the push claim in restmq.core.push, per-queue configuration and state
+    in restmq.core.config, what is due
     (the tick) in restmq.core.schedule, the peek in restmq.core.peek, policy and status in
     restmq.core.policy, the queue list and stats in restmq.core.stats, the running of scripts
     in steps in restmq.core.steps.
@@ -60,7 +62,8 @@ class Core(AddsMixin, LeasesMixin, ConfigMixin, ScheduleMixin, PolicyMixin, Stat
 
     log = Logger()
 
-    def __init__(self, redis: Any, consumed_ttl: int = 3600, clock: Any = None):
+    def __init__(self, redis: Any, consumed_ttl: int = 3600, clock: Any = None,
+                 counters: bool = False):
         if clock is None:
             clock = getattr(redis, "reactor", None)
         if clock is None:
@@ -69,15 +72,25 @@ class Core(AddsMixin, LeasesMixin, ConfigMixin, ScheduleMixin, PolicyMixin, Stat
         self.redis = redis
         self.consumed_ttl = consumed_ttl
         self.clock = clock
-        self.scripts = {name: load_script(name) for name in (
+        self.counters = counters  # --counters: the scripts keep <q>:counters
+        self.scripts = {name: load_script(name, counters) for name in (
             "add", "hard_get", "soft_get", "take", "del", "purge", "pop_batch", "set", "stats",
             "retire_range", "requeue", "claim", "ack", "extend", "release", "redrive", "due",
-            "tick", "config_set", "info", "peek")}
+            "tick", "config_set", "info", "peek", "push_claim", "push_pause")}
         self.on_due = _ignore
         # What this process believes (restmq.core.leases): queue -> its dead-letter queue, and
         # ('redrive', dead-letter queue) -> the origin its last redrive moved messages to.
         self._dead_letters: dict[Any, str] = {}
         self._scans: dict[str, str] = {}  # queue -> position of its clean-up scan (schedule)
+
+    def count(self, queue: str, counter: str, n: int = 1) -> defer.Deferred:
+        """Add `n` to a counter of `queue` from Python (a push dispatcher's outcome:
+        `count(q, "push_" + outcome)`), on a server run with --counters; else does nothing.
+        Fires with None; fails as `execute` does."""
+        if not self.counters or n <= 0:
+            return defer.succeed(None)
+        return self.redis.execute("HINCRBY", keys.counters(queue), counter, n).addCallback(
+            lambda _: None)
 
     def admit(self, name: str) -> defer.Deferred:
         """Fires with `name` when it is valid; when it breaks only the rule for new names, asks

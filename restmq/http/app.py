@@ -13,10 +13,11 @@ from restmq.http.base import Context
 from restmq.http.commands import JsonProtocolHandler, XmlRpcHandler
 from restmq.http.compat import Application, ChunkedTransferEncoding
 from restmq.http.config import ConfigHandler, InfoHandler
-from restmq.http.connection import BODY_TIMEOUT, HEAD_TIMEOUT
+from restmq.http.reading import BODY_TIMEOUT, HEAD_TIMEOUT
 from restmq.http.leases import (AckHandler, ClaimHandler, ExtendHandler, RedriveHandler,
                                 ReleaseHandler)
 from restmq.http.live import SSE_KEEPALIVE, CometHandler, SSEHandler, WebSocketHandler
+from restmq.http.ops import HealthHandler, MetricsHandler, PingHandler
 from restmq.http.pages import JobsHandler, NotFoundHandler, StaticHandler
 from restmq.http.peek import PeekHandler
 from restmq.http.polls import PopHandler
@@ -64,6 +65,9 @@ def routes(ctx: Context, collectd_frontend: bool = False) -> list:
         (r"/info/.*", InfoHandler, kw),
         (r"/batch/.*", BatchHandler, kw),
         (r"/peek/.*", PeekHandler, kw),
+        (r"/ping", PingHandler, kw),
+        (r"/health", HealthHandler, kw),
+        (r"/metrics", MetricsHandler, kw),
         (r"/static/.*", StaticHandler, kw),
         (r"/(?:favicon\.ico|robots\.txt)", StaticHandler, kw),
         (r".*", NotFoundHandler, kw),
@@ -76,15 +80,17 @@ def make_application(ctx: Context, max_body: int = 1024 * 1024,
                      wall: Callable[[], float] = wall_time, head_timeout: float = HEAD_TIMEOUT,
                      body_timeout: float = BODY_TIMEOUT,
                      sse_keepalive: float = SSE_KEEPALIVE,
-                     max_batch: int = MAX_BATCH) -> Application:
+                     max_batch: int = MAX_BATCH, push_private: bool = False) -> Application:
     """The Application; `access_log` None means no access log at all. `clock` (an
     IReactorTime) runs every timer of the connections and streams, `wall` gives the date.
-    `max_batch` bounds the messages of one `/batch/` request."""
+    `max_batch` bounds the messages of one `/batch/` request; `push_private` lets push and
+    hook targets be on loopback and private addresses."""
     settings: dict[str, Any] = {"max_body": max_body, "max_batch": max_batch,
                                 "log_function": access_log or (lambda handler: None),
                                 "clock": reactor_clock() if clock is None else clock,
                                 "wall_time": wall, "head_timeout": head_timeout,
-                                "body_timeout": body_timeout, "sse_keepalive": sse_keepalive}
+                                "body_timeout": body_timeout, "sse_keepalive": sse_keepalive,
+                                "push_private": push_private}
     app = Application(routes(ctx, collectd_frontend), **settings)
     app.transforms = [ChunkedTransferEncoding]
     return app

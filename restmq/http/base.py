@@ -120,6 +120,9 @@ class Context:
     delivery: Any = None
     pop_lease: int = 30  # seconds: the safety lease of /pop/ (--pop-lease)
     redis_description: str = ""
+    health: Any = None  # restmq.redis.health.Health: the report of /health
+    metrics: Any = None  # restmq.metrics.ProcessMetrics: this process's series of /metrics
+    metrics_queues: int = 10000  # --metrics-queues
     static: dict[str, bytes] = field(default_factory=dict)
 
 

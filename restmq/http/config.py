@@ -21,7 +21,8 @@ class ConfigHandler(BaseHandler):
 
     def check_post(self):
         self.changes, self.removed = arguments.config_changes(
-            self.args, self.arg("unset"), self.target, self.settings["max_body"])
+            self.args, self.arg("unset"), self.target, self.settings["max_body"],
+            self.settings.get("push_private", False))
         dead_letter = self.changes.get("dead_letter")
         if dead_letter is not None:
             # The queue that will receive this queue's dead letters is written to as well.

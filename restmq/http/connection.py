@@ -4,10 +4,10 @@ after another through cyclone's Application and RequestHandler API.
 Reading. llhttp does the framing (request line, headers, Content-Length or chunked bodies) and
 does it strictly: no `lenient_*` flag is ever turned on, so obs-fold, a bare LF, a chunk size
 such as `0x7`, `0_7` or `-7`, two Content-Lengths or one beside Transfer-Encoding are errors.
-Its callbacks (`_Reader`) only record what they are given, and check our own limits (sizes,
+Its callbacks (`Reader`) only record what they are given, and check our own limits (sizes,
 header count, versions, transfer codings); nothing of cyclone's runs inside them, because an
 exception there would leave the parser failing every later call. When the connection is going
-to close anyway, a callback halts the parser for good by raising `_Stop`.
+to close anyway, a callback halts the parser for good by raising `Stop`.
 
 Serving. Complete requests wait in a queue and go to the Application one at a time: the next
 only once the reply to the previous one is finished, so that replies keep request order
@@ -34,9 +34,7 @@ class through `write`, `finish`, `notifyFinish`, `no_keep_alive` and `transport`
 """
 from __future__ import annotations
 
-import re
 import time
-from collections import deque
 
 import httptools
 from cyclone import httputil
@@ -48,86 +46,11 @@ from twisted.python import log
 from zope.interface import implementer
 
 from restmq.clock import reactor_clock
-from restmq.delivery.streams import Outbox, tcp_of
-
-REQUEST_LINE_MAX = 8192  # longer: 414
-HEADER_LINE_MAX = 16384  # one header line; longer: 431
-HEADER_BYTES_MAX = 65536  # the whole header block; more: 431
-HEADER_COUNT_MAX = 100  # more header fields: 431
-LENGTH_DIGITS_MAX = 18  # a Content-Length with more significant digits: 400
-HEAD_TIMEOUT = 20.0  # from connect (or the end of the previous reply) to a complete head
-BODY_TIMEOUT = 60.0  # from the end of the head to the end of the body
-DISCARD_GRACE = 5.0  # how long a connection whose request body was refused may keep sending
-READ_AHEAD_REQUESTS = 32  # complete requests waiting behind the one served, past which ...
-READ_AHEAD_BYTES = 1024 * 1024  # ... or past these many bytes of them, reading pauses
-UPGRADE_HOLD = 64 * 1024  # bytes after an Upgrade request kept until its handler decides
-# Bytes the parser may take without finishing a head, or without a body byte (chunk-size
-# lines, extensions, trailers): counted per read, so a read's worth comes on top.
-HEAD_RAW_MAX = REQUEST_LINE_MAX + HEADER_BYTES_MAX
-BODY_IDLE_MAX = HEADER_BYTES_MAX
-
-_PHRASES = {400: "Bad Request", 408: "Request Timeout", 414: "URI Too Long",
-            431: "Request Header Fields Too Large", 500: "Internal Server Error",
-            501: "Not Implemented", 505: "HTTP Version Not Supported"}
-
-# Methods llhttp accepts on an HTTP/1.x request line; any other is its "invalid method".
-_KNOWN_METHODS = frozenset(
-    b"DELETE GET HEAD POST PUT CONNECT OPTIONS TRACE COPY LOCK MKCOL MOVE PROPFIND PROPPATCH "
-    b"SEARCH UNLOCK BIND REBIND UNBIND ACL REPORT MKACTIVITY CHECKOUT MERGE M-SEARCH NOTIFY "
-    b"SUBSCRIBE UNSUBSCRIBE PATCH PURGE MKCALENDAR LINK UNLINK SOURCE QUERY PRI".split())
-_REQUEST_LINE = re.compile(rb"^([!#$%&'*+.^_`|~0-9A-Za-z-]+) ([^\s]+) HTTP/(\d\.\d)\r\n", re.M)
-
-
-_SPECIAL_LENGTHS = frozenset((6, 14, 17))  # of Expect, Content-Length, Transfer-Encoding
-_VERSIONS = {"1.1": "HTTP/1.1", "1.0": "HTTP/1.0"}
-
-
-class _Stop(Exception):
-    """Raised inside a parser callback to halt the parser for good: the connection closes."""
-
-
-class _Reject:
-    """A request the connection answers itself, in its turn, before it closes."""
-
-    __slots__ = ("status", "reason")
-
-    def __init__(self, status: int, reason: str):
-        self.status, self.reason = status, reason
-
-
-# llhttp's error texts, in the order they are matched, as our statuses and reasons.
-_PARSE_ERRORS = (
-    ("can't be present with", _Reject(400, "Content-Length with Transfer-Encoding")),
-    ("Content-Length", _Reject(400, "malformed Content-Length")),
-    ("Transfer-Encoding", _Reject(501, "unsupported transfer coding")),
-    ("hunk", _Reject(400, "malformed chunked body")),
-    ("after version", _Reject(400, "malformed request line")),
-    ("major version", _Reject(400, "malformed request line")),
-    ("version", _Reject(505, "unsupported HTTP version")),
-    ("Expected dot", _Reject(505, "unsupported HTTP version")),
-    ("header", _Reject(400, "malformed header field")),
-    ("start line", _Reject(400, "malformed header field")),
-)
-
-
-class _Message:
-    """One request as the parser saw it."""
-
-    __slots__ = ("method", "url", "version", "headers", "body", "size", "keep_alive", "upgrade",
-                 "too_large", "length", "codings", "expect", "continued")
-
-    def __init__(self):
-        self.url = b""
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.body: list[bytes] = []
-        self.size = 0  # body bytes (and trailer bytes) so far
-        self.keep_alive = False
-        self.upgrade = False
-        self.too_large = False
-        self.length = 0
-        self.codings: list[bytes] | None = None  # Transfer-Encoding values
-        self.expect = False  # Expect: 100-continue
-        self.continued = False  # 100 Continue sent
+from restmq.http.output import OutputMixin
+from restmq.http.reading import (
+    BODY_IDLE_MAX, BODY_TIMEOUT, DISCARD_GRACE, HEAD_RAW_MAX, HEAD_TIMEOUT, KNOWN_METHODS,
+    Message, PARSE_ERRORS, PHRASES, READ_AHEAD_BYTES, READ_AHEAD_REQUESTS, REQUEST_LINE, Reader,
+    Reject, Stop, UPGRADE_HOLD)
 
 
 class Request(HTTPRequest):
@@ -161,115 +84,8 @@ class Request(HTTPRequest):
         return (self.finished_at or time.time()) - self.started
 
 
-class _Reader:
-    """The parser and its callbacks. They record, check our limits and nothing else; what
-    they complete goes to `done` (messages and failures, in request order)."""
-
-    def __init__(self, max_body: int):
-        self.parser = httptools.HttpRequestParser(self)
-        self.max_body = max_body
-        self.done: deque = deque()
-        self.done_bytes = 0  # body bytes of the messages in `done`
-        self.message: _Message | None = None  # the one being read
-        self.in_head = False
-        self.head_bytes = 0
-        self.failure: _Reject | None = None  # why a callback stopped the parser
-
-    def _stop(self, status: int, reason: str):
-        self.failure = _Reject(status, reason)
-        raise _Stop()
-
-    def _refuse(self, message: _Message):
-        # Dispatched at once, unread: routing and the method check still answer first.
-        message.too_large = True
-        message.body = []
-        self.message = None
-        self.done.append(message)
-        raise _Stop()
-
-    def on_url(self, url: bytes):
-        # Also where a message begins: one callback fewer per request than on_message_begin.
-        message = self.message
-        if message is None:
-            message = self.message = _Message()
-            self.in_head = True
-            self.head_bytes = 0
-        message.url += url
-        if len(message.url) > REQUEST_LINE_MAX - 20 and \
-                len(message.url) + len(self.parser.get_method()) + 10 > REQUEST_LINE_MAX:
-            self._stop(414, "request line too long")
-
-    def on_header(self, name: bytes, value: bytes):
-        message = self.message
-        size = len(name) + len(value) + 4
-        if not self.in_head:  # a trailer of a chunked body: read as body, never kept
-            message.size += size
-            if message.size > self.max_body:
-                self._refuse(message)
-            return
-        headers = message.headers
-        headers.append((name, value))
-        self.head_bytes += size
-        if self.head_bytes > HEADER_BYTES_MAX or size > HEADER_LINE_MAX + 2 or \
-                len(headers) > HEADER_COUNT_MAX:
-            self._too_large_head(size, len(headers))
-        if len(name) in _SPECIAL_LENGTHS:
-            self._special(message, name.lower(), value)
-
-    def _too_large_head(self, size: int, count: int):
-        if count > HEADER_COUNT_MAX:
-            self._stop(431, "too many header fields")
-        self._stop(431, "request header fields too large")
-
-    def _special(self, message: _Message, name: bytes, value: bytes):
-        if name == b"content-length":
-            # llhttp has checked the digits; no body is longer than 18 of them.
-            digits = value.strip(b" \t").lstrip(b"0")
-            if len(digits) > LENGTH_DIGITS_MAX:
-                self._stop(400, "malformed Content-Length")
-            message.length = int(digits or b"0")
-        elif name == b"transfer-encoding":
-            message.codings = (message.codings or []) + [value]
-        elif name == b"expect":
-            message.expect = value.strip(b" \t").lower() == b"100-continue"
-
-    def on_headers_complete(self):
-        self.in_head = False
-        message, parser = self.message, self.parser
-        message.method = parser.get_method().decode("ascii")
-        version = parser.get_http_version()
-        message.keep_alive = parser.should_keep_alive()
-        message.upgrade = parser.should_upgrade()
-        message.version = _VERSIONS.get(version)
-        if message.version is None:
-            if version == "0.9":  # also what llhttp reports for a line without one
-                self._stop(400, "malformed request line")
-            self._stop(505, "unsupported HTTP version")
-        if message.codings is not None and b",".join(message.codings).replace(
-                b" ", b"").replace(b"\t", b"").lower() != b"chunked":
-            self._stop(501, "unsupported transfer coding")
-        if message.upgrade and (message.length or message.codings) and \
-                message.method != "CONNECT":
-            # llhttp would take the body for the upgraded protocol's bytes.
-            self._stop(400, "upgrade with a request body")
-        if message.length > self.max_body:
-            self._refuse(message)
-
-    def on_body(self, body: bytes):
-        message = self.message
-        message.size += len(body)
-        if message.size > self.max_body:
-            self._refuse(message)
-        message.body.append(body)
-
-    def on_message_complete(self):
-        message, self.message = self.message, None
-        self.done.append(message)
-        self.done_bytes += message.size
-
-
 @implementer(IPushProducer)
-class HTTPConnection(protocol.Protocol):
+class HTTPConnection(OutputMixin, protocol.Protocol):
     """One HTTP/1.x connection of an Application (the factory, whose settings may give
     `max_body`, `clock` (an IReactorTime), `head_timeout` and `body_timeout`).
 
@@ -294,12 +110,12 @@ class HTTPConnection(protocol.Protocol):
         self.clock = settings.get("clock") or reactor_clock()
         self.head_timeout = settings.get("head_timeout", HEAD_TIMEOUT)
         self.body_timeout = settings.get("body_timeout", BODY_TIMEOUT)
-        self._reader = _Reader(self.max_body)
+        self._reader = Reader(self.max_body)
         self._queue = self._reader.done
         self._input = self._feed  # where received bytes go
         self._parsing = True  # they go to the parser
         self._request: Request | None = None  # the request being served
-        self._message: _Message | None = None
+        self._message: Message | None = None
         self._finish_callback: defer.Deferred | None = None
         self._close_after = False
         self._closing = False
@@ -307,7 +123,7 @@ class HTTPConnection(protocol.Protocol):
         self._pump_call = None
         self._held: bytearray | None = None  # bytes after an Upgrade request
         self._read_pauses: set[str] = set()
-        self._raw_for: _Message | None = None  # the message the raw byte count is about
+        self._raw_for: Message | None = None  # the message the raw byte count is about
         self._raw_size = 0
         self._raw = 0
         self._deadline: float | None = None
@@ -393,11 +209,11 @@ class HTTPConnection(protocol.Protocol):
             self._input, self._parsing = self._hold, False
             self._hold(data[upgrade.args[0]:])
         except httptools.HttpParserCallbackError as error:
-            if not isinstance(error.__context__, _Stop):
+            if not isinstance(error.__context__, Stop):
                 return self._stopped(self._callback_bug(error))
             failure = reader.failure  # None: a refused body, already in the queue
             if failure is not None and failure.reason == "malformed request line" and b" HTTP/0.9\r\n" in data:
-                failure = _Reject(505, "unsupported HTTP version")  # llhttp reads none as 0.9
+                failure = Reject(505, "unsupported HTTP version")  # llhttp reads none as 0.9
             self._stopped(failure)
         except httptools.HttpParserError as error:
             self._stopped(self._classify(error, data))
@@ -419,11 +235,11 @@ class HTTPConnection(protocol.Protocol):
             return
         self._raw += size
         if reader.in_head and self._raw > HEAD_RAW_MAX:
-            self._stopped(_Reject(431, "request header fields too large"))
+            self._stopped(Reject(431, "request header fields too large"))
         elif not reader.in_head and self._raw > BODY_IDLE_MAX:
-            self._stopped(_Reject(400, "malformed chunked body"))
+            self._stopped(Reject(400, "malformed chunked body"))
 
-    def _stopped(self, failure: _Reject | None) -> None:
+    def _stopped(self, failure: Reject | None) -> None:
         """The parser is done for: answer `failure` in its turn, drop what follows."""
         self._input, self._parsing = self._discard, False
         self._reader.message = None
@@ -431,38 +247,38 @@ class HTTPConnection(protocol.Protocol):
             self._queue.append(failure)
         self._resume_reading("read-ahead")
 
-    def _callback_bug(self, error) -> _Reject:
+    def _callback_bug(self, error) -> Reject:
         log.err(error.__context__ or error, "HTTP parser callback failed")
-        return _Reject(500, "internal error")
+        return Reject(500, "internal error")
 
-    def _classify(self, error, data: bytes) -> _Reject | _Message:
+    def _classify(self, error, data: bytes) -> Reject | Message:
         text = str(error)
         if isinstance(error, httptools.HttpParserInvalidMethodError) or \
                 "Invalid method" in text:
             return self._unknown_method(data)
-        for needle, reject in _PARSE_ERRORS:
+        for needle, reject in PARSE_ERRORS:
             if needle in text:
                 return reject
         reader = self._reader
         if reader.message is not None and not reader.in_head:
-            return _Reject(400, "malformed chunked body")
-        return _Reject(400, "malformed request line")
+            return Reject(400, "malformed chunked body")
+        return Reject(400, "malformed request line")
 
-    def _unknown_method(self, data: bytes) -> _Reject | _Message:
+    def _unknown_method(self, data: bytes) -> Reject | Message:
         """llhttp knows a fixed list of methods; for any other, routing still decides
         between 404 and 405 (docs/http-api.md#processing-order). The failed request line is
         found in this read: the first one whose method llhttp does not know."""
-        for match in _REQUEST_LINE.finditer(data):
+        for match in REQUEST_LINE.finditer(data):
             method, target, version = match.groups()
-            if method in _KNOWN_METHODS:
+            if method in KNOWN_METHODS:
                 continue
             if version not in (b"1.0", b"1.1"):
-                return _Reject(505, "unsupported HTTP version")
-            message = _Message()
+                return Reject(505, "unsupported HTTP version")
+            message = Message()
             message.method, message.url = method.decode("ascii"), target
             message.version = "HTTP/" + version.decode("ascii")
             return message
-        return _Reject(400, "malformed request line")
+        return Reject(400, "malformed request line")
 
     def _hold(self, data: bytes) -> None:
         if self._held is None:
@@ -493,7 +309,7 @@ class HTTPConnection(protocol.Protocol):
         try:
             while self._request is None and self._queue and not self._closing:
                 item = self._queue.popleft()
-                if type(item) is _Reject:
+                if type(item) is Reject:
                     self._answer(item)
                     return
                 self._reader.done_bytes -= item.size
@@ -503,7 +319,7 @@ class HTTPConnection(protocol.Protocol):
         if not self._closing and self.connected:
             self._settle()
 
-    def _serve(self, message: _Message) -> None:
+    def _serve(self, message: Message) -> None:
         headers = httputil.HTTPHeaders()
         add = headers.add
         for name, value in message.headers:
@@ -539,12 +355,12 @@ class HTTPConnection(protocol.Protocol):
         elif "read-ahead" in self._read_pauses:
             self._resume_reading("read-ahead")
 
-    def _answer(self, failure: _Reject) -> None:
+    def _answer(self, failure: Reject) -> None:
         """The usual `{"error": reason}` reply at the connection level, then close."""
         log.msg(f"Rejected HTTP request from {self._remote_ip}: "
                 f"{failure.status} {failure.reason}")
         body = ('{"error": "%s"}' % failure.reason).encode("ascii")
-        phrase = _PHRASES.get(failure.status, "Error").encode()
+        phrase = PHRASES.get(failure.status, "Error").encode()
         self.transport.write(
             b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
             b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
@@ -595,142 +411,6 @@ class HTTPConnection(protocol.Protocol):
         self._sent(False)
         self._fire(self._sent_at_finish, False)
 
-    # -- flow control ---------------------------------------------------------------------
-
-    def pauseProducing(self) -> None:
-        """Twisted holds too much of our replies unsent: read no further request."""
-        self._paused_since_watch = True
-        self._pause_reading("output")
-
-    def resumeProducing(self) -> None:
-        self._resume_reading("output")
-        # A resume for a pause older than the watches says nothing of the bytes they watch
-        # (TLS may still hold those back for a moment).
-        if self._sent_watches and self._paused_since_watch:
-            self._sent(True)
-
-    def stopProducing(self) -> None:
-        self._producing = False  # the transport is gone and forgets us itself
-
-    def _leave_transport(self) -> None:
-        # A producer left registered would keep a closing connection open.
-        if self._producing:
-            self._producing = False
-            self.transport.unregisterProducer()
-
-    def _pause_reading(self, why: str) -> None:
-        if not self._read_pauses:
-            self.transport.pauseProducing()
-        self._read_pauses.add(why)
-
-    def _resume_reading(self, why: str) -> None:
-        if why in self._read_pauses:
-            self._read_pauses.discard(why)
-            if not self._read_pauses and self.connected and not self._closing:
-                self.transport.resumeProducing()
-
-    def pause_reading(self) -> None:
-        """A stream's own reason to stop reading (a WebSocket peer that does not read)."""
-        self._pause_reading("stream")
-
-    def resume_reading(self) -> None:
-        self._resume_reading("stream")
-
-    # -- knowing that a reply went out ---------------------------------------------------
-
-    def watch_sent(self) -> defer.Deferred:
-        """Call right before writing a reply whose fate matters (a pop, which acks what it
-        wrote): fires with True once every byte written on this connection up to the end of
-        that reply has been handed to the kernel, with False when the connection is lost
-        first.
-
-        Twisted pauses the connection (a streaming producer of its transport) when more than
-        the transport's `bufferSize` bytes wait unsent, and resumes it once all of them went
-        out. With the TCP transport's `bufferSize` at 0 until then, the reply's first write
-        pauses the connection, so the resume that follows is the news. A transport without a
-        socket (a test's) takes what it is given at once: the reply counts as sent when it is
-        finished."""
-        d = defer.Deferred()
-        if self._closing or not self.connected:
-            d.callback(False)
-            return d
-        tcp = tcp_of(self.transport)
-        if tcp is None or not self._producing:
-            self._sent_at_finish.append(d)
-            return d
-        if self._buffer_size is None:
-            self._buffer_size = tcp.bufferSize
-            tcp.bufferSize = 0
-        self._paused_since_watch = False
-        self._sent_watches.append(d)
-        return d
-
-    def _sent(self, delivered: bool) -> None:
-        tcp = tcp_of(self.transport)
-        if self._buffer_size is not None and tcp is not None:
-            tcp.bufferSize = self._buffer_size
-        self._buffer_size = None
-        self._fire(self._sent_watches, delivered)
-        if self._closing and delivered:
-            self._leave_transport()  # the close `_close` held back can complete
-
-    @staticmethod
-    def _fire(watches: list[defer.Deferred], delivered: bool) -> None:
-        fired = list(watches)
-        watches.clear()
-        for d in fired:
-            d.callback(delivered)
-
-    # -- streams --------------------------------------------------------------------------
-
-    def begin_stream(self, listener):
-        """The current request becomes a live stream writing through an Outbox, which tells
-        `listener` when the output backs up (`output_paused`/`output_resumed`). Whatever was
-        pipelined behind it is dropped, and so is what arrives while it runs."""
-        self._end_pipeline()
-        if self._input == self._feed or self._input == self._hold:
-            self._input, self._parsing = self._during_stream, False
-        self._leave_transport()
-        self._resume_reading("output")
-        self.outbox = Outbox(self.transport, listener)
-        return self.outbox
-
-    def end_stream(self) -> None:
-        """The stream is over: its held output goes out, the producer leaves the transport,
-        and the connection may serve another request if nothing was sent behind the stream."""
-        if self.outbox is not None:
-            self.outbox.release()
-            self.outbox = None
-            if self.connected and not self._closing:
-                self._producing = True
-                self.transport.registerProducer(self, True)
-        if self._input == self._during_stream and not self.stream_broken:
-            self._input, self._parsing = self._feed, True
-
-    def take_input(self, receiver) -> bytes:
-        """From now on every received byte goes to `receiver` (an upgraded protocol);
-        returns those that arrived with the request."""
-        held = bytes(self._held or b"")
-        self._held = None
-        self._end_pipeline()
-        self._input, self._parsing = receiver, False
-        self._resume_reading("upgrade")
-        return held
-
-    def _end_pipeline(self) -> None:
-        waiting = len(self._queue) + (self._reader.message is not None)
-        if waiting or self._held:
-            self.stream_broken = True
-        if waiting:
-            log.msg(f"{waiting} request(s) pipelined behind a live stream left unanswered "
-                    f"({self._remote_ip})")
-        self._queue.clear()
-        self._reader.done_bytes = 0
-        self._reader.message = None
-        self._held = None
-        self._resume_reading("read-ahead")
-        self._resume_reading("upgrade")
-
     # -- timers ---------------------------------------------------------------------------
 
     def _set_deadline(self, kind: str | None) -> None:
@@ -759,4 +439,4 @@ class HTTPConnection(protocol.Protocol):
             self._timer = self.clock.callLater(left, self._on_timer)
             return
         self._stopped(None)
-        self._answer(_Reject(408, "request timeout"))
+        self._answer(Reject(408, "request timeout"))

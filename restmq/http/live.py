@@ -154,6 +154,8 @@ class CometHandler(LiveHandler):
     """`GET /c/<q>`: one line per message on a never-ending response
     (docs/live-delivery.md#comet)."""
 
+    kind = "comet"  # restmq_live_consumers
+
     sections = {"GET": "comet:consumer"}
     prefix = "/c/"
     jsonp_methods = ("GET",)
@@ -181,6 +183,8 @@ class CometHandler(LiveHandler):
 
 class SSEHandler(LiveHandler):
     """`GET /sse/<q>`: Server-Sent Events, one event per message, a keepalive every 15 s."""
+
+    kind = "sse"  # restmq_live_consumers
 
     sections = {"GET": "sse:consumer"}
     prefix = "/sse/"
@@ -215,6 +219,8 @@ class SSEHandler(LiveHandler):
 class WebSocketHandler(LiveHandler):
     """`GET /ws/<q>`: RFC 6455 on wsproto; messages out as text frames, client messages
     echoed, a ping every 30 s (docs/live-delivery.md#websocket)."""
+
+    kind = "websocket"  # restmq_live_consumers
 
     sections = {"GET": "websocket:consumer"}
     prefix = "/ws/"

@@ -12,6 +12,7 @@ from twisted.application import service
 from twisted.internet import defer, task
 from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from restmq.clock import RedisClock, reactor_clock
 from restmq.errors import RedisFailure, RedisUnavailable
@@ -83,6 +84,14 @@ class _Protocol(txredisapi.RedisProtocol):
         self.transport.write(payload)
         return d
 
+    def send_many(self, payload: bytes, count: int, now: float) -> list[defer.Deferred]:
+        """`payload` holds `count` commands: their replies' Deferreds, in order."""
+        ds = [self.replyQueue.get() for _ in range(count)]
+        if self.waiting_since is None:
+            self.waiting_since = now
+        self.transport.write(payload)
+        return ds
+
     def replyReceived(self, reply):
         super().replyReceived(reply)
         self.waiting_since = self.factory.now() if self.replyQueue.waiting else None
@@ -146,6 +155,9 @@ class RedisService(service.Service):
         self._watchdog = None
         self._clock_read_at = 0.0
         self._persistence_checked = False
+        # restmq.metrics.ProcessMetrics (or anything with `observe(seconds)` and
+        # `failed(kind)`), told of every command's round trip and failure; None: not measured.
+        self.metrics: Any = None
         # Commands that arrived before the first connection was ready: (Deferred, args, timer).
         self._waiting: list[tuple[defer.Deferred, tuple, Any]] = []
         where = f"unix:{unix_socket}" if unix_socket else f"{host}:{port}"
@@ -210,24 +222,28 @@ class RedisService(service.Service):
         d.addCallbacks(read, refused).addErrback(lambda f: f.trap(RedisUnavailable))
 
     def _check_persistence(self) -> None:
-        """Warn once at start-up when a Redis crash would lose acknowledged messages."""
-        def checked(reply):
-            settings = dict(zip(reply[::2], reply[1::2])) if reply else {}
-            if settings.get("appendonly") != "yes":
+        """Warn once at start-up when a Redis crash would lose acknowledged messages, and
+        log every warning `/health` reports."""
+        from restmq.redis.health import read_settings
+
+        def checked(settings):
+            if settings.persistence in ("rdb", "none"):
                 self.log.warn(
                     "Redis runs without AOF (appendonly no): messages acknowledged since its "
                     "last snapshot are lost if Redis crashes; see README.rst, Guarantees")
-            elif settings.get("appendfsync") not in ("always",):
+            elif settings.persistence in ("aof-everysec", "aof-no"):
                 self.log.info("Redis AOF with appendfsync {mode}: a Redis crash can lose up "
                               "to about a second of acknowledged messages",
-                              mode=settings.get("appendfsync"))
+                              mode=settings.persistence[4:])
+            for warning in settings.warnings:
+                self.log.warn("Redis health warning: {warning} (see GET /health)",
+                              warning=warning)
 
         def unknown(failure):
             self.log.info("could not read Redis persistence settings ({error})",
                           error=failure.getErrorMessage())
 
-        d = self.execute("CONFIG", "GET", "append*")
-        d.addCallbacks(checked, unknown)
+        read_settings(self).addCallbacks(checked, unknown)
 
     def _check_stalls(self) -> None:
         """A connection that has not answered for `timeout` seconds is dropped: its waiting
@@ -238,6 +254,7 @@ class RedisService(service.Service):
                 self.log.warn("Redis did not answer for {t} s: dropping a connection",
                               t=self.timeout)
                 conn.waiting_since = None
+                conn.timed_out = True  # its commands fail as timeouts (the metrics)
                 conn.transport.abortConnection()
         if now - self._clock_read_at >= CLOCK_INTERVAL or not self.redis_clock.known:
             conn = self._ready_connection()
@@ -284,6 +301,8 @@ class RedisService(service.Service):
         # it, bounded by the timeout, rather than fail the first requests of a fresh server.
         if factory is not None and (not factory.settled or factory.size):
             return self._wait(args)
+        if self.metrics is not None:
+            self.metrics.failed("unavailable")
         return defer.fail(RedisUnavailable("no connection to Redis"))
 
     def _send(self, conn, args: tuple) -> defer.Deferred:
@@ -295,7 +314,27 @@ class RedisService(service.Service):
             since = conn.waiting_since if conn.waiting_since is not None else now
             args = tuple(self._deadline_ms(arg, since) if isinstance(arg, _Deadline) else arg
                          for arg in args)
-        return conn.send(encode_command(args), now).addCallback(_reply)
+        return self._measured(conn.send(encode_command(args), now).addCallback(_reply), conn,
+                              now)
+
+    def _measured(self, d: defer.Deferred, conn, sent: float) -> defer.Deferred:
+        """Report the round trip of the command (or pipeline) `d` to the metrics."""
+        metrics = self.metrics
+        if metrics is None:
+            return d
+
+        def record(result):
+            metrics.observe(max(0.0, self.now() - sent))
+            if isinstance(result, Failure):
+                if result.check(RedisFailure):
+                    if not str(result.value).startswith("NOSCRIPT"):  # answered by a load
+                        metrics.failed("error")
+                else:
+                    metrics.failed("timeout" if getattr(conn, "timed_out", False)
+                                   else "unavailable")
+            return result
+
+        return d.addBoth(record)
 
     def _deadline_ms(self, deadline: _Deadline, since: float) -> int:
         if deadline.start is not None:
@@ -310,6 +349,49 @@ class RedisService(service.Service):
         """Whether an operation started with `deadline` may no longer write."""
         return deadline.start is not None and \
             self.now() >= deadline.start + self.timeout - DEADLINE_SLACK
+
+    def pipeline(self, commands: Sequence[tuple]) -> defer.Deferred:
+        """Send `commands` back to back on one connection in one write (one round trip).
+        Fires with their replies in order, an error reply standing in its place as a
+        RedisFailure (not raised: one refused command does not void the others); fails with
+        RedisUnavailable as `execute` does. No argument may be DEADLINE: for reads only."""
+        if not commands:
+            return defer.succeed([])
+        conn = self._ready_connection() if self.redis_clock.known else None
+        if conn is None:
+            # As `execute`: just after start, wait (bounded) for the first connection.
+            return self.execute("PING").addCallback(lambda _: self._pipeline_now(commands))
+        return self._send_many(conn, commands)
+
+    def _pipeline_now(self, commands: Sequence[tuple]) -> defer.Deferred:
+        conn = self._ready_connection()
+        if conn is None:
+            return defer.fail(RedisUnavailable("no connection to Redis"))
+        return self._send_many(conn, commands)
+
+    def _send_many(self, conn, commands: Sequence[tuple]) -> defer.Deferred:
+        payload = b"".join(encode_command(args) for args in commands)
+        ds = conn.send_many(payload, len(commands), self.now())
+        replies: list = [None] * len(ds)
+        lost: list = []
+
+        def keep(reply, i):
+            if isinstance(reply, txredisapi.ResponseError):
+                reply = RedisFailure(str(reply))
+            elif isinstance(reply, Exception):
+                lost.append(reply)
+            replies[i] = reply
+
+        for i, d in enumerate(ds):
+            d.addCallback(keep, i)
+
+        def gathered(_):
+            if lost:
+                raise RedisUnavailable(str(lost[0]))
+            return replies
+
+        # Replies on one connection come in order: the last one comes last.
+        return self._measured(ds[-1].addCallback(gathered), conn, self.now())
 
     def _wait(self, args: tuple) -> defer.Deferred:
         d = defer.Deferred()

@@ -9,8 +9,9 @@ its prefix (QUEUESET, queuestat::<q>). Most scripts get a queue's whole key bloc
 same keys the same way. See docs/redis-layout.md#scripts for the rules.
 
 The keys of leases, delays, priorities, dead letters and per-queue configuration (inflight,
-deliveries, delayed, priority, prio, config, dedup, dedupexp, origin, DUESET) appear only once
-something uses those features: a queue used only through the original routes keeps exactly the
+deliveries, delayed, priority, prio, config, dedup, dedupexp, origin, bucket, DUESET,
+PUSHSET) appear only once something uses those features, and the counters only on a server
+run with --counters: a queue used only through the original routes keeps exactly the
 original keyspace."""
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from typing import Iterable
 
 QUEUESET = "QUEUESET"  # the set of every queue name ever added to
 DUESET = "DUESET"  # queue name -> a lower bound of its next due time (ms, Redis's clock)
+PUSHSET = "PUSHSET"  # the set of the queues with a push_url (push queues)
 CHANNEL_SUFFIX = ":PUBSUB"
 _STATUS_PREFIX = "queuestat::"
 _AUTHKEY_PREFIX = "AUTHKEY:"
@@ -110,6 +112,18 @@ def origin(queue: str) -> str:
     return f"{queue}:origin"
 
 
+def counters(queue: str) -> str:
+    """Hash: counter name -> how many times it happened (acked, read_get ...), kept only by a
+    server run with --counters."""
+    return f"{queue}:counters"
+
+
+def bucket(queue: str) -> str:
+    """Hash: the push token bucket, `tokens` (a decimal) and `ts` (ms when they were
+    counted), shared by every process that pushes from the queue."""
+    return f"{queue}:bucket"
+
+
 def authkey(key: str) -> str:
     """The record of an auth key (JSON: its queues and privileges)."""
     return _AUTHKEY_PREFIX + key
@@ -140,10 +154,10 @@ def queue_block(queue: str) -> tuple[str, ...]:
     configuration writes only the pending list, the counter and its value)."""
     return (pending(queue), priority(queue), prio(queue), inflight(queue), deliveries(queue),
             delayed(queue), config(queue), counter(queue), dedup(queue), dedupexp(queue),
-            origin(queue), status(queue), policy(queue))
+            origin(queue), status(queue), policy(queue), counters(queue))
 
 
-BLOCK = 13  # len(queue_block(q)); the prelude's BLOCK
+BLOCK = 14  # len(queue_block(q)); the prelude's BLOCK
 
 
 def _with_globals(queue: str) -> tuple[str, ...]:
@@ -197,6 +211,21 @@ def lease_keys(queue: str, dead_letter: str | None = None) -> tuple[str, ...]:
     return _with_globals(queue)
 
 
+def config_keys(queue: str) -> tuple[str, ...]:
+    """config_set.lua: the block, then PUSHSET (a push_url makes the queue a member)."""
+    return (*queue_block(queue), PUSHSET)
+
+
+def push_claim_keys(queue: str, dead_letter: str | None = None) -> tuple[str, ...]:
+    """push_claim.lua: the keys of claim.lua (lease_keys), then the queue's token bucket."""
+    return (*lease_keys(queue, dead_letter), bucket(queue))
+
+
+def push_pause_keys(queue: str) -> tuple[str, ...]:
+    """push_pause.lua: the queue's configuration and token bucket."""
+    return (config(queue), bucket(queue))
+
+
 def redrive_keys(queue: str, target: str) -> tuple[str, ...]:
     """redrive.lua: the dead-letter queue's block, QUEUESET, DUESET, the target's block."""
     return (*_with_globals(queue), *queue_block(target))
@@ -205,6 +234,16 @@ def redrive_keys(queue: str, target: str) -> tuple[str, ...]:
 def due_keys() -> tuple[str, ...]:
     """due.lua."""
     return (DUESET,)
+
+
+def metrics_keys(queues: Iterable[str], counting: bool) -> tuple[str, ...]:
+    """metrics.lua: seven keys for each queue, eight with counters."""
+    out: list[str] = []
+    for q in queues:
+        out += [pending(q), priority(q), inflight(q), delayed(q), status(q), counter(q), config(q)]
+        if counting:
+            out.append(counters(q))
+    return tuple(out)
 
 
 def stats_keys(queues: Iterable[str | bytes]) -> tuple[str | bytes, ...]:

@@ -57,6 +57,7 @@ class PubSubService(service.Service):
         self.timeout = timeout
         self.clock = redis.reactor if clock is None else clock
         self.wanted: set[str] = set()
+        self._holders: dict[str, int] = {}  # channel -> how many want it
         self.confirmed: set[str] = set()
         self._conn = None
         self._ping_sent: float | None = None  # when the unanswered PING went out
@@ -119,6 +120,9 @@ class PubSubService(service.Service):
             self._ping_sent = None
 
     def subscribe(self, channel: str) -> None:
+        """One more holder wants `channel` (live delivery and a push dispatcher may both hold
+        one queue's channel): subscribed with the first."""
+        self._holders[channel] = self._holders.get(channel, 0) + 1
         if channel in self.wanted:
             return
         self.wanted.add(channel)
@@ -126,6 +130,12 @@ class PubSubService(service.Service):
             self._subscribe(channel)
 
     def unsubscribe(self, channel: str) -> None:
+        """One holder less: unsubscribed when it was the last."""
+        held = self._holders.get(channel, 0) - 1
+        if held > 0:
+            self._holders[channel] = held
+            return
+        self._holders.pop(channel, None)
         self.wanted.discard(channel)
         self.confirmed.discard(channel)
         if self._conn is not None:
@@ -149,3 +159,23 @@ class PubSubService(service.Service):
     def message_received(self, channel: str, message: str) -> None:
         if self.listener is not None:
             self.listener.message(channel, message)
+
+
+class FanOut:
+    """A pub/sub listener that tells each of `listeners` everything (live delivery and the
+    push dispatchers of a process share its one connection)."""
+
+    def __init__(self, *listeners: Any):
+        self.listeners = listeners
+
+    def confirmed(self, channel: str) -> None:
+        for listener in self.listeners:
+            listener.confirmed(channel)
+
+    def lost(self) -> None:
+        for listener in self.listeners:
+            listener.lost()
+
+    def message(self, channel: str, message: str) -> None:
+        for listener in self.listeners:
+            listener.message(channel, message)

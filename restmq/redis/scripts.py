@@ -15,11 +15,21 @@ class Script:
         self.sha = hashlib.sha1(source.encode("utf-8")).hexdigest()
 
 
-def load_script(name: str) -> Script:
+_NOT_COUNTING = "local COUNTING = false\n"
+
+
+def load_script(name: str, counters: bool = False) -> Script:
     """`restmq/scripts/<name>.lua` after `scripts/lib/prelude.lua` (the deadline guard, the
-    skipping of dead entries, retiring, and the derivation of value keys from KEYS)."""
+    skipping of dead entries, retiring, and the derivation of value keys from KEYS). With
+    `counters` the script keeps the queue counters (`count` of the prelude): the flag is part
+    of the source, so the two variants have their own SHA and no script takes an argument
+    more."""
     folder = resources.files("restmq") / "scripts"
     prelude = (folder / "lib" / "prelude.lua").read_text("utf-8")
+    if _NOT_COUNTING not in prelude:
+        raise RuntimeError("the prelude no longer declares COUNTING")
+    if counters:
+        prelude = prelude.replace(_NOT_COUNTING, "local COUNTING = true\n", 1)
     return Script(name, prelude + (folder / f"{name}.lua").read_text("utf-8"))
 
 

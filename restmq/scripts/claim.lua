@@ -20,40 +20,17 @@ local limit, lease, token, mode = tonumber(ARGV[8]), tonumber(ARGV[9]), ARGV[10]
 lease = lease or (tonumber(redis.call('HGET', Q.config, 'lease')) or 30) * 1000
 local dead_limit = tonumber(ARGV[12])
 local COUNTERS = {claim = 'delivered_claim', pop = 'read_pop', push = 'delivered_push'}
-local max_attempts, wrong = check_dead_letter(Q, ctx)
+local _, wrong = check_dead_letter(Q, ctx)
 if wrong then
   return wrong
 end
 
--- Nothing below adds to the priority levels: one look tells whether they need reading at all.
--- The leases enter the in-flight set together, at the end.
-local flat = redis.call('EXISTS', Q.priority) == 0
-local reply, taken, dead, leases = {now, lease}, 0, 0, {}
-while taken < limit do
-  local key, value, skipped = next_live(Q, dead_limit - dead, false, flat)
-  dead = dead + skipped
-  if not key then
-    if value and taken == 0 then
-      return value  -- 'MORE'
-    end
-    break
-  end
-  local c = deliveries_of(Q, key) + 1
-  if max_attempts > 0 and c > max_attempts then
-    dead_letter(Q, D, G, ctx, key, c - 1, 'max_attempts', now)
-  else
-    redis.call('HSET', Q.deliveries, key, c .. '.' .. token)
-    leases[#leases + 1] = now + lease
-    leases[#leases + 1] = key
-    taken = taken + 1
-    reply[#reply + 1] = key
-    reply[#reply + 1] = value
-    reply[#reply + 1] = c
-  end
+local reply = {now, lease}
+local taken, more = take_leases(Q, D, G, ctx, now, limit, lease, token, dead_limit, reply)
+if more then
+  return more
 end
 if taken > 0 then
-  redis.call('ZADD', Q.inflight, unpack(leases))
-  due(G, ctx.queue, now + lease)
   count(Q, COUNTERS[mode], taken)
 end
 wake_dead_letter(ctx)

@@ -2,8 +2,10 @@
 -- then the block of q's dead-letter queue when the caller names one. ARGV: queue name, the
 -- dead-letter queue the caller believes in ('' for none). Read-only.
 -- Replies {'ok', pending, inflight, delayed, status, policy, dead-letter queue, its pending
--- count, next due, pending of priority 1, ..., of priority 9} ('' for an absent status,
--- policy, dead-letter queue or due time); {'dead_letter', name} when the dead-letter queue is
+-- count, next due, pending of priority 1, ..., of priority 9, the key counter (messages ever
+-- numbered in q; '' when none was), then, when counting, the counters' fields and values}
+-- ('' for an absent status, policy, dead-letter queue or due
+-- time); {'dead_letter', name} when the dead-letter queue is
 -- not the one whose keys were given.
 local Q, G, D = queue_keys(1), global_keys(BLOCK + 1), queue_keys(BLOCK + 3)
 local q, believed = ARGV[1], ARGV[2]
@@ -25,5 +27,11 @@ local reply = {'ok', pending_of(Q), redis.call('ZCARD', Q.inflight),
 for p = 1, 9 do
   reply[#reply + 1] = redis.call('ZCOUNT', Q.priority, (9 - p) * PRIORITY_STEP,
                                  '(' .. string.format('%d', (10 - p) * PRIORITY_STEP))
+end
+reply[#reply + 1] = redis.call('GET', Q.counter) or ''
+if COUNTING then
+  for _, part in ipairs(redis.call('HGETALL', Q.counters)) do
+    reply[#reply + 1] = part
+  end
 end
 return reply

@@ -41,9 +41,17 @@ class Options(RedisOptions, ListenOptions):
         ["pop-lease", None, 30, "Seconds a message popped by /pop/ stays leased until its "
          "reply went out and it is acked (1 to 43200); a crash meanwhile hands it back after "
          "that.", int_within(1, 43200, "pop-lease")],
+        ["metrics-queues", None, 10000, "Most queues /metrics exports (the first in byte "
+         "order); beyond them restmq_metrics_truncated is 1.", int_at_least(1, "metrics-queues")],
     ]
     optFlags = [
         ["trusted-proxy", None, "Take the client address from X-Real-IP / X-Forwarded-For."],
+        ["counters", None, "Keep per-queue counters in Redis (<q>:counters: acked, "
+         "redelivered, dead letters, reads, deliveries ...) for /info/ and /metrics."],
+        ["no-push", None, "Run no push dispatcher in this process (push queues are served by "
+         "the other processes)."],
+        ["push-private", None, "Allow push and hook targets on loopback, private, link-local "
+         "and CGNAT addresses (tests, single-host setups)."],
     ]
 
     def opt_version(self):
@@ -70,13 +78,16 @@ def makeService(options: Options, collectd_frontend: bool = False) -> service.IS
     from restmq.delivery import Delivery, Ticker
     from restmq.http import AccessLog, Context, load_static, make_application
     from restmq.redis import PubSubService
+    from restmq.metrics import ProcessMetrics
+    from restmq.redis.health import Health
 
     clock = use_monotonic_time(reactor)  # every timer below runs on it
     top = StopInOrder()
     redis = redis_service(options, clock)
     redis.setServiceParent(top)
     RedisVersionCheck(redis, clock, lambda: exit_nonzero(reactor)).setServiceParent(top)
-    core = Core(redis, consumed_ttl=options["consumed-ttl"], clock=clock)
+    core = Core(redis, consumed_ttl=options["consumed-ttl"], clock=clock,
+                counters=bool(options["counters"]))
     # Leases, delays and dead letters need a ticker in every HTTP process (it stops before
     # the Redis connections close, after the listener and live delivery).
     Ticker(core, clock).setServiceParent(top)
@@ -84,15 +95,28 @@ def makeService(options: Options, collectd_frontend: bool = False) -> service.IS
     delivery = Delivery(core, pubsub, db=options["redis-db"], clock=clock,
                         stall_timeout=options["live-stall-timeout"])
     pubsub.listener = delivery
+    metrics = ProcessMetrics(delivery)
+    redis.metrics = metrics
     pubsub.setServiceParent(top)
     delivery.setServiceParent(top)
+    if not options["no-push"]:
+        # Stopped before live delivery and Redis: its attempts settle over the pool.
+        from restmq.delivery.push import PushService
+        from restmq.redis.pubsub import FanOut
+        push = PushService(core, pubsub, clock, reactor, db=options["redis-db"],
+                           private=bool(options["push-private"]), wall=wall_time)
+        pubsub.listener = FanOut(delivery, push)
+        push.setServiceParent(top)
     acl = options.acl
     ctx = Context(core=core, acl=acl, delivery=delivery, redis_description=redis.description,
-                  static=load_static(), pop_lease=options["pop-lease"])
+                  static=load_static(), pop_lease=options["pop-lease"],
+                  health=Health(redis, clock), metrics=metrics,
+                  metrics_queues=options["metrics-queues"])
     access_log = AccessLog(clock) if options["access-log"] else None
     app = make_application(ctx, max_body=options["max-body"], access_log=access_log,
                            collectd_frontend=collectd_frontend, clock=clock, wall=wall_time,
-                           max_batch=options["max-batch"])
+                           max_batch=options["max-batch"],
+                           push_private=bool(options["push-private"]))
     if access_log is not None:
         top.addService(OnStop(access_log.flush))
     acl_reload = internet.TimerService(options["acl-check-interval"], acl.check_for_change)

@@ -88,7 +88,7 @@ def test_another_queue_name():
 
 def test_config_changes_checks_each_attribute_in_table_order_then_unset():
     changes, removed = a.config_changes(
-        {"lease": "007", "ttl": "60", "push_url": "ignored", "dead_letter": "d", "delay": ""},
+        {"lease": "007", "ttl": "60", "push_link": "ignored", "dead_letter": "d", "delay": ""},
         "max_message", "q", 1000)
     assert changes == {"ttl": "60", "lease": "7", "dead_letter": "d"}
     assert removed == ["max_message"]
@@ -112,7 +112,12 @@ def test_config_changes_checks_each_attribute_in_table_order_then_unset():
 
 def test_effective_configuration_fills_in_defaults():
     assert a.effective({}) == {"ttl": None, "delay": 0, "max_message": None, "lease": 30,
-                               "max_attempts": 0, "dead_letter": None, "dedup_window": 300}
+                               "max_attempts": 0, "dead_letter": None, "dedup_window": 300,
+                               "push_url": None, "push_auth": None,
+                               "push_type": "text/plain; charset=utf-8", "push_timeout": 30,
+                               "push_rate": 10, "push_burst": 10, "push_concurrency": 10,
+                               "backoff_min": 1, "backoff_max": 300, "pre_hook": None,
+                               "post_hook": None}
     shown = a.effective({"lease": "5", "dead_letter": "d", "ttl": "by hand", "other": "x"})
     assert (shown["lease"], shown["dead_letter"], shown["ttl"]) == (5, "d", "by hand")
     assert "other" not in shown

@@ -8,7 +8,7 @@ from twisted.internet import defer
 
 from restmq.core import Added
 from restmq.core.messages import Message
-from restmq.http.connection import HEAD_TIMEOUT, READ_AHEAD_REQUESTS
+from restmq.http.reading import HEAD_TIMEOUT, READ_AHEAD_REQUESTS
 from restmq.http.live import MAX_UNSENT
 from restmq.http.websocket import PING_INTERVAL
 from tests.unit.fakes import Connection, FakeCore, status

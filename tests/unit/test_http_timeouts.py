@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from restmq.http.connection import BODY_TIMEOUT, DISCARD_GRACE, HEAD_TIMEOUT
+from restmq.http.reading import BODY_TIMEOUT, DISCARD_GRACE, HEAD_TIMEOUT
 from tests.unit.fakes import Connection, status
 
 TIMEOUT_REPLY = (b'HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n'

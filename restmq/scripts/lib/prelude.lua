@@ -40,12 +40,13 @@ end
 
 -- A queue's keys, KEYS[i] to KEYS[i + BLOCK - 1], in the order restmq/redis/keys.py's
 -- queue_block gives them.
-local BLOCK = 13
+local BLOCK = 14
 local function queue_keys(i)
   return {pending = KEYS[i], priority = KEYS[i + 1], prio = KEYS[i + 2], inflight = KEYS[i + 3],
           deliveries = KEYS[i + 4], delayed = KEYS[i + 5], config = KEYS[i + 6],
           counter = KEYS[i + 7], dedup = KEYS[i + 8], dedupexp = KEYS[i + 9],
-          origin = KEYS[i + 10], status = KEYS[i + 11], policy = KEYS[i + 12]}
+          origin = KEYS[i + 10], status = KEYS[i + 11], policy = KEYS[i + 12],
+          counters = KEYS[i + 13]}
 end
 
 -- The keys outside every queue's prefix, after the first block.
@@ -78,9 +79,16 @@ local function guard(deadline, now)
   return nil
 end
 
--- count(Q, counter, n): where the per-queue counters of the metrics will be kept. Nothing is
--- counted yet; every place that counts calls this already.
+-- count(Q, counter, n): add n to the counter named `counter` of the queue whose block is Q,
+-- on a server run with --counters (restmq/redis/scripts.py turns COUNTING on in the text of
+-- the scripts it loads for it). Otherwise nothing is written: a database used only through
+-- the original operations keeps exactly the original keyspace. A dispatcher's outcome is
+-- counted with count(Q, 'push_' .. outcome, 1).
+local COUNTING = false
 local function count(Q, counter, n)
+  if COUNTING and n > 0 then
+    redis.call('HINCRBY', Q.counters, counter, n)
+  end
 end
 
 local function wake(channel, db)
@@ -300,4 +308,45 @@ local function wake_dead_letter(ctx)
   if ctx.moved then
     wake(ctx.dead_channel, ctx.db)
   end
+end
+
+-- take_leases(Q, D, G, ctx, now, limit, lease, token, dead_limit, reply): lease up to `limit`
+-- messages in consumption order for `lease` ms under `token` (CLAIM's loop, shared with the
+-- push claim): each gets delivery count c, one more than before, and its deliveries field
+-- 'c.token'; one already delivered max_attempts times (the setting was lowered meanwhile) is
+-- dead-lettered instead. Appends key, value, c of each to `reply`. Returns how many were
+-- taken, and 'MORE' when none was and `dead_limit` dead entries were removed on the way.
+local function take_leases(Q, D, G, ctx, now, limit, lease, token, dead_limit, reply)
+  local max_attempts = tonumber(redis.call('HGET', Q.config, 'max_attempts')) or 0
+  -- Nothing below adds to the priority levels: one look tells whether they need reading at
+  -- all. The leases enter the in-flight set together, at the end.
+  local flat = redis.call('EXISTS', Q.priority) == 0
+  local taken, dead, leases = 0, 0, {}
+  while taken < limit do
+    local key, value, skipped = next_live(Q, dead_limit - dead, false, flat)
+    dead = dead + skipped
+    if not key then
+      if value and taken == 0 then
+        return 0, value  -- 'MORE'
+      end
+      break
+    end
+    local c = deliveries_of(Q, key) + 1
+    if max_attempts > 0 and c > max_attempts then
+      dead_letter(Q, D, G, ctx, key, c - 1, 'max_attempts', now)
+    else
+      redis.call('HSET', Q.deliveries, key, c .. '.' .. token)
+      leases[#leases + 1] = now + lease
+      leases[#leases + 1] = key
+      taken = taken + 1
+      reply[#reply + 1] = key
+      reply[#reply + 1] = value
+      reply[#reply + 1] = c
+    end
+  end
+  if taken > 0 then
+    redis.call('ZADD', Q.inflight, unpack(leases))
+    due(G, ctx.queue, now + lease)
+  end
+  return taken, nil
 end

@@ -1,0 +1,20 @@
+-- METRICS of a page of queues (the server reads QUEUESET first). Read-only.
+-- KEYS: for each queue <q>:queue, <q>:priority, <q>:inflight, <q>:delayed, queuestat::<q>,
+-- <q>:UUID, <q>:config, and, when counting, <q>:counters. ARGV: none.
+-- Returns one JSON text (decoded in one step on the server, however many queues): an array
+-- with, per queue, [pending (every level), in flight, delayed, status or '', the key
+-- counter or '', the dead-letter queue or '', and, when counting, the counters' fields and
+-- values as one flat array].
+local stride = COUNTING and 8 or 7
+local out = {}
+for i = 1, #KEYS, stride do
+  local row = {redis.call('LLEN', KEYS[i]) + redis.call('ZCARD', KEYS[i + 1]),
+               redis.call('ZCARD', KEYS[i + 2]), redis.call('ZCARD', KEYS[i + 3]),
+               redis.call('GET', KEYS[i + 4]) or '', redis.call('GET', KEYS[i + 5]) or '',
+               redis.call('HGET', KEYS[i + 6], 'dead_letter') or ''}
+  if COUNTING then
+    row[7] = redis.call('HGETALL', KEYS[i + 7])
+  end
+  out[#out + 1] = row
+end
+return cjson.encode(out)
