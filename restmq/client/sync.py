@@ -70,7 +70,11 @@ class Client(Api):
         except OSError as e:
             raise _NotSent(e) from None
         conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn.auto_open = 0  # a connection close() shut must fail, not quietly open again
         with self._lock:
+            if self._closed:  # closed while this one was being opened: it would escape
+                conn.close()
+                raise _NotSent(ConnectionAbortedError("the client was closed"))
             self._open.add(conn)
         return conn
 
@@ -98,7 +102,7 @@ class Client(Api):
     def _exchange(self, request: Request, timeout: float, reuse: bool):
         """One request and its whole reply: (status, body)."""
         conn = getattr(self._local, "conn", None) if reuse else None
-        if conn is not None and select.select([conn.sock], [], [], 0)[0]:
+        if conn is not None and (conn.sock is None or select.select([conn.sock], [], [], 0)[0]):
             # an idle connection with something to read was closed by the server, or holds
             # the 408 it sends before closing an idle one: never read that as our reply
             self._forget(conn)
@@ -106,17 +110,19 @@ class Client(Api):
         reused = conn is not None
         if conn is None:
             conn = self._new_connection(timeout)
-        else:
-            conn.sock.settimeout(timeout)
         path, body, headers = request.encoded()
         try:
+            if reused:
+                conn.sock.settimeout(timeout)
             conn.request(request.method, self._base + path, body, {**self._auth, **headers})
             reply = conn.getresponse()
             data = reply.read()
         except STALE as e:
             self._forget(conn)
             raise (_Stale(e) if reused and request.resend else _Lost(e)) from None
-        except (OSError, http.client.HTTPException) as e:
+        # close() from another thread or a signal handler leaves http.client with no socket
+        # at any point of the exchange: AttributeError is how that shows
+        except (OSError, http.client.HTTPException, AttributeError) as e:
             self._forget(conn)
             raise _Lost(e) from None
         if reply.will_close or not reuse:
