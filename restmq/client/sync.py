@@ -145,10 +145,11 @@ class Client(Api):
             if self._closed:
                 raise Unavailable(None, f"{request.what}: the client was closed")
             try:
-                # a request that must not go out twice gets a fresh connection: on a reused
-                # one, a close by the server that crossed the request would leave it unknown
+                # a kept-alive connection is reused once it shows nothing to read (a server
+                # that closed it, or its 408, shows); a close that crosses the request is
+                # then sent again only when that is safe, else raised as OutcomeUnknown
                 status, body = self._exchange(request, self.timeout + request.wait,
-                                              reuse=request.resend)
+                                              reuse=True)
             except _Stale:
                 continue  # the next try opens a new connection, so this happens once
             except _NotSent as e:
