@@ -10,6 +10,7 @@ import statistics
 from pathlib import Path
 
 import dashboard as dashmod
+import client as clientmod
 import flow as flowmod
 import httpbench
 import leases as leasemod
@@ -793,6 +794,8 @@ def render(results: dict, out_path: Path, with_plots: bool = True) -> str:
         o += dashmod.render(a.sec["dashboard"])
     if a.sec.get("metrics", {}).get("latency"):
         o += scrapemod.render(a.sec["metrics"])
+    if a.sec.get("client", {}).get("worker"):
+        o += clientmod.render(a.sec["client"])
 
     o += ["## Problems and server logs", ""]
     o += [f"- {p}" for p in a.problems] or ["- none: every reply was 2xx, no socket errors, "

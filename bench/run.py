@@ -26,6 +26,8 @@ Sections, each figure beside a baseline measured in the same run and interleaved
             page of queues, /stats/ of 1,000) (bench/dashboard.py; its own servers)
   metrics   GET /metrics with 10,000 queues: latency, its Redis commands (MONITOR), and the
             add req/s with a scrape every second vs without (bench/scrape.py; its own servers)
+  client    restmq.client from one process: a Worker (concurrency 8, no-op work) in
+            messages/s; Client.add vs a raw http.client loop (bench/client.py)
 
 Everything (wrk, Redis, the servers, the clients) shares this machine; the report records
 the machine, the versions, the load average, and each process's CPU during each wrk run.
@@ -50,6 +52,7 @@ import traceback
 from pathlib import Path
 
 import dashboard
+import client as clientbench
 import flow
 import httpbench
 import leases as leasebench
@@ -65,7 +68,7 @@ from common import (BENCH_DIR, ServerProcess, checkout_env, cpu_seconds, dist_ve
                     start_all, stop_all, venv_bin)
 
 SECTIONS = ("http", "reuse", "collectd", "syslog", "live", "leases", "rabbitmq", "parser",
-            "flow", "dashboard", "metrics")
+            "flow", "dashboard", "metrics", "client")
 OUT_DIR = BENCH_DIR / "out"
 FORM = "application/x-www-form-urlencoded"
 PREFILL_MARGIN = 1.5  # queues are filled for 1.5x the requests the run is expected to make
@@ -529,6 +532,8 @@ def run_all(args: argparse.Namespace) -> dict:
                         args.pause, args.quick)),
                     ("metrics", lambda: scrape.measure(redis_bin, wrk_bin, args.rounds,
                                                        args.duration, args.pause, args.quick)),
+                    ("client", lambda: clientbench.measure(redis_bin, args.rounds,
+                                                           args.quick)),
                 ]
                 for name, run in plan:
                     if name not in sections:
