@@ -27,7 +27,8 @@ setup(
         "wsproto>=1.3,<1.4",
         "prometheus_client>=0.20,<1",  # /metrics
     ],
-    entry_points={"console_scripts": ["restmq-engine = restmq.engine:main"]},
+    entry_points={"console_scripts": ["restmq-engine = restmq.engine:main",
+                                     "restmq = restmq.client.cli:main"]},
     extras_require={"test": ["pytest", "pytest-twisted", "autobahn", "h11"]},
     classifiers=[
         "Framework :: Twisted",

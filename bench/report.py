@@ -10,6 +10,7 @@ import statistics
 from pathlib import Path
 
 import dashboard as dashmod
+import client as clientmod
 import flow as flowmod
 import httpbench
 import leases as leasemod
@@ -796,7 +797,7 @@ def render(results: dict, out_path: Path, with_plots: bool = True) -> str:
     if a.sec.get("metrics", {}).get("latency"):
         o += scrapemod.render(a.sec["metrics"])
     if a.sec.get("push", {}).get("dispatch"):
-        o += pushmod.render(a.sec["push"]) + plot("push")
+        o += pushmod.render(a.sec["push"]) + plot("push", "client")
 
     o += ["## Problems and server logs", ""]
     o += [f"- {p}" for p in a.problems] or ["- none: every reply was 2xx, no socket errors, "

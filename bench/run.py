@@ -29,6 +29,8 @@ Sections, each figure beside a baseline measured in the same run and interleaved
   push      push dispatch messages/s from one process to a 204 target (and the target's own
             capacity), add → receipt latency, rate-limit accuracy over 30 s (bench/push.py;
             its own servers)
+  client    restmq.client from one process: a Worker (concurrency 8, no-op work) in
+            messages/s; Client.add vs a raw http.client loop (bench/client.py)
 
 Everything (wrk, Redis, the servers, the clients) shares this machine; the report records
 the machine, the versions, the load average, and each process's CPU during each wrk run.
@@ -53,6 +55,7 @@ import traceback
 from pathlib import Path
 
 import dashboard
+import client as clientbench
 import flow
 import httpbench
 import leases as leasebench
@@ -69,7 +72,7 @@ from common import (BENCH_DIR, ServerProcess, checkout_env, cpu_seconds, dist_ve
                     start_all, stop_all, venv_bin)
 
 SECTIONS = ("http", "reuse", "collectd", "syslog", "live", "leases", "rabbitmq", "parser",
-            "flow", "dashboard", "metrics", "push")
+            "flow", "dashboard", "metrics", "push", "client")
 OUT_DIR = BENCH_DIR / "out"
 FORM = "application/x-www-form-urlencoded"
 PREFILL_MARGIN = 1.5  # queues are filled for 1.5x the requests the run is expected to make
@@ -535,6 +538,8 @@ def run_all(args: argparse.Namespace) -> dict:
                                                        args.duration, args.pause, args.quick)),
                     ("push", lambda: pushbench.measure(redis_bin, wrk_bin, args.rounds,
                                                        args.quick)),
+                    ("client", lambda: clientbench.measure(redis_bin, args.rounds,
+                                                           args.quick)),
                 ]
                 for name, run in plan:
                     if name not in sections:
