@@ -238,9 +238,6 @@ def test_a_delayed_priority_message_keeps_its_level(H, redis):
     assert get(H, "/q/jobs").json["key"] == urgent
 
 
-@pytest.mark.xfail(strict=True, reason="a message of priority 1 to 9 is scored by its key's "
-                   "number, so one that becomes due goes ahead of the newer numbers of its "
-                   "level that were pending before it (found by the adversarial tier)")
 def test_a_delayed_priority_message_joins_its_level_behind_what_was_pending_before(H, redis):
     later = key_of(add(H, {"value": "due later", "priority": "3", "delay": "1"}))
     first = key_of(add(H, {"value": "pending first", "priority": "3"}))

@@ -117,11 +117,12 @@ end
 -- (2) delayed messages that are due, in due order. What does not depend on one message is
 -- done once for all of them: the removal (they are the set's first entries), the look at
 -- their values (each one's only when some value is gone: deleted or expired before it was
--- due), at their priorities, and the push of those of priority 0.
+-- due), at their priorities, the push of those of priority 0, and the numbers that place
+-- the others at the end of their levels (one INCRBY of the counter).
 local promoted = 0
 local delayed, due_order = due_in(Q.delayed)
 if #due_order > 0 then
-  local members, levels, plain = {}, {}, {}
+  local members, levels, plain, ranked = {}, {}, {}, {}
   for n, i in ipairs(due_order) do
     members[n] = delayed[i]
   end
@@ -135,16 +136,21 @@ if #due_order > 0 then
     if not all_live and redis.call('EXISTS', key) == 0 then
       forget(Q, key)
     elseif p and p >= 1 then
-      enqueue(Q, key, p)
-      promoted = promoted + 1
+      ranked[#ranked + 1] = n
     else
       plain[#plain + 1] = key
-      promoted = promoted + 1
     end
   end
   if #plain > 0 then
     redis.call('LPUSH', Q.pending, unpack(plain))  -- in due order, as one LPUSH each would
   end
+  if #ranked > 0 then
+    local first = redis.call('INCRBY', Q.counter, #ranked) - #ranked
+    for j, n in ipairs(ranked) do
+      enqueue(Q, delayed[due_order[n]], tonumber(levels[n]), first + j)
+    end
+  end
+  promoted = #plain + #ranked
 end
 
 -- (3)

@@ -126,30 +126,34 @@ local function retire(k, retention)
   end
 end
 
--- The sorted-set score of a pending message of priority p (1 to 9) numbered n: ZPOPMIN takes
--- the highest priority first, and the oldest (lowest number) first within one level.
+-- The sorted-set score of a pending message of priority p (1 to 9) placed by number n: ZPOPMIN
+-- takes the highest priority first, and the lowest number first within one level.
 local PRIORITY_STEP = 1099511627776  -- 2^40
-local function priority_score(key, p)
-  return (9 - p) * PRIORITY_STEP + (tonumber(number_of(key)) or 0)
+local function priority_score(p, n)
+  return (9 - p) * PRIORITY_STEP + n
 end
 
--- enqueue(Q, key, p): the message becomes pending as if added now (an add, a delayed message
--- that became due): at the producing end of its level.
-local function enqueue(Q, key, p)
+-- enqueue(Q, key, p, n): the message becomes pending as if added now (an add, a delayed message
+-- that became due): at the producing end of its level, level 0 by LPUSH, a higher one by n, a
+-- number of the queue's counter taken now (the key's own for an add). A message that becomes
+-- due then joins its level behind everything pending before; its key's number, older than
+-- those, would put it ahead of them. A number burnt this way just names no message.
+local function enqueue(Q, key, p, n)
   if p and p >= 1 then
-    redis.call('ZADD', Q.priority, priority_score(key, p), key)
+    redis.call('ZADD', Q.priority, priority_score(p, n), key)
   else
     redis.call('LPUSH', Q.pending, key)
   end
 end
 
 -- requeue(Q, key): the message goes back to the consuming end, next in line (a release, an
--- expired lease). A priority message was the oldest of its level when it was taken, so its
--- score puts it first again.
+-- expired lease), as level 0's RPUSH does. A priority message was the first of its level when
+-- it was taken, and every score given since is a newer number than its key's, so its key's
+-- number puts it first again.
 local function requeue(Q, key)
   local p = tonumber(redis.call('HGET', Q.prio, key))
   if p and p >= 1 then
-    redis.call('ZADD', Q.priority, priority_score(key, p), key)
+    redis.call('ZADD', Q.priority, priority_score(p, tonumber(number_of(key)) or 0), key)
   else
     redis.call('RPUSH', Q.pending, key)
   end
