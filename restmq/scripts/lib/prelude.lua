@@ -114,10 +114,16 @@ local function forget_all(Q, keys)
 end
 
 -- retire(k, retention): keep a consumed value readable for the retention period. A retention
--- of 0 deletes at once; a shorter remaining ttl is kept.
+-- of 0 deletes at once; a shorter remaining ttl is kept (by Redis 7 itself: EXPIRE's LT sets a
+-- ttl only where it shortens one, a key without a ttl counting as infinite).
+local EXPIRE_LT = (redis.REDIS_VERSION_NUM or 0) >= 0x070000
 local function retire(k, retention)
   if retention == 0 then
     redis.call('DEL', k)
+    return
+  end
+  if EXPIRE_LT then
+    redis.call('EXPIRE', k, retention, 'LT')
     return
   end
   local ttl = redis.call('TTL', k)
@@ -222,17 +228,27 @@ local function deliveries_of(Q, key)
   return tonumber(field and field:match('^(%d+)') or 0)
 end
 
+-- receipt_parts(receipt): of a receipt <n>.<c>.<t>, the digits n, the deliveries field 'c.t'
+-- its message has while it is current, and c; nil when it does not parse.
+local function receipt_parts(receipt)
+  local n, c, t = receipt:match('^(%d+)%.(%d+)%.([0-9a-f]+)$')
+  if not n or #n > 15 or #t ~= 16 then
+    return nil
+  end
+  return n, c .. '.' .. t, c
+end
+
 -- leased(Q, receipt): the value key and delivery count a receipt <n>.<c>.<t> names when it is
 -- current: the message's deliveries field is exactly 'c.t' (it is leased, under this very
 -- delivery). Else nil: a receipt that does not parse, of a message acked or gone, or of an
 -- earlier delivery (its lease expired and the message was delivered again).
 local function leased(Q, receipt)
-  local n, c, t = receipt:match('^(%d+)%.(%d+)%.([0-9a-f]+)$')
-  if not n or #n > 15 or #t ~= 16 then
+  local n, field, c = receipt_parts(receipt)
+  if not n then
     return nil
   end
   local key = value_key(Q.counter, n)
-  if redis.call('HGET', Q.deliveries, key) ~= c .. '.' .. t then
+  if redis.call('HGET', Q.deliveries, key) ~= field then
     return nil
   end
   return key, tonumber(c)
