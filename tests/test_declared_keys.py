@@ -41,7 +41,7 @@ TOKEN = re.compile(r"""
   | (?P<name>[A-Za-z_]\w*)
   | (?P<op>\.\.\.|\.\.|==|~=|<=|>=|[-+*/%^\#<>=(){}\[\];:,.])
 """, re.X | re.S)
-MEMBER_READS = {"LRANGE", "ZRANGE", "ZRANGEBYSCORE", "ZPOPMIN"}
+MEMBER_READS = {"LRANGE", "ZRANGE", "ZRANGEBYSCORE", "ZPOPMIN", "RPOP"}
 BINARY = {"+", "-", "*", "/", "%", "^", "..", "==", "~=", "<", "<=", ">", ">=", "and", "or"}
 UNARY = {"not", "-", "#"}
 
@@ -383,8 +383,8 @@ class LuaKeys:
         return (bool(roles) or unused) and all(judge(e, i) for e, i in roles)
 
     def listy(self, expr, seen) -> bool:
-        """A reply listing the entries of a declared list or sorted set (LRANGE, ZRANGE,
-        ZRANGEBYSCORE, ZPOPMIN; lenient: the scores of a WITHSCORES reply pass too), a local
+        """A reply listing the entries of a declared list or sorted set (LRANGE, RPOP with a
+        count, ZRANGE, ZRANGEBYSCORE, ZPOPMIN; lenient: the scores of a WITHSCORES reply pass too), a local
         function returning only such replies, or a name only ever holding one."""
         if expr[0] == "call" and expr[1] == ("name", "ipairs"):
             return self.listy(expr[2][0], seen)

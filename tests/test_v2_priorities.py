@@ -261,6 +261,31 @@ def test_a_message_released_with_a_delay_keeps_its_level(H, redis):
     assert [hard_get(H, "keep") for _ in range(4)] == ["urgent", "p0-a", "p0-b", "p0-c"]
 
 
+def test_a_message_released_with_a_delay_joins_its_level_behind_what_was_pending(H, redis):
+    # Due again, it is pending as if added then, as at level 0: behind the newer "nine".
+    small_backlog(H)
+    message = claimed(H, lease=600)
+    v2_json(post(H, "/release/keep", {"receipt": message["receipt"], "delay": "1"}))
+    assert post(H, "/q/keep", {"value": "nine", "priority": "9"}).status == 200
+    wait_until(lambda: redis("ZCARD", "keep:delayed") == 0, 10, "the delay to pass")
+    assert [hard_get(H, "keep") for _ in range(3)] == ["nine", "urgent", "p0-a"]
+
+
+def test_a_released_or_lapsed_message_goes_back_ahead_of_its_level(H, redis):
+    # Next in line, as a released message of level 0 is: ahead of the newer "nine".
+    small_backlog(H)
+    for lease, release in ((600, True), (1, False)):
+        message = claimed(H, lease=lease)
+        assert message["value"] == "urgent"
+        assert post(H, "/q/keep", {"value": "nine", "priority": "9"}).status == 200
+        if release:
+            v2_json(post(H, "/release/keep", {"receipt": message["receipt"]}))
+        else:
+            wait_until(lambda: redis("ZCARD", "keep:inflight") == 0, 10, "the lease to lapse")
+        assert [hard_get(H, "keep") for _ in range(2)] == ["urgent", "nine"]
+        assert post(H, "/q/keep", {"value": "urgent", "priority": "9"}).status == 200
+
+
 def test_a_delayed_add_keeps_its_level(H, redis):
     small_backlog(H)
     assert hard_get(H, "keep") == "urgent"

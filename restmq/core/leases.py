@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 from twisted.internet import defer
 
@@ -27,9 +27,9 @@ REDIRECTS_MAX = 3  # times a script may answer "not that dead-letter queue" in o
 MODES = ("claim", "pop", "push")  # who claims: only what is counted differs
 
 
-@dataclass(frozen=True)
-class Lease:
-    """A claimed message. `lease_until`: Unix seconds (with ms) on Redis's clock."""
+class Lease(NamedTuple):
+    """A claimed message. `lease_until`: Unix seconds (with ms) on Redis's clock. A named
+    tuple: a pop makes a hundred at a time, at half the cost of a frozen dataclass."""
 
     key: str
     value: str

@@ -116,7 +116,7 @@ for i, item in ipairs(items) do
     plain[#plain + 1] = key
     woken = true
   elseif item.delay == 0 then
-    enqueue(Q, key, item.priority)
+    enqueue(Q, key, item.priority, last - n_items + i)
     woken = true
   else
     redis.call('ZADD', Q.delayed, now + item.delay, key)

@@ -24,18 +24,21 @@ if wrong then
 end
 local full = false  -- a step met its limit: more is due now
 
--- The entries of `set` due by now (at most `step`): the ZRANGEBYSCORE reply (member, score,
--- ...) and the positions of its members in due order: by score, then by message number, so
--- that the messages of one claim or one batch, which share a due time, keep their order.
--- Redis's order is by score, then by name: within one score, the names whose numbers have
--- one length are in number order already, so putting the shorter numbers first (a pass, no
--- sort) gives the due order; it is checked, and only names that are not plain numbers (not
--- ours) leave a sort to do.
-local function due_in(set)
-  local found = redis.call('ZRANGEBYSCORE', set, '-inf', now, 'WITHSCORES', 'LIMIT', 0, step)
-  if #found >= 2 * step then
-    full = true
-  end
+-- The entries of `set` due by now: a ZRANGEBYSCORE reply (member, score, ...), the positions
+-- of the entries to handle (at most `step`; the caller looks at no other) in due order, and
+-- whether those are the set's first entries (else the caller removes them by name). Due order
+-- is by score, then by message number, so that the messages of one claim or one batch, which
+-- share a due time, keep their order. Redis's order is by score, then by name, and names
+-- order numbers of one length only:
+-- * within one score, putting the shorter numbers first (a pass, no sort) gives the due order;
+--   it is checked, and only names that are not plain numbers (not ours) leave a sort to do;
+-- * a step that would end inside one score's entries stops before them (the next step, at
+--   once, starts with them); when they alone fill it, all of that score's entries are read, up
+--   to GROUP_READ of them, and the lowest numbers handled. Beyond GROUP_READ the step keeps
+--   Redis's order of names, so that one tick never reads more.
+local GROUP_READ = 10 * step
+
+local function in_due_order(entries)
   local score, number, digits = {}, {}, {}
   local function before(a, b)
     if score[a] ~= score[b] then
@@ -52,14 +55,14 @@ local function due_in(set)
     return true
   end
   local order = {}
-  for i = 1, #found, 2 do
+  for i = 1, #entries, 2 do
     order[#order + 1] = i
-    score[i] = tonumber(found[i + 1])
-    local n = number_of(found[i])
+    score[i] = tonumber(entries[i + 1])
+    local n = number_of(entries[i])
     number[i], digits[i] = tonumber(n) or 0, n and #n or 0
   end
   if in_order(order) then
-    return found, order
+    return order
   end
   -- Within each run of equal scores, the numbers of each length in Redis's order, shortest
   -- length first.
@@ -84,7 +87,39 @@ local function due_in(set)
   if not in_order(by_length) then
     table.sort(by_length, before)
   end
-  return found, by_length
+  return by_length
+end
+
+local function due_in(set)
+  local found = redis.call('ZRANGEBYSCORE', set, '-inf', now, 'WITHSCORES', 'LIMIT', 0, step)
+  if #found < 2 * step then
+    return found, in_due_order(found), true
+  end
+  full = true
+  local last = found[#found]
+  local cut = 0  -- the step's entries at the last score
+  while cut < #found / 2 and found[#found - 2 * cut] == last do
+    cut = cut + 1
+  end
+  local group = redis.call('ZCOUNT', set, last, last)
+  if group == cut then  -- the step ends with its last score
+    return found, in_due_order(found), true
+  end
+  if cut < #found / 2 then  -- earlier scores come first; the last one is for the next step
+    for _ = 1, 2 * cut do
+      found[#found] = nil
+    end
+    return found, in_due_order(found), true
+  end
+  if group > GROUP_READ then  -- the known exception
+    return found, in_due_order(found), true
+  end
+  local all = redis.call('ZRANGEBYSCORE', set, last, last, 'WITHSCORES')
+  local order = in_due_order(all)
+  for at = #order, step + 1, -1 do
+    order[at] = nil
+  end
+  return all, order, false
 end
 
 -- (1) ended leases
@@ -117,15 +152,20 @@ end
 -- (2) delayed messages that are due, in due order. What does not depend on one message is
 -- done once for all of them: the removal (they are the set's first entries), the look at
 -- their values (each one's only when some value is gone: deleted or expired before it was
--- due), at their priorities, and the push of those of priority 0.
+-- due), at their priorities, the push of those of priority 0, and the numbers that place
+-- the others at the end of their levels (one INCRBY of the counter).
 local promoted = 0
-local delayed, due_order = due_in(Q.delayed)
+local delayed, due_order, first_entries = due_in(Q.delayed)
 if #due_order > 0 then
-  local members, levels, plain = {}, {}, {}
+  local members, levels, plain, ranked = {}, {}, {}, {}
   for n, i in ipairs(due_order) do
     members[n] = delayed[i]
   end
-  redis.call('ZREMRANGEBYRANK', Q.delayed, 0, #members - 1)
+  if first_entries then
+    redis.call('ZREMRANGEBYRANK', Q.delayed, 0, #members - 1)
+  else
+    redis.call('ZREM', Q.delayed, unpack(members))
+  end
   local all_live = redis.call('EXISTS', unpack(members)) == #members
   if redis.call('EXISTS', Q.prio) == 1 then
     levels = redis.call('HMGET', Q.prio, unpack(members))
@@ -135,16 +175,21 @@ if #due_order > 0 then
     if not all_live and redis.call('EXISTS', key) == 0 then
       forget(Q, key)
     elseif p and p >= 1 then
-      enqueue(Q, key, p)
-      promoted = promoted + 1
+      ranked[#ranked + 1] = n
     else
       plain[#plain + 1] = key
-      promoted = promoted + 1
     end
   end
   if #plain > 0 then
     redis.call('LPUSH', Q.pending, unpack(plain))  -- in due order, as one LPUSH each would
   end
+  if #ranked > 0 then
+    local first = redis.call('INCRBY', Q.counter, #ranked) - #ranked
+    for j, n in ipairs(ranked) do
+      enqueue(Q, delayed[due_order[n]], tonumber(levels[n]), first + j)
+    end
+  end
+  promoted = #plain + #ranked
 end
 
 -- (3)
@@ -154,8 +199,8 @@ end
 wake_dead_letter(ctx)
 
 -- (4) idempotency keys past their window (hash fields, not keys)
-local expired = due_in(Q.dedupexp)
-for i = 1, #expired, 2 do
+local expired, forgotten = due_in(Q.dedupexp)
+for _, i in ipairs(forgotten) do
   redis.call('ZREM', Q.dedupexp, expired[i])
   redis.call('HDEL', Q.dedup, expired[i])
 end

@@ -63,7 +63,6 @@ class Msg:
     gone: bool = False
     loose: bool = False  # handed back to the head of its level: out of the add order
     deliveries: int = 0
-    delayed: bool = False
 
     @property
     def n(self) -> int:
@@ -164,7 +163,7 @@ class FlowBook:
                 continue
             msg = Msg(key, value, prio, sent + delay - (SLACK if delay else 0),
                       replied + (delay + DUE_MARGIN if delay else 0),
-                      (self._groups, delay) if batch else None, delayed=bool(delay))
+                      (self._groups, delay) if batch else None)
             self.msgs[key] = self.values[value] = msg
         self.log(f"stored {keys}")
 
@@ -187,12 +186,7 @@ class FlowBook:
     def check_order(self, what: str, got: list[Msg]) -> None:
         for i, a in enumerate(got):
             for b in got[i + 1:]:
-                if a.prio == b.prio >= 1 and a.delayed and a.n < b.n and self.before(b, a):
-                    # Known, an expected failure in test_v2_adds.py: a due message of priority
-                    # 1 to 9 goes back to its number's place in its level.
-                    self.model.notes.append(f"{what}: {a.key} (delayed, priority {a.prio}) "
-                                            f"before the older pending {b.key}")
-                elif self.before(b, a):
+                if self.before(b, a):
                     self.problem(f"{what}: {a.key} (priority {a.prio}) came before {b.key} "
                                  f"(priority {b.prio})")
 
@@ -224,8 +218,7 @@ class FlowBook:
             if len(got) < limit:
                 self.problem(f"{what}: {msg.key} was pending and left out of a reply of "
                              f"{len(got)} < {limit}")
-            elif any(self.before(msg, g) and not (g.delayed and g.prio == msg.prio >= 1 and
-                                                  g.n < msg.n) for g in got):
+            elif any(self.before(msg, g) for g in got):
                 self.problem(f"{what}: {msg.key} (priority {msg.prio}) was skipped")
         return got
 

@@ -122,10 +122,16 @@ local function forget_all(Q, keys)
 end
 
 -- retire(k, retention): keep a consumed value readable for the retention period. A retention
--- of 0 deletes at once; a shorter remaining ttl is kept.
+-- of 0 deletes at once; a shorter remaining ttl is kept (by Redis 7 itself: EXPIRE's LT sets a
+-- ttl only where it shortens one, a key without a ttl counting as infinite).
+local EXPIRE_LT = (redis.REDIS_VERSION_NUM or 0) >= 0x070000
 local function retire(k, retention)
   if retention == 0 then
     redis.call('DEL', k)
+    return
+  end
+  if EXPIRE_LT then
+    redis.call('EXPIRE', k, retention, 'LT')
     return
   end
   local ttl = redis.call('TTL', k)
@@ -134,30 +140,34 @@ local function retire(k, retention)
   end
 end
 
--- The sorted-set score of a pending message of priority p (1 to 9) numbered n: ZPOPMIN takes
--- the highest priority first, and the oldest (lowest number) first within one level.
+-- The sorted-set score of a pending message of priority p (1 to 9) placed by number n: ZPOPMIN
+-- takes the highest priority first, and the lowest number first within one level.
 local PRIORITY_STEP = 1099511627776  -- 2^40
-local function priority_score(key, p)
-  return (9 - p) * PRIORITY_STEP + (tonumber(number_of(key)) or 0)
+local function priority_score(p, n)
+  return (9 - p) * PRIORITY_STEP + n
 end
 
--- enqueue(Q, key, p): the message becomes pending as if added now (an add, a delayed message
--- that became due): at the producing end of its level.
-local function enqueue(Q, key, p)
+-- enqueue(Q, key, p, n): the message becomes pending as if added now (an add, a delayed message
+-- that became due): at the producing end of its level, level 0 by LPUSH, a higher one by n, a
+-- number of the queue's counter taken now (the key's own for an add). A message that becomes
+-- due then joins its level behind everything pending before; its key's number, older than
+-- those, would put it ahead of them. A number burnt this way just names no message.
+local function enqueue(Q, key, p, n)
   if p and p >= 1 then
-    redis.call('ZADD', Q.priority, priority_score(key, p), key)
+    redis.call('ZADD', Q.priority, priority_score(p, n), key)
   else
     redis.call('LPUSH', Q.pending, key)
   end
 end
 
 -- requeue(Q, key): the message goes back to the consuming end, next in line (a release, an
--- expired lease). A priority message was the oldest of its level when it was taken, so its
--- score puts it first again.
+-- expired lease), as level 0's RPUSH does. A priority message was the first of its level when
+-- it was taken, and every score given since is a newer number than its key's, so its key's
+-- number puts it first again.
 local function requeue(Q, key)
   local p = tonumber(redis.call('HGET', Q.prio, key))
   if p and p >= 1 then
-    redis.call('ZADD', Q.priority, priority_score(key, p), key)
+    redis.call('ZADD', Q.priority, priority_score(p, tonumber(number_of(key)) or 0), key)
   else
     redis.call('RPUSH', Q.pending, key)
   end
@@ -226,17 +236,27 @@ local function deliveries_of(Q, key)
   return tonumber(field and field:match('^(%d+)') or 0)
 end
 
+-- receipt_parts(receipt): of a receipt <n>.<c>.<t>, the digits n, the deliveries field 'c.t'
+-- its message has while it is current, and c; nil when it does not parse.
+local function receipt_parts(receipt)
+  local n, c, t = receipt:match('^(%d+)%.(%d+)%.([0-9a-f]+)$')
+  if not n or #n > 15 or #t ~= 16 then
+    return nil
+  end
+  return n, c .. '.' .. t, c
+end
+
 -- leased(Q, receipt): the value key and delivery count a receipt <n>.<c>.<t> names when it is
 -- current: the message's deliveries field is exactly 'c.t' (it is leased, under this very
 -- delivery). Else nil: a receipt that does not parse, of a message acked or gone, or of an
 -- earlier delivery (its lease expired and the message was delivered again).
 local function leased(Q, receipt)
-  local n, c, t = receipt:match('^(%d+)%.(%d+)%.([0-9a-f]+)$')
-  if not n or #n > 15 or #t ~= 16 then
+  local n, field, c = receipt_parts(receipt)
+  if not n then
     return nil
   end
   local key = value_key(Q.counter, n)
-  if redis.call('HGET', Q.deliveries, key) ~= c .. '.' .. t then
+  if redis.call('HGET', Q.deliveries, key) ~= field then
     return nil
   end
   return key, tonumber(c)
@@ -319,30 +339,74 @@ end
 local function take_leases(Q, D, G, ctx, now, limit, lease, token, dead_limit, reply)
   local max_attempts = tonumber(redis.call('HGET', Q.config, 'max_attempts')) or 0
   -- Nothing below adds to the priority levels: one look tells whether they need reading at
-  -- all. The leases enter the in-flight set together, at the end.
+  -- all. The leases enter the in-flight set and the delivery counts their hash together, at
+  -- the end.
   local flat = redis.call('EXISTS', Q.priority) == 0
-  local taken, dead, leases = 0, 0, {}
-  while taken < limit do
-    local key, value, skipped = next_live(Q, dead_limit - dead, false, flat)
-    dead = dead + skipped
-    if not key then
-      if value and taken == 0 then
-        return 0, value  -- 'MORE'
-      end
-      break
-    end
-    local c = deliveries_of(Q, key) + 1
+  local taken, dead, leases, fields = 0, 0, {}, {}
+  local counted = {}  -- key -> its count, once taken here (a key listed twice is taken twice)
+
+  -- take(key, value, field): the message `key`, whose deliveries field was `field`.
+  local function take(key, value, field)
+    local c = (counted[key] or tonumber(field and field:match('^(%d+)') or 0)) + 1
     if max_attempts > 0 and c > max_attempts then
       dead_letter(Q, D, G, ctx, key, c - 1, 'max_attempts', now)
-    else
-      redis.call('HSET', Q.deliveries, key, c .. '.' .. token)
-      leases[#leases + 1] = now + lease
-      leases[#leases + 1] = key
-      taken = taken + 1
-      reply[#reply + 1] = key
-      reply[#reply + 1] = value
-      reply[#reply + 1] = c
+      return
     end
+    counted[key] = c
+    fields[#fields + 1] = key
+    fields[#fields + 1] = c .. '.' .. token
+    leases[#leases + 1] = now + lease
+    leases[#leases + 1] = key
+    taken = taken + 1
+    reply[#reply + 1] = key
+    reply[#reply + 1] = value
+    reply[#reply + 1] = c
+  end
+
+  if flat then
+    -- Only the pending list: its keys, values and counts a batch at a time, a few commands
+    -- for the whole claim rather than four a message. A dead entry (its value gone) is
+    -- forgotten.
+    while taken < limit and dead < dead_limit do
+      local popped = redis.call('RPOP', Q.pending, limit - taken)
+      if not popped then
+        break
+      end
+      local values = redis.call('MGET', unpack(popped))
+      local counts = redis.call('HMGET', Q.deliveries, unpack(popped))
+      local gone, refcounts = {}, {}
+      for i, key in ipairs(popped) do
+        if values[i] then
+          take(key, values[i], counts[i])
+        else
+          gone[#gone + 1] = key
+          refcounts[#refcounts + 1] = refcount_of(key)
+        end
+      end
+      if #gone > 0 then
+        dead = dead + #gone
+        redis.call('DEL', unpack(refcounts))
+        forget_all(Q, gone)
+      end
+    end
+    if taken == 0 and dead >= dead_limit then
+      return 0, 'MORE'
+    end
+  else
+    while taken < limit do
+      local key, value, skipped = next_live(Q, dead_limit - dead)
+      dead = dead + skipped
+      if not key then
+        if value and taken == 0 then
+          return 0, value  -- 'MORE'
+        end
+        break
+      end
+      take(key, value, redis.call('HGET', Q.deliveries, key))
+    end
+  end
+  if #fields > 0 then
+    redis.call('HSET', Q.deliveries, unpack(fields))
   end
   if taken > 0 then
     redis.call('ZADD', Q.inflight, unpack(leases))
