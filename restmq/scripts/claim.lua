@@ -20,13 +20,14 @@ local limit, lease, token, mode = tonumber(ARGV[8]), tonumber(ARGV[9]), ARGV[10]
 lease = lease or (tonumber(redis.call('HGET', Q.config, 'lease')) or 30) * 1000
 local dead_limit = tonumber(ARGV[12])
 local COUNTERS = {claim = 'delivered_claim', pop = 'read_pop', push = 'delivered_push'}
-local _, wrong = check_dead_letter(Q, ctx)
+local max_attempts, wrong = check_dead_letter(Q, ctx)
 if wrong then
   return wrong
 end
 
 local reply = {now, lease}
-local taken, more = take_leases(Q, D, G, ctx, now, limit, lease, token, dead_limit, reply)
+local taken, more = take_leases(Q, D, G, ctx, now, limit, lease, token, dead_limit, reply,
+                                 max_attempts)
 if more then
   return more
 end

@@ -15,11 +15,11 @@ local Q = queue_keys(1)
 local retention, channel, db, step = tonumber(ARGV[1]), ARGV[2], ARGV[3], tonumber(ARGV[4])
 local notice = '{"type": "purge", "db": ' .. db .. '}'
 
--- bounds(keys, range): widens range.low..range.high to the message numbers of `keys`; false
--- when one of them is not <q>:<digits>.
-local function bounds(keys, range)
+-- bounds(listed, range): widens range.low..range.high to the message numbers of the keys
+-- `listed`; false when one of them is not <q>:<digits>.
+local function bounds(listed, range)
   local prefix = value_key(Q.counter, '')
-  for _, key in ipairs(keys) do
+  for _, key in ipairs(listed) do
     local digits = key:sub(#prefix + 1)
     if key:sub(1, #prefix) ~= prefix or #digits > 15 or not digits:match('^%d+$') then
       return false
@@ -53,8 +53,8 @@ if entries > step then
     return {remove_all(), range.low, range.high}  -- UNLINK frees them in the background
   end
 end
-local function retire_all(keys)
-  for _, key in ipairs(keys) do
+local function retire_all(listed)
+  for _, key in ipairs(listed) do
     retire(key, retention)
     retire(refcount_of(key), retention)
   end

@@ -46,7 +46,7 @@ local wanted = math.min(room, math.floor(tokens), 10, mine)
 if wanted <= 0 then
   return {'rate', math.max(1, math.ceil((1 - tokens) / rate * 1000))}
 end
-local _, wrong = check_dead_letter(Q, ctx)
+local max_attempts, wrong = check_dead_letter(Q, ctx)
 if wrong then
   return wrong
 end
@@ -55,7 +55,8 @@ end
 local lease = ((cfg[7] and 2 or 1) * timeout + 5) * 1000
 local reply = {'ok', now, lease, cfg[1], cfg[2] or '', cfg[3] or '', timeout,
                cfg[5] or '1', cfg[6] or '300', cfg[7] or '', cfg[8] or '', concurrency}
-local taken, more = take_leases(Q, D, G, ctx, now, wanted, lease, token, dead_limit, reply)
+local taken, more = take_leases(Q, D, G, ctx, now, wanted, lease, token, dead_limit, reply,
+                                 max_attempts)
 if more then
   return more
 end

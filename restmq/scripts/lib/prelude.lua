@@ -330,14 +330,15 @@ local function wake_dead_letter(ctx)
   end
 end
 
--- take_leases(Q, D, G, ctx, now, limit, lease, token, dead_limit, reply): lease up to `limit`
--- messages in consumption order for `lease` ms under `token` (CLAIM's loop, shared with the
--- push claim): each gets delivery count c, one more than before, and its deliveries field
--- 'c.token'; one already delivered max_attempts times (the setting was lowered meanwhile) is
--- dead-lettered instead. Appends key, value, c of each to `reply`. Returns how many were
--- taken, and 'MORE' when none was and `dead_limit` dead entries were removed on the way.
-local function take_leases(Q, D, G, ctx, now, limit, lease, token, dead_limit, reply)
-  local max_attempts = tonumber(redis.call('HGET', Q.config, 'max_attempts')) or 0
+-- take_leases(Q, D, G, ctx, now, limit, lease, token, dead_limit, reply, max_attempts): lease
+-- up to `limit` messages in consumption order for `lease` ms under `token` (CLAIM's loop,
+-- shared with the push claim): each gets delivery count c, one more than before, and its
+-- deliveries field 'c.token'; one already delivered `max_attempts` times (the setting was
+-- lowered meanwhile; 0: no limit) is dead-lettered instead. Appends key, value, c of each to
+-- `reply`. Returns how many were taken, and 'MORE' when none was and `dead_limit` dead entries
+-- were removed on the way.
+local function take_leases(Q, D, G, ctx, now, limit, lease, token, dead_limit, reply,
+                           max_attempts)
   -- Nothing below adds to the priority levels: one look tells whether they need reading at
   -- all. The leases enter the in-flight set and the delivery counts their hash together, at
   -- the end.
@@ -372,8 +373,12 @@ local function take_leases(Q, D, G, ctx, now, limit, lease, token, dead_limit, r
       if not popped then
         break
       end
-      local values = redis.call('MGET', unpack(popped))
-      local counts = redis.call('HMGET', Q.deliveries, unpack(popped))
+      local batch = {}
+      for i, key in ipairs(popped) do
+        batch[i] = key
+      end
+      local values = redis.call('MGET', unpack(batch))
+      local counts = redis.call('HMGET', Q.deliveries, unpack(batch))
       local gone, refcounts = {}, {}
       for i, key in ipairs(popped) do
         if values[i] then
