@@ -2,24 +2,30 @@
 process behind one port answers the same numbers), and of this process (Redis command
 durations and errors, live consumers, whether Redis answers, build, persistence mode), each of
 those labelled `process` = `<hostname>:<pid>` so that a port shared by several processes never
-makes a counter look reset. Rendered by prometheus_client (docs/http-api.md#metrics).
+makes a counter look reset. Rendered by prometheus_client, in steps on the reactor's thread
+(restmq.exposition; docs/http-api.md#metrics).
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import socket
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Callable, Iterator
 
 from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram,
                                disable_created_metrics)
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.exposition import generate_latest
+from prometheus_client.core import CounterMetricFamily as Counter_
+from prometheus_client.core import GaugeMetricFamily as Gauge_
+from twisted.internet import defer
 
 from restmq import __version__
 from restmq.delivery.push import OUTCOMES as PUSH_OUTCOMES
+from restmq.errors import RedisFailure, RedisTrouble
+from restmq.exposition import Exposition, Family, Shared, cooperator
 from restmq.redis import keys, text
+from restmq.redis.connection import encode_args
 from restmq.redis.health import MODES
 from restmq.redis.scripts import load_script
 
@@ -72,6 +78,7 @@ class ProcessMetrics:
                             "/health reports it (read at most every 10 s).", p + ["mode"],
                             registry=self.registry)
         self.modes = {mode: persistence.labels(self.process, mode) for mode in MODES}
+        self.scraper: Scraper | None = None  # made by the first scrape (restmq.http.ops)
 
     def observe(self, seconds: float) -> None:
         self.duration.observe(seconds)
@@ -99,20 +106,7 @@ class ProcessMetrics:
         return found
 
 
-class _LiveSeries:
-    def __init__(self, process: str, counts: list[tuple[str, str, int]]):
-        self.process, self.counts = process, counts
-
-    def collect(self):
-        family = GaugeMetricFamily("restmq_live_consumers", "Live consumers and long-poll "
-                                   "waiters of this process, by queue and kind.",
-                                   labels=["queue", "kind", "process"])
-        for queue, kind, n in self.counts:
-            family.add_metric([queue, kind, self.process], n)
-        yield family
-
-
-@dataclass
+@dataclass(slots=True)
 class QueueState:
     name: str
     pending: int = 0
@@ -133,10 +127,12 @@ class Snapshot:
     queues: list[QueueState] = field(default_factory=list)
     truncated: bool = False
     counting: bool = False
-    live: list[tuple[str, str, int]] = field(default_factory=list)  # ProcessMetrics.live_consumers
+    # `queues` by page of CHUNK; a page read unchanged since the last scrape is the same list
+    pages: list[list[QueueState]] = field(default_factory=list)
 
 
 _SCRIPTS = {flag: load_script("metrics", flag) for flag in (False, True)}
+CHUNK = 500  # queues per run of the script: Redis is held a few milliseconds for each run
 
 
 def _int(reply: Any) -> int:
@@ -146,30 +142,84 @@ def _int(reply: Any) -> int:
         return 0
 
 
-async def read_queues(redis: Any, limit: int, counting: bool) -> Snapshot:
-    """The queue states of the first `limit` names of QUEUESET in byte order (the same queues
-    at every scrape while the set does not change): one SMEMBERS, then one read-only script
-    for all of them, whose one JSON reply is decoded at once (ten thousand queues are 70,000
-    replies as separate commands, too slow to parse here). The dead-letter queues not among
-    them cost a small pipeline more. Raises RedisUnavailable or RedisFailure."""
-    members = await redis.execute("SMEMBERS", keys.QUEUESET) or []
-    names = sorted({text(name) for name in members}, key=lambda n: n.encode("utf-8", "replace"))
-    truncated = len(names) > limit
-    names = names[:limit]
-    rows: list = []
-    if names:
-        reply = await redis.run_script(_SCRIPTS[counting], keys.metrics_keys(names, counting))
-        rows = json.loads(reply if isinstance(reply, str) else reply.decode("utf-8", "replace"))
-    states = []
-    for name, row in zip(names, rows):
+class QueueReader:
+    """Reads the state of the first `limit` names of QUEUESET in byte order (the same queues
+    at every scrape while the set does not change): one SMEMBERS, then one pipeline (one
+    round trip) of read-only script runs of CHUNK queues each, so that no run holds Redis for
+    long; each answers one JSON text, decoded at once (ten thousand queues are 70,000 replies
+    as separate commands, too slow to parse here). The dead-letter queues not among them cost
+    a small pipeline more. The keys of the last scrape's queues are kept encoded, and the
+    work here runs in steps on `coop` (see restmq.exposition)."""
+
+    def __init__(self, redis: Any, counting: bool, coop: Any):
+        self.redis, self.counting, self.coop = redis, counting, coop
+        self.script = _SCRIPTS[counting]
+        self._keys: dict[str, bytes] = {}
+        self._pages: list[tuple[list[str], Any, list[QueueState]]] = []  # the last scrape's
+
+    async def read(self, limit: int) -> Snapshot:
+        """Raises RedisUnavailable or RedisFailure."""
+        members = await self.redis.execute("SMEMBERS", keys.QUEUESET) or []
+        names = sorted({text(name) for name in members},
+                       key=lambda n: n.encode("utf-8", "replace"))
+        truncated = len(names) > limit
+        names = names[:limit]
+        replies = await self._run(names, by_source=False)
+        if any(isinstance(r, RedisFailure) and str(r).startswith("NOSCRIPT") for r in replies):
+            replies = await self._run(names, by_source=True)  # EVAL also loads it
+        for reply in replies:
+            if isinstance(reply, RedisFailure):
+                raise reply
+        pages: list[tuple[list[str], Any, list[QueueState]]] = []
+        await self.coop.cooperate(self._decode(names, replies, pages)).whenDone()
+        self._pages = pages
+        states = [state for _, _, page in pages for state in page]
+        await _dead_letter_depths(self.redis, states)
+        return Snapshot(True, states, truncated, self.counting, [page for _, _, page in pages])
+
+    async def _run(self, names: list[str], by_source: bool) -> list:
+        commands: list[bytes] = []
+        await self.coop.cooperate(self._commands(names, by_source, commands)).whenDone()
+        return await self.redis.pipeline(commands)
+
+    def _commands(self, names: list[str], by_source: bool, out: list[bytes]):
+        kept, self._keys = self._keys, {}
+        head = ("EVAL", self.script.source) if by_source else ("EVALSHA", self.script.sha)
+        for at in range(0, len(names), CHUNK):
+            blocks = []
+            for name in names[at:at + CHUNK]:
+                block = kept.get(name)
+                if block is None:
+                    block = encode_args(keys.metrics_keys([name], self.counting))
+                self._keys[name] = block
+                blocks.append(block)
+            count = len(blocks) * (8 if self.counting else 7)
+            out.append(b"*%d\r\n%s%s" % (3 + count, encode_args((*head, count)),
+                                            b"".join(blocks)))
+            yield None
+
+    def _decode(self, names: list[str], replies: list, pages: list):
+        """A page whose names and reply are those of the last scrape keeps its states (the
+        same objects: their series need not be rendered again)."""
+        last = self._pages
+        for i, (at, reply) in enumerate(zip(range(0, len(names), CHUNK), replies)):
+            page_names = names[at:at + CHUNK]
+            if i < len(last) and last[i][1] == reply and last[i][0] == page_names:
+                pages.append(last[i])
+                continue
+            rows = json.loads(reply if isinstance(reply, str)
+                              else reply.decode("utf-8", "replace"))
+            pages.append((page_names, reply, [self._state(name, row)
+                                              for name, row in zip(page_names, rows)]))
+            yield None
+
+    def _state(self, name: str, row: list) -> QueueState:
         state = QueueState(name, _int(row[0]), _int(row[1]), _int(row[2]), row[3] == "1",
                            _int(row[4]), row[5] or None)
-        if counting and isinstance(row[6], list) and row[6]:
+        if self.counting and isinstance(row[6], list) and row[6]:
             flat = row[6]
             state.counters = {k: _int(v) for k, v in zip(flat[::2], flat[1::2])}
-        states.append(state)
-    await _dead_letter_depths(redis, states)
-    return Snapshot(True, states, truncated, counting)
+        return state
 
 
 async def _dead_letter_depths(redis: Any, states: list[QueueState]) -> None:
@@ -185,62 +235,46 @@ async def _dead_letter_depths(redis: Any, states: list[QueueState]) -> None:
             state.dead_pending = known[state.dead_letter]
 
 
-class QueueSeries:
-    """The series of one Snapshot, as a prometheus_client collector."""
+def queue_families(snap: Snapshot) -> Iterator[Family]:
+    """The families of the queue series of one Snapshot (their samples made as rendered)."""
+    qs = snap.queues
 
-    def __init__(self, snapshot: Snapshot):
-        self.snapshot = snapshot
+    def gauge(name: str, doc: str, get: Callable[[QueueState], int], kind: type = Gauge_):
+        # By page: a page read again unchanged keeps its text (the values come from its rows)
+        return Family(kind, name, doc, ("queue",), parts=[
+            (page, (((q.name,), get(q)) for q in page)) for page in snap.pages])
 
-    def collect(self) -> Iterable:
-        snap = self.snapshot
-        gauges = {name: GaugeMetricFamily(name, doc, labels=["queue"]) for name, doc in (
-            ("restmq_queue_messages", "Pending messages (every priority level)."),
-            ("restmq_queue_inflight_messages", "Messages leased out."),
-            ("restmq_queue_delayed_messages", "Messages waiting for their due time."),
-            ("restmq_queue_dead_letter_messages", "Pending messages of the queue's "
-             "dead-letter queue, when it has one."),
-            ("restmq_queue_started", "1 when the queue's status is started, else 0."))}
-        added = CounterMetricFamily("restmq_messages_added", "Messages ever added (the "
-                                    "queue's key counter).", labels=["queue"])
-        for q in snap.queues:
-            gauges["restmq_queue_messages"].add_metric([q.name], q.pending)
-            gauges["restmq_queue_inflight_messages"].add_metric([q.name], q.inflight)
-            gauges["restmq_queue_delayed_messages"].add_metric([q.name], q.delayed)
-            if q.dead_letter:
-                gauges["restmq_queue_dead_letter_messages"].add_metric([q.name], q.dead_pending)
-            gauges["restmq_queue_started"].add_metric([q.name], 1 if q.started else 0)
-            added.add_metric([q.name], q.added)
-        yield from gauges.values()
-        yield added
-        if snap.counting:
-            yield from self._counters()
-        yield GaugeMetricFamily("restmq_metrics_truncated", "1 when there are more queues than "
-                                "--metrics-queues and only the first (in byte order) are "
-                                "exported.", value=1 if snap.truncated else 0)
+    yield gauge("restmq_queue_messages", "Pending messages (every priority level).",
+                lambda q: q.pending)
+    yield gauge("restmq_queue_inflight_messages", "Messages leased out.", lambda q: q.inflight)
+    yield gauge("restmq_queue_delayed_messages", "Messages waiting for their due time.",
+                lambda q: q.delayed)
+    yield Family(Gauge_, "restmq_queue_dead_letter_messages", "Pending messages of the "
+                 "queue's dead-letter queue, when it has one.", ("queue",),
+                 (((q.name,), q.dead_pending) for q in qs if q.dead_letter))
+    yield gauge("restmq_queue_started", "1 when the queue's status is started, else 0.",
+                lambda q: 1 if q.started else 0)
+    yield gauge("restmq_messages_added", "Messages ever added (the queue's key counter).",
+                lambda q: q.added, Counter_)
+    if snap.counting:
+        yield from _counter_families([q for q in qs if q.counters is not None])
+    yield Family(Gauge_, "restmq_metrics_truncated", "1 when there are more queues than "
+                 "--metrics-queues and only the first (in byte order) are exported.", (),
+                 [((), 1 if snap.truncated else 0)])
 
-    def _counters(self) -> Iterable:
-        plain = {name: CounterMetricFamily(f"restmq_messages_{name}",
-                                           f"Messages {name.replace('_', ' ')} (--counters).",
-                                           labels=["queue"]) for name in PLAIN}
-        labelled = [(CounterMetricFamily(metric, f"Messages by {label} (--counters).",
-                                         labels=["queue", label]), fields)
-                    for metric, label, fields in LABELLED]
-        push = CounterMetricFamily("restmq_push_attempts", "Push attempts by outcome "
-                                   "(--counters).", labels=["queue", "outcome"])
-        for q in self.snapshot.queues:
-            if q.counters is None:
-                continue
-            for name, family in plain.items():
-                family.add_metric([q.name], q.counters.get(name, 0))
-            for family, fields in labelled:
-                for field_name, value in fields.items():
-                    family.add_metric([q.name, value], q.counters.get(field_name, 0))
-            for outcome, n in _push_outcomes(q.counters):
-                push.add_metric([q.name, outcome], n)
-        yield from plain.values()
-        for family, _ in labelled:
-            yield family
-        yield push
+
+def _counter_families(qs: list[QueueState]) -> Iterator[Family]:
+    for name in PLAIN:
+        yield Family(Counter_, f"restmq_messages_{name}",
+                     f"Messages {name.replace('_', ' ')} (--counters).", ("queue",),
+                     (((q.name,), q.counters.get(name, 0)) for q in qs))
+    for metric, label, fields in LABELLED:
+        yield Family(Counter_, metric, f"Messages by {label} (--counters).", ("queue", label),
+                     (((q.name, value), q.counters.get(field_name, 0))
+                      for q in qs for field_name, value in fields.items()))
+    yield Family(Counter_, "restmq_push_attempts", "Push attempts by outcome (--counters).",
+                 ("queue", "outcome"), (((q.name, outcome), n) for q in qs
+                                        for outcome, n in _push_outcomes(q.counters)))
 
 
 def _push_outcomes(counters: dict[str, int]) -> list[tuple[str, int]]:
@@ -254,18 +288,47 @@ def _push_outcomes(counters: dict[str, int]) -> list[tuple[str, int]]:
     return sorted({**dict.fromkeys(PUSH_OUTCOMES, 0), **found}.items())
 
 
-class _Both:
-    def __init__(self, *collectors):
-        self.collectors = collectors
-
-    def collect(self):
-        for collector in self.collectors:
-            yield from collector.collect()
+def live_family(process: str, counts: list[tuple[str, str, int]]) -> Family:
+    return Family(Gauge_, "restmq_live_consumers", "Live consumers and long-poll waiters of "
+                  "this process, by queue and kind.", ("queue", "kind", "process"),
+                  [((queue, kind, process), n) for queue, kind, n in counts])
 
 
-def render(process: ProcessMetrics, snapshot: Snapshot) -> bytes:
-    """The text exposition of both sets of series. It reads only `snapshot` (the scrape's
-    own) and prometheus_client's metric objects (which lock their values), so it may run in
-    a thread."""
-    return generate_latest(_Both(QueueSeries(snapshot), process.registry,
-                                 _LiveSeries(process.process, snapshot.live)))
+class Scraper:
+    """What `GET /metrics` answers: the queue series read from Redis, then this process's,
+    rendered in steps on the reactor's thread (restmq.exposition). A request that comes while
+    a scrape is being made gets that scrape's reply (its queue values were read after the
+    first of them came), so scrapers that come together cost one read and one rendering."""
+
+    def __init__(self, redis: Any, process: ProcessMetrics, health: Any, limit: int,
+                 counting: bool, clock: Any):
+        coop = cooperator(clock)
+        self.process, self.health, self.limit = process, health, limit
+        self.reader = QueueReader(redis, counting, coop)
+        self.exposition = Exposition(coop)
+        self.shared = Shared(lambda: defer.ensureDeferred(self._scrape()))
+
+    def body(self) -> defer.Deferred:
+        """Fires with the text of the exposition (bytes), Redis or not."""
+        return self.shared.get()
+
+    async def _scrape(self) -> bytes:
+        process = self.process
+        try:
+            snapshot = await self.reader.read(self.limit)
+        except RedisTrouble:
+            snapshot = Snapshot(False)
+        process.up.set(1 if snapshot.up else 0)
+        process.set_persistence(await self._persistence(snapshot.up))
+        live = live_family(process.process, process.live_consumers())
+        return await self.exposition.render(
+            itertools.chain(queue_families(snapshot), [process.registry, live]))
+
+    async def _persistence(self, up: bool) -> str | None:
+        health = self.health
+        if up:
+            try:
+                return (await health.current()).persistence
+            except RedisTrouble:
+                pass
+        return health.settings.persistence if health.settings else None

@@ -263,3 +263,138 @@ def test_other_methods_are_405(state):
         reply = request(url, method, "/metrics")
         assert reply.status == 405 and reply.header("Allow") == "GET"
     assert get(url, "/metrics/").status == 404
+
+
+# Registers queues q0000 ... with one message each (q0000 is the first in byte order).
+_MANY_QUEUES = """
+for i = 0, tonumber(ARGV[1]) - 1 do
+  local q = string.format('q%04d', i)
+  redis.call('SADD', 'QUEUESET', q)
+  redis.call('SET', q .. ':UUID', i)
+  redis.call('RPUSH', q .. ':queue', q .. ':' .. i)
+end
+"""
+
+
+class Monitor:
+    """Redis's MONITOR from a socket of its own: the commands other clients send, until a
+    marker (an ECHO from the test's own client) shows that everything before it was seen."""
+
+    def __init__(self, port: int):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.reader = self.sock.makefile("rb")
+        self.sock.sendall(b"MONITOR\r\n")
+        assert self.reader.readline() == b"+OK\r\n"
+
+    def until(self, redis, marker: str) -> list[bytes]:
+        redis("ECHO", marker)
+        lines = []
+        while True:
+            line = self.reader.readline()
+            assert line, "MONITOR closed"
+            if marker.encode() in line:
+                return lines
+            lines.append(line)
+
+    def close(self) -> None:
+        self.reader.close()
+        self.sock.close()
+
+
+def _queue_reads(lines: list[bytes]) -> int:
+    """Scripts that read the queues for a scrape: the one whose keys start at q0000's."""
+    return sum(1 for line in lines if b" lua]" not in line and b'"q0000:queue"' in line
+               and line.split(b"] ", 1)[1].startswith((b'"EVALSHA"', b'"EVAL"')))
+
+
+def test_scrapes_that_come_together_share_one_read_of_redis(state, servers):
+    redis, url, _ = state
+    redis("EVAL", _MANY_QUEUES, 0, 3000)
+    scrape(url)  # the script is loaded, the code warm
+    monitor = Monitor(servers[0].port)
+    try:
+        socks = [socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])))
+                 for _ in range(3)]
+        for sock in socks:
+            sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        bodies = [_read_all(sock) for sock in socks]
+        lines = monitor.until(redis, "scrapes-done")
+    finally:
+        monitor.close()
+    assert all(b" 200 OK" in body.split(b"\r\n", 1)[0] for body in bodies)
+    assert len({body.split(b"\r\n\r\n", 1)[1] for body in bodies}) == 1
+    assert _queue_reads(lines) == 1, [line[:120] for line in lines]
+    # A scrape after them reads Redis again, and sees what changed.
+    redis("RPUSH", "q0001:queue", "q0001:x")
+    monitor = Monitor(servers[0].port)
+    try:
+        families = scrape(url)
+        assert _queue_reads(monitor.until(redis, "later-done")) == 1
+    finally:
+        monitor.close()
+    assert value(families, "restmq_queue_messages", queue="q0001") == 2
+
+
+def _read_all(sock) -> bytes:
+    chunks = []
+    while data := sock.recv(1 << 16):
+        chunks.append(data)
+    sock.close()
+    return b"".join(chunks)
+
+
+def test_many_queues_render_as_one_valid_exposition_and_follow_changes(state, servers):
+    """Thousands of queues (rendered in many steps, lines kept from the last scrape): one HELP
+    and TYPE per family, every value right, also after values change; promtool accepts it."""
+    redis, _, url = state
+    redis("EVAL", _MANY_QUEUES, 0, 3000)
+    for name in HOSTILE:
+        redis("SADD", "QUEUESET", name)
+        redis("RPUSH", f"{name}:queue", f"{name}:1")
+    redis("HSET", "q0005:counters", "acked", 4, "read_pop", 2, "push_ok", 1)
+    redis("HSET", "q0003:config", "dead_letter", "zdead")  # outside the exported queues
+    first = get(url, "/metrics").body
+    _check_exposition(first)
+    families = scrape(url)
+    assert queue_values(families, "restmq_queue_messages") == {
+        **{f"q{i:04d}": 1 for i in range(3000)}, **{name: 1 for name in HOSTILE}}
+    assert value(families, "restmq_messages_added_total", queue="q2999") == 2999
+    # Change some values: the kept lines of the unchanged ones, new lines for the others.
+    redis("RPUSH", "q0002:queue", "q0002:x", "q0002:y")
+    redis("SET", "q2500:UUID", 7)
+    redis("SET", "queuestat::q1000", 1)
+    redis("HINCRBY", "q0005:counters", "acked", 1)
+    redis("DEL", f"{HOSTILE[0]}:queue")
+    redis("RPUSH", "zdead:queue", "zdead:1")  # q0003's own keys unchanged
+    second = get(url, "/metrics").body
+    _check_exposition(second)
+    families = scrape(url)
+    depths = queue_values(families, "restmq_queue_messages")
+    assert depths["q0002"] == 3 and depths["q0003"] == 1 and depths[HOSTILE[0]] == 0
+    assert value(families, "restmq_messages_added_total", queue="q2500") == 7
+    assert queue_values(families, "restmq_queue_started")["q1000"] == 1
+    assert value(families, "restmq_messages_acked_total", queue="q0005") == 5
+    assert value(families, "restmq_messages_read_total", queue="q0005", op="pop") == 2
+    assert value(families, "restmq_push_attempts_total", queue="q0005", outcome="ok") == 1
+    assert queue_values(families, "restmq_queue_dead_letter_messages") == {"q0003": 1}
+
+
+def _check_exposition(body: bytes) -> None:
+    import shutil
+    import subprocess
+    lines = body.decode("utf-8").split("\n")
+    helps = [line.split(" ")[2] for line in lines if line.startswith("# HELP ")]
+    types = [line.split(" ")[2] for line in lines if line.startswith("# TYPE ")]
+    assert len(helps) == len(set(helps)) and helps == types
+    # Every sample line right after its family's header or another of its samples.
+    family = None
+    for line in lines:
+        if line.startswith("# TYPE "):
+            family = line.split(" ")[2]
+        elif line and not line.startswith("#"):
+            assert line.startswith(family), (family, line[:80])
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.fail("promtool is missing (Debian package prometheus): `make test` installs it")
+    checked = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True)
+    assert checked.returncode == 0, checked.stderr[-2000:]

@@ -3,12 +3,9 @@ asked), `/health` (readiness: Redis answers, with its persistence mode and the w
 go with it) and `/metrics` (Prometheus) (docs/http-api.md#health-and-metrics)."""
 from __future__ import annotations
 
-from twisted.internet import threads
-
 from restmq import __version__
-from restmq.errors import RedisTrouble
 from restmq.http.base import EVERY_QUEUE, NO_QUEUE, BaseHandler, QueueSource
-from restmq.metrics import CONTENT_TYPE, Snapshot, read_queues, render
+from restmq.metrics import CONTENT_TYPE, Scraper
 
 
 class PingHandler(BaseHandler):
@@ -50,26 +47,14 @@ class MetricsHandler(BaseHandler):
     queue_from = {"GET": EveryQueue()}
 
     async def get(self):
-        ctx = self.ctx
-        process = ctx.metrics
-        try:
-            snapshot = await read_queues(ctx.core.redis, ctx.metrics_queues, ctx.core.counters)
-        except RedisTrouble:
-            snapshot = Snapshot(False)
-        process.up.set(1 if snapshot.up else 0)
-        process.set_persistence(await self._persistence(snapshot.up))
-        snapshot.live = process.live_consumers()
-        # Ten thousand queues make about 150,000 lines: rendered in a thread, so the reactor
-        # serves other requests meanwhile (render reads only this scrape's snapshot).
-        body = await threads.deferToThread(render, process, snapshot)
+        body = await self._scraper().body()
         self.set_header("Content-Type", CONTENT_TYPE)
         self.finish(body)
 
-    async def _persistence(self, up: bool) -> str | None:
-        health = self.ctx.health
-        if up:
-            try:
-                return (await health.current()).persistence
-            except RedisTrouble:
-                pass
-        return health.settings.persistence if health.settings else None
+    def _scraper(self) -> Scraper:
+        ctx = self.ctx
+        process = ctx.metrics
+        if process.scraper is None:
+            process.scraper = Scraper(ctx.core.redis, process, ctx.health, ctx.metrics_queues,
+                                      ctx.core.counters, ctx.core.clock)
+        return process.scraper

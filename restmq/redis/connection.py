@@ -59,7 +59,13 @@ def encode_command(args: tuple) -> bytes:
     """One command in RESP: what txredisapi's _build_command does, at a fifth of the cost. An
     empty string, the usual filler of a script's optional arguments (four of the five of each
     item of a batch), is one constant."""
-    out = [b"*%d\r\n" % len(args)]
+    return b"*%d\r\n%s" % (len(args), encode_args(args))
+
+
+def encode_args(args: Sequence[Any]) -> bytes:
+    """The arguments of a command in RESP, without the count that heads it: a caller that
+    sends the same arguments at every call (the keys of /metrics) keeps them encoded."""
+    out = []
     for arg in args:
         if arg == "":
             out.append(_EMPTY_ARG)
@@ -354,7 +360,8 @@ class RedisService(service.Service):
         """Send `commands` back to back on one connection in one write (one round trip).
         Fires with their replies in order, an error reply standing in its place as a
         RedisFailure (not raised: one refused command does not void the others); fails with
-        RedisUnavailable as `execute` does. No argument may be DEADLINE: for reads only."""
+        RedisUnavailable as `execute` does. No argument may be DEADLINE: for reads only. A
+        command given as bytes is sent as it is (already encoded, see `encode_args`)."""
         if not commands:
             return defer.succeed([])
         conn = self._ready_connection() if self.redis_clock.known else None
@@ -370,7 +377,8 @@ class RedisService(service.Service):
         return self._send_many(conn, commands)
 
     def _send_many(self, conn, commands: Sequence[tuple]) -> defer.Deferred:
-        payload = b"".join(encode_command(args) for args in commands)
+        payload = b"".join(args if isinstance(args, bytes) else encode_command(args)
+                           for args in commands)
         ds = conn.send_many(payload, len(commands), self.now())
         replies: list = [None] * len(ds)
         lost: list = []

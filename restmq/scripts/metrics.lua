@@ -1,4 +1,5 @@
--- METRICS of a page of queues (the server reads QUEUESET first). Read-only.
+-- METRICS of a page of queues (the server reads QUEUESET first, then sends one run per 500
+-- queues, all in one pipeline, so that no run holds Redis for long). Read-only.
 -- KEYS: for each queue <q>:queue, <q>:priority, <q>:inflight, <q>:delayed, queuestat::<q>,
 -- <q>:UUID, <q>:config, and, when counting, <q>:counters. ARGV: none.
 -- Returns one JSON text (decoded in one step on the server, however many queues): an array
