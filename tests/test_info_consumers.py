@@ -3,55 +3,14 @@ process that answers (`consumers`), and how many pub/sub connections listen to t
 channel on Redis (`subscribers`: one per RestMQ process holding any of them)."""
 from __future__ import annotations
 
-import base64
-import os
-import socket
-from urllib.parse import urlsplit
-
 import pytest
 
-from tests.comet import CometClient
 from tests.conftest import ServerProcess
-from tests.http_client import get, read_head
+from tests.http_client import get, hold_open
 from tests.util import numsub, wait_until
 
-NONE = {"comet": 0, "websocket": 0, "sse": 0, "waiter": 0}
-
-
-def connect(base: str) -> socket.socket:
-    parts = urlsplit(base)
-    return socket.create_connection((parts.hostname, parts.port), timeout=10)
-
-
-def raw_request(base: str, head: str, body: bytes = b"") -> socket.socket:
-    """A request sent on a socket of its own, its reply left unread unless the caller reads
-    it: the connection stays open as the client's presence."""
-    sock = connect(base)
-    sock.sendall(head.encode() + b"\r\n" + body)
-    return sock
-
-
-def websocket(base: str, queue: str) -> socket.socket:
-    key = base64.b64encode(os.urandom(16)).decode()
-    sock = raw_request(base, f"GET /ws/{queue} HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\n"
-                             f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                             f"Sec-WebSocket-Version: 13\r\n")
-    status, _, _ = read_head(sock)
-    assert status == 101
-    return sock
-
-
-def sse(base: str, queue: str) -> socket.socket:
-    sock = raw_request(base, f"GET /sse/{queue} HTTP/1.1\r\nHost: test\r\n")
-    assert sock.recv(12).startswith(b"HTTP/1.1 200")
-    return sock
-
-
-def long_poll(base: str, queue: str) -> socket.socket:
-    body = b"wait=20"
-    return raw_request(base, f"POST /claim/{queue} HTTP/1.1\r\nHost: test\r\nContent-Type: "
-                             f"application/x-www-form-urlencoded\r\nContent-Length: "
-                             f"{len(body)}\r\n", body)
+KINDS = ("comet", "websocket", "sse", "waiter")
+NONE = dict.fromkeys(KINDS, 0)
 
 
 def info(base: str, queue: str) -> dict:
@@ -62,16 +21,15 @@ def info(base: str, queue: str) -> dict:
 
 def test_info_counts_each_kind_then_none_after_they_leave(H, redis):
     assert info(H, "watched")["consumers"] == NONE
-    comet = CometClient(H, "watched")
-    clients = [websocket(H, "watched"), sse(H, "watched"), long_poll(H, "watched")]
+    clients = [hold_open(H, kind, "watched") for kind in KINDS]
     try:
-        every = {"comet": 1, "websocket": 1, "sse": 1, "waiter": 1}
+        every = dict.fromkeys(KINDS, 1)
         wait_until(lambda: info(H, "watched")["consumers"] == every, what="all four counted",
                    details=lambda: repr(info(H, "watched")))
-        assert info(H, "watched")["subscribers"] == 1  # this process's one connection
+        # this process's one connection (subscribing may take a moment longer)
+        wait_until(lambda: info(H, "watched")["subscribers"] == 1, what="one subscriber")
         assert info(H, "other")["consumers"] == NONE  # counted per queue
     finally:
-        comet.close()
         for sock in clients:
             sock.close()
     # The process unsubscribes once its last consumer or waiter of the queue has gone.
@@ -88,20 +46,21 @@ def second(redis_proc):
 
 
 def test_consumers_are_the_answering_process_s_subscribers_every_process(H, redis, second):
-    """A comet on another process: this one counts no consumer, but one subscriber."""
-    comet = CometClient(second, "shared")
+    """A comet on another process: this one counts no consumer of its own, but one
+    subscriber; with a comet here too, two."""
+    there = hold_open(second, "comet", "shared")
     try:
         wait_until(lambda: info(second, "shared")["consumers"]["comet"] == 1,
                    what="the other process to count its comet")
         wait_until(lambda: numsub(redis, "shared") == 1, what="its subscription")
         here = info(H, "shared")
         assert here["consumers"] == NONE and here["subscribers"] == 1
-        local = CometClient(H, "shared")
+        local = hold_open(H, "comet", "shared")
         try:
             wait_until(lambda: info(H, "shared")["consumers"]["comet"] == 1,
                        what="this process to count its own comet")
-            assert info(H, "shared")["subscribers"] == 2
+            wait_until(lambda: info(H, "shared")["subscribers"] == 2, what="two subscribers")
         finally:
             local.close()
     finally:
-        comet.close()
+        there.close()
