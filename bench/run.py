@@ -22,8 +22,9 @@ Sections, each figure beside a baseline measured in the same run and interleaved
             replaced and stock cyclone's (bench/parser.py; its own servers)
   flow      /batch/ and /pop/ messages/s, 100,000 messages due at once, the long-poll wake
             across two processes, vs the bare handler (bench/flow.py; its own servers)
-  dashboard add req/s with and without the polling of 10 open dashboards (/info/ of a
-            page of queues, /stats/ of 1,000) (bench/dashboard.py; its own servers)
+  dashboard add req/s and the server's CPU per add with and without the polling of 10
+            open dashboards (/info/ of a page of queues, /stats/ of 1,000), and what the
+            polling costs alone (bench/dashboard.py; its own servers)
   metrics   GET /metrics with 10,000 queues: latency, its Redis commands (MONITOR), and the
             add req/s with a scrape every second vs without (bench/scrape.py; its own servers)
   push      push dispatch messages/s from one process to a 204 target (and the target's own

@@ -1,8 +1,11 @@
 """A blocking HTTP helper for tests: the raw status, headers and body bytes of one request."""
 from __future__ import annotations
 
+import base64
 import http.client
 import json
+import os
+import socket
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -77,3 +80,28 @@ def read_head(sock) -> tuple[int, dict[str, str], bytes]:
                 break
             rest += data
     return status, headers, rest
+
+
+def hold_open(url: str, kind: str, queue: str) -> socket.socket:
+    """A connection that stays open as one of `queue`'s consumers of `kind` ("comet",
+    "websocket", "sse", or "waiter": a claim long-polling for 20 s on a queue with nothing
+    pending). Streams are returned once their reply has started; what they deliver is left
+    unread. Close the socket to make it leave."""
+    parts = urlsplit(url)
+    sock = socket.create_connection((parts.hostname, parts.port), timeout=10)
+    key = base64.b64encode(os.urandom(16)).decode()
+    head, extra = {
+        "comet": (f"GET /c/{queue}", ""),
+        "sse": (f"GET /sse/{queue}", ""),
+        "websocket": (f"GET /ws/{queue}", "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                                          f"Sec-WebSocket-Key: {key}\r\n"
+                                          "Sec-WebSocket-Version: 13\r\n"),
+        "waiter": (f"POST /claim/{queue}", "Content-Type: application/x-www-form-urlencoded"
+                                           "\r\nContent-Length: 7\r\n"),
+    }[kind]
+    sock.sendall(f"{head} HTTP/1.1\r\nHost: test\r\n{extra}\r\n".encode()
+                 + (b"wait=20" if kind == "waiter" else b""))
+    if kind != "waiter":
+        status = sock.recv(12)
+        assert status in (b"HTTP/1.1 200", b"HTTP/1.1 101"), status
+    return sock

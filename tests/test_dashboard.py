@@ -28,8 +28,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ServerProcess
-from tests.http_client import post, request
-from tests.util import snapshot, v2_json, wait_until
+from tests.http_client import hold_open, post, request
+from tests.util import numsub, snapshot, v2_json, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 30.0
@@ -220,7 +220,7 @@ class Page:
         return self.js("""Object.fromEntries([...document.querySelectorAll("#queues tr")].map(
             r => [r.dataset.queue, Object.fromEntries([...r.cells].map(
                 (c, i) => [["name", "pending", "status", "policy", "priority", "inflight",
-                            "delayed", "dead", "added", "consumed"][i] || "x" + i,
+                            "delayed", "dead", "added", "consumed", "consumers"][i] || "x" + i,
                            c.textContent]))]))""")
 
     def facts(self) -> dict[str, str]:
@@ -308,7 +308,7 @@ def test_values_shown_match_redis(H, redis, chromium):
     assert facts["dead letters"] == "1 in jobs.dead"
     assert facts["added (ever)"] == redis("GET", "jobs:UUID") == "7"
     assert facts["in flight"] == "1" and facts["delayed"] == "1"
-    assert "not shown" in facts["live consumers"]
+    assert facts["live consumers"] == "0" and facts["long polls waiting"] == "0"
 
     # Rates need two samples: 20 adds between them make added/s positive.
     before = page.js("document.body.dataset.loaded")
@@ -327,12 +327,54 @@ def test_values_shown_match_redis(H, redis, chromium):
         return false; })()""")
 
 
+def test_live_consumers_are_shown(H, redis, chromium):
+    """A comet, two WebSockets, an SSE stream and a long poll on one queue: the row counts them,
+    the details split them by kind; once they left, both show none."""
+    add(H, "feed", "x")
+    clients = [hold_open(H, kind, "feed") for kind in ("comet", "websocket", "websocket", "sse")]
+    wait_until(lambda: redis("LLEN", "feed:queue") == 0, what="the live consumers to take x")
+    clients.append(hold_open(H, "waiter", "feed"))  # nothing pending: it waits
+    try:
+        page = chromium.open(H + "/static/index.html")
+        open_details(page, "feed")
+        page.until("document.querySelector('#queues tr[data-queue=feed] td:nth-child(11)')"
+                   ".textContent === '5'", "the row's count")
+        cell = page.js("document.querySelector('#queues tr[data-queue=feed] td:nth-child(11)')"
+                       ".title")
+        assert cell.startswith("comet 1, WebSocket 2, SSE 1, long polls waiting 1"), cell
+        facts = page.facts()
+        assert facts["live consumers"] == "4: comet 1, WebSocket 2, SSE 1", facts
+        assert facts["long polls waiting"] == "1"
+        assert facts["processes listening"] == "1"
+    finally:
+        for sock in clients:
+            sock.close()
+    wait_until(lambda: numsub(redis, "feed") == 0, what="the server to let go of feed")
+    # The next sample (every 10 s) shows none, in the row and in the details.
+    wait_until(lambda: page.rows()["feed"]["consumers"] == "0"
+               and page.facts()["processes listening"] == "0", TIMEOUT, "the next sample")
+    facts = page.facts()
+    assert (facts["live consumers"], facts["long polls waiting"]) == ("0", "0"), facts
+
+
 def test_screenshot(H, redis, chromium, tmp_path):
     """A few queues at work for three samples, one of them in detail; the PNG goes to
     $RESTMQ_DASHBOARD_PNG (docs/dashboard.png is made so)."""
     busy_queues(H)
     for i in range(12):
         add(H, f"mail.outbound" if i % 3 else "thumbnails", str(i), priority=str(i % 4))
+    # Live consumers: two comets take thumbnails' messages; jobs is paused, so its WebSocket
+    # and SSE stream wait.
+    clients = [hold_open(H, kind, queue) for kind, queue in (
+        ("comet", "thumbnails"), ("comet", "thumbnails"), ("websocket", "jobs"), ("sse", "jobs"))]
+    try:
+        take_screenshot(H, chromium, tmp_path)
+    finally:
+        for sock in clients:
+            sock.close()
+
+
+def take_screenshot(H, chromium, tmp_path) -> None:
     page = chromium.open(H + "/static/index.html", width=1500, height=1000)
     open_details(page, "jobs")
     page.click("#peek-first")
@@ -347,6 +389,8 @@ def test_screenshot(H, redis, chromium, tmp_path):
                    timeout=30)
     page.until("document.querySelector('#queues tr[data-queue=jobs] td:nth-child(9)')"
                ".textContent !== ''", "the rates")
+    page.until("document.getElementById('facts').textContent.includes('WebSocket 1')",
+               "the live consumers of jobs")
     shot = page.screenshot(Path(os.environ.get("RESTMQ_DASHBOARD_PNG",
                                                tmp_path / "dashboard.png")))
     assert shot[:8] == b"\x89PNG\r\n\x1a\n" and len(shot) > 10000

@@ -76,7 +76,8 @@ def test_info_of_a_queue_never_used(H, redis):
     body = v2_json(get(H, "/info/jobs"))
     assert body == {"queue": "jobs", "pending": 0, "inflight": 0, "delayed": 0, "status": "",
                     "policy": "broadcast", "dead_letter": None, "next_due": None,
-                    "counters": None, "priority": {}, "added": 0}
+                    "counters": None, "priority": {}, "added": 0, "subscribers": 0,
+                    "consumers": {"comet": 0, "websocket": 0, "sse": 0, "waiter": 0}}
     assert redis("KEYS", "*") == []
 
 
@@ -95,7 +96,8 @@ def test_info_counts_every_state(H, redis):
     assert body == {"queue": "jobs", "pending": 1, "inflight": 1, "delayed": 1, "status": 0,
                     "policy": "roundrobin", "dead_letter": {"queue": "jobs.dead", "pending": 1},
                     "next_due": body["next_due"], "counters": None, "priority": {},
-                    "added": 4}
+                    "added": 4, "subscribers": 0,
+                    "consumers": {"comet": 0, "websocket": 0, "sse": 0, "waiter": 0}}
     # The next due time is a lower bound: the lease of jobs:3 at the latest.
     assert redis_ms(redis) / 1000 - 1 < body["next_due"] <= lease_until
 

@@ -40,7 +40,9 @@ class QueueInfo:
     messages per level 1 to 9 (levels without any left out); `added`: the messages ever
     numbered in the queue (its key counter, kept with or without counters, so a reader can
     derive add rates); `counters`: what the queue's counters hold on a server run with
-    --counters (only those ever counted), else None."""
+    --counters (only those ever counted), else None; `subscribers`: the connections that
+    subscribe to the queue's pub/sub channel on Redis (one per RestMQ process holding a live
+    consumer, a waiter or a push dispatcher of the queue; any other subscriber counts too)."""
 
     queue: str
     pending: int
@@ -53,6 +55,7 @@ class QueueInfo:
     priority: dict[int, int]
     added: int = 0
     counters: dict[str, int] | None = None
+    subscribers: int = 0
 
     def as_json(self) -> dict[str, Any]:
         """The reply of the info route: status 1, 0 or "" (absent) and the policy's name, as
@@ -64,7 +67,7 @@ class QueueInfo:
                 "delayed": self.delayed, "status": status, "policy": policy_name(self.policy),
                 "dead_letter": dead, "next_due": self.next_due, "counters": self.counters,
                 "priority": {str(p): n for p, n in sorted(self.priority.items())},
-                "added": self.added}
+                "added": self.added, "subscribers": self.subscribers}
 
 
 def _config(queue: str, stored: Mapping[str, str]) -> QueueConfig:
@@ -126,7 +129,8 @@ class ConfigMixin:
         check_name(queue)
 
         def run(dead: str) -> defer.Deferred:
-            return self._run("info", keys.lease_keys(queue, dead or None), queue, dead)
+            return self._run("info", keys.lease_keys(queue, dead or None), queue, dead,
+                             keys.channel(queue))
 
         d = defer.ensureDeferred(self._believing(queue, run, self.redis.deadline()))
         return d.addCallback(_info, queue, self.counters)
@@ -135,10 +139,10 @@ class ConfigMixin:
 def _info(reply: list, queue: str, counting: bool = False) -> QueueInfo:
     pending, inflight, delayed, status, policy, dead, dead_pending, due = reply[1:9]
     levels = {p: int(n) for p, n in zip(range(1, 10), reply[9:18]) if int(n)}
-    counted = text(reply[19:])
+    counted = text(reply[20:])
     counters = {k: int(v) for k, v in sorted(zip(counted[::2], counted[1::2]))} \
         if counting else None
     return QueueInfo(queue, int(pending), int(inflight), int(delayed), status or None,
                      policy or None, DeadLetterState(dead, int(dead_pending)) if dead else None,
                      int(float(due)) / 1000 if due != "" else None, levels,
-                     int(reply[18] or 0), counters)
+                     int(reply[18] or 0), counters, int(reply[19]))

@@ -35,12 +35,15 @@ PUT_BACK_FOR = 60.0
 # before the connections close, and how often it is looked at meanwhile.
 SHUTDOWN_GRACE = 10.0
 DRAIN_POLL = 0.05
+# The kinds a queue's presence is counted by: the live consumers' `kind`, then the waiters.
+PRESENCE_KINDS = ("comet", "websocket", "sse", "waiter")
 
 
 class Consumer(Protocol):
     """What delivery needs of a live connection."""
 
     ready: bool  # can take a roundrobin message now: connected, its output not backed up
+    kind: str  # "comet", "websocket" or "sse", as /info/ and /metrics count them
 
     def send(self, batch: list[tuple[str, str]]) -> bool:
         """Write messages given as (key, message object as JSON text), in order; False when
@@ -198,6 +201,18 @@ class Delivery(service.Service):
         state = self.queues.get(queue)
         if state is not None and state.waiters.pop(waiter, False) is None:
             self._forget_if_empty(queue, state)
+
+    def presence(self, queue: str) -> dict[str, int]:
+        """How many live consumers of `queue` this process holds, by kind, and waiters (other
+        processes hold their own: nothing here is shared)."""
+        counts = dict.fromkeys(PRESENCE_KINDS, 0)
+        state = self.queues.get(queue)
+        if state is not None:
+            for consumer in state.consumers:
+                kind = getattr(consumer, "kind", "comet")
+                counts[kind] = counts.get(kind, 0) + 1
+            counts["waiter"] = len(state.waiters)
+        return counts
 
     def _presence(self, queue: str) -> _Queue:
         state = self.queues.get(queue)

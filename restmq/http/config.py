@@ -3,6 +3,7 @@ configuration, `/info/<q>` shows its counts at a glance (docs/http-api.md#queue-
 from __future__ import annotations
 
 from restmq.core import arguments
+from restmq.delivery.live import PRESENCE_KINDS
 from restmq.http.base import PATH, BaseHandler
 
 
@@ -39,7 +40,8 @@ class ConfigHandler(BaseHandler):
 
 class InfoHandler(BaseHandler):
     """`GET /info/<q>`: pending, in-flight and delayed counts, status, policy, the dead-letter
-    queue's length and the next due time."""
+    queue's length, the next due time, the subscribers of its channel and this process's live
+    consumers and waiters of it."""
 
     methods = ("GET",)
     sections = {"GET": "rest:consumer"}
@@ -48,4 +50,9 @@ class InfoHandler(BaseHandler):
 
     async def get(self):
         info = await self.ctx.core.info(self.target)
-        self.reply_json(info.as_json())
+        reply = info.as_json()
+        # Read after Redis answered, so that both describe the same moment as nearly as can be.
+        delivery = self.ctx.delivery
+        reply["consumers"] = delivery.presence(self.target) if delivery is not None else \
+            dict.fromkeys(PRESENCE_KINDS, 0)
+        self.reply_json(reply)

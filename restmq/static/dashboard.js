@@ -164,7 +164,7 @@
   }
 
   var COLUMNS = ["name", "pending", "status", "policy", "priority", "inflight", "delayed",
-                 "dead", "added", "consumed", "chart", "actions"];
+                 "dead", "added", "consumed", "consumers", "chart", "actions"];
 
   function buildRow(name) {
     var row = el("tr");
@@ -210,6 +210,28 @@
     return parts.join(" ");
   }
 
+  // The live consumers and waiters of /info/ (counted by the process that answered), or null
+  // when the reply has none (a server older than the field).
+  function presence(info) {
+    var c = info && info.consumers;
+    if (!c) {
+      return null;
+    }
+    var streams = c.comet + c.websocket + c.sse;
+    return {
+      streams: streams,
+      total: streams + c.waiter,
+      split: "comet " + c.comet + ", WebSocket " + c.websocket + ", SSE " + c.sse,
+      waiters: c.waiter,
+      listening: info.subscribers
+    };
+  }
+
+  function presenceTitle(live) {
+    return live.split + ", long polls waiting " + live.waiters + " (held by the process that " +
+      "answered); processes listening to the queue: " + live.listening;
+  }
+
   function fillRow(name) {
     var entry = state.rows[name];
     var stats = state.stats[name];
@@ -229,6 +251,9 @@
     c.dead.title = info && info.dead_letter ? "dead-letter queue: " + info.dead_letter.queue : "";
     c.added.textContent = rates ? Chart.formatRate(rates.added) : "";
     c.consumed.textContent = rates ? Chart.formatRate(rates.consumed) : "";
+    var live = presence(info);
+    c.consumers.textContent = live ? String(live.total) : "";
+    c.consumers.title = live ? presenceTitle(live) : "";
     entry.row.classList.toggle("selected", name === state.selected);
     if (history) {
       Chart.sparkline(c.chart.firstChild, history, Date.now());
@@ -450,9 +475,31 @@
     byId("detail").scrollIntoView({block: "nearest"});
   }
 
-  function fact(list, term, value) {
-    list.appendChild(el("dt", term));
+  function fact(list, term, value, title) {
+    var dt = el("dt", term);
+    if (title) {
+      dt.title = title;
+    }
+    list.appendChild(dt);
     list.appendChild(el("dd", value));
+  }
+
+  var BY_ANSWERER = "counted by the RestMQ process that answered /info/: behind a port " +
+    "shared by several processes, that one's only";
+
+  function presenceFacts(facts, info) {
+    var live = presence(info);
+    if (!live) {
+      fact(facts, "live consumers", "not reported by this server");
+      return;
+    }
+    fact(facts, "live consumers", live.streams ? live.streams + ": " + live.split : "0",
+         "comet, WebSocket and SSE streams, " + BY_ANSWERER);
+    fact(facts, "long polls waiting", String(live.waiters), "claims and pops waiting, " +
+         BY_ANSWERER);
+    fact(facts, "processes listening", String(live.listening), "subscribers of the queue's " +
+         "channel in Redis, fleet-wide: the processes holding a live consumer, a long poll " +
+         "or a push dispatcher of the queue (not consumers)");
   }
 
   function renderDetail() {
@@ -482,7 +529,7 @@
     fact(facts, "added (ever)", String(info.added));
     fact(facts, "added/s", rates ? Chart.formatRate(rates.added) : "-");
     fact(facts, "consumed/s", rates ? Chart.formatRate(rates.consumed) : "-");
-    fact(facts, "live consumers", "not shown: no route this page reads reports them");
+    presenceFacts(facts, info);
     var dead = byId("redrive-dead");
     dead.hidden = !info.dead_letter;
     dead.textContent = info.dead_letter ? "redrive the dead letters of " +
