@@ -139,3 +139,14 @@ def test_help_lists_the_documented_commands_and_options():
                 assert re.match(r"  \S+(?: \S+)?\s{2,}\S", entry) or \
                     re.match(r" {6,}\S", following), (name, entry)
 
+
+def test_an_idempotency_key_covers_every_batch_of_a_long_add(H, redis):
+    lines = "".join(f"line {n}\n" for n in range(150))
+    status, out, err = restmq("add", H, "bulk", "--idempotency-key", "import-7", stdin=lines)
+    assert (status, err) == (0, "")
+    assert out["keys"] == [f"bulk:{n}" for n in range(1, 151)]
+    # the same command again (a user re-running it after a lost reply) stores nothing more
+    assert restmq("add", H, "bulk", "--idempotency-key", "import-7", stdin=lines)[:2] == \
+        (0, out)
+    assert redis("LLEN", "bulk:queue") == 150
+    assert redis("LINDEX", "bulk:queue", "-1") == "bulk:1"  # the oldest, at the tail

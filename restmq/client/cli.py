@@ -41,9 +41,18 @@ def cmd_add(c: Client, a) -> int:
         keys = []
         for i in range(0, len(values), 100):
             items = [{"value": v, **extra} for v in values[i:i + 100]]
-            keys += c.add_batch(a.queue, items, idempotency_key=key)
+            keys += c.add_batch(a.queue, items, idempotency_key=batch_key(key, i, values))
     emit({"queue": a.queue, "keys": keys})
     return OK
+
+
+def batch_key(key: str, start: int, values: list) -> str:
+    """A user's key names the whole add: each batch of a longer one gets KEY.1, KEY.2 ...,
+    so that running the same command again stores nothing twice (one key on every batch
+    would be refused as reused for a different request)."""
+    if key == "auto" or len(values) <= 100:
+        return key
+    return f"{key}.{start // 100 + 1}"
 
 
 def cmd_get(c, a) -> int:
