@@ -305,30 +305,28 @@ class TxWorker(Base):
     def _failed(self, lease: Lease, error, state):
         self._stop_beat(state)
         self.failed += 1
-        try:
-            delay = self.fail(lease, error)
-        except Exception:
-            self.log.exception("fail() raised; releasing", extra=fields(lease))
-            delay = 0
+        self._exit_on(error)
+        delay = self._delay(lease, error)
         if delay is None:
             self.log.warning("failed %s: %r; left to lapse", lease.key, error,
                              extra=fields(lease, LAPSE, error=repr(error)))
             return LAPSE
         try:
-            settled = yield lease.release(int(delay))
+            settled = yield lease.release(delay)
         except RestMQError as e:
             self.log.warning("release of %s failed: %s", lease.key, e, extra=fields(lease))
             return LAPSE
         outcome = DEAD if settled.dead else RELEASE if settled.ok else STALE
         self.log.warning("failed %s: %r; %s", lease.key, error, outcome,
-                         extra=fields(lease, outcome, error=repr(error), delay=int(delay)))
+                         extra=fields(lease, outcome, error=repr(error), delay=delay))
         return outcome
 
     def _after(self, lease: Lease, outcome: str):
         try:
             self.after(lease, outcome)
-        except Exception:
+        except BaseException as error:
             self.log.exception("after() raised", extra=fields(lease, outcome))
+            self._exit_on(error)
 
     def _finished(self, d, state) -> None:
         self._stop_beat(state)

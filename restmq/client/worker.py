@@ -122,13 +122,17 @@ class Worker(Base):
             lease = self._todo.get()
             if lease is None:
                 return
-            if self._stopping.is_set():
-                self._give_back(lease)
-            else:
-                self._process(lease)
-            with self._lock:
-                self._idle += 1
-                self._lock.notify_all()
+            try:
+                if self._stopping.is_set():
+                    self._give_back(lease)
+                else:
+                    self._process(lease)
+            except BaseException:  # never lose a thread, and with it a slot of concurrency
+                self.log.exception("worker thread error", extra=fields(lease))
+            finally:
+                with self._lock:
+                    self._idle += 1
+                    self._lock.notify_all()
 
     def _give_back(self, lease: Lease) -> None:
         """A message claimed but not started when the worker stops goes back at once."""
@@ -147,11 +151,12 @@ class Worker(Base):
         try:
             self.before(lease)
             self.work(lease)
-        except Exception as error:
+        except BaseException as error:  # SystemExit too: the message must not stay held
             with self._lock:
                 self._running.pop(lease.receipt, None)
                 self.failed += 1
             outcome = self._failed(lease, error)
+            self._exit_on(error)
         else:
             with self._lock:
                 entry = self._running.pop(lease.receipt, None)
@@ -164,28 +169,25 @@ class Worker(Base):
                 lease, outcome, duration=time.monotonic() - started))
         try:
             self.after(lease, outcome)
-        except Exception:
+        except BaseException as error:
             self.log.exception("after() raised", extra=fields(lease, outcome))
+            self._exit_on(error)
 
-    def _failed(self, lease: Lease, error: Exception) -> str:
-        try:
-            delay = self.fail(lease, error)
-        except Exception:
-            self.log.exception("fail() raised; releasing", extra=fields(lease))
-            delay = 0
+    def _failed(self, lease: Lease, error: BaseException) -> str:
+        delay = self._delay(lease, error)
         if delay is None:
             self.log.warning("failed %s: %r; left to lapse", lease.key, error,
                              extra=fields(lease, LAPSE, error=repr(error)))
             return LAPSE
         try:
-            settled = lease.release(int(delay))
+            settled = lease.release(delay)
         except RestMQError as e:
             self.log.warning("failed %s: %r; release failed: %s", lease.key, error, e,
                              extra=fields(lease, LAPSE, error=repr(error)))
             return LAPSE
         outcome = DEAD if settled.dead else RELEASE if settled.ok else STALE
         self.log.warning("failed %s: %r; %s", lease.key, error, outcome,
-                         extra=fields(lease, outcome, error=repr(error), delay=int(delay)))
+                         extra=fields(lease, outcome, error=repr(error), delay=delay))
         return outcome
 
     # -- leases ------------------------------------------------------------------------------

@@ -1,0 +1,87 @@
+"""restmq.client used by a hostile program, against a real server: a worker whose hooks raise
+SystemExit or return nonsense, calls against a server that accepts and never answers, adds
+whose replies are lost. Each test names what would be lost, duplicated or hung."""
+from __future__ import annotations
+
+import threading
+
+from restmq.client import Client, Worker
+from tests.util import wait_until
+
+
+class Running:
+    """A Worker's run() in a thread (signals stay with the test's main thread)."""
+
+    def __init__(self, worker: Worker):
+        self.worker = worker
+        self.thread = threading.Thread(target=worker.run, daemon=True)
+        self.thread.start()
+
+    def stop(self, timeout: float = 15.0) -> bool:
+        """True when run() returned within `timeout` after stop()."""
+        self.worker.stop()
+        self.thread.join(timeout)
+        return not self.thread.is_alive()
+
+
+def test_work_raising_systemexit_releases_the_message_and_stops_the_worker(H, redis):
+    c = Client(H, timeout=10)
+    c.add("exit", "quit")
+    raised = threading.Event()
+
+    def work(message):
+        raised.set()
+        raise SystemExit(3)
+
+    worker = Worker(c, "exit", lease=60, wait=1, work=work)
+    running = Running(worker)
+    wait_until(raised.is_set, 10, "the job")
+    # released at once, not held (and extended) by a thread that is gone
+    wait_until(lambda: c.info("exit").pending == 1, 10, "the message released")
+    assert c.info("exit").inflight == 0
+    assert running.stop()
+    assert (worker.processed, worker.failed) == (0, 1)
+
+
+def test_after_raising_systemexit_stops_the_worker_gracefully(H, redis):
+    c = Client(H, timeout=10)
+    c.add_batch("after", ["1", "2", "3"])
+    done = []
+
+    class Stubborn(Worker):
+        queue, lease, wait, concurrency = "after", 60, 1, 1
+
+        def work(self, message):
+            done.append(message.value)
+
+        def after(self, message, outcome):
+            raise SystemExit("after() wants out")
+
+    running = Running(Stubborn(c))
+    running.thread.join(15)  # run() returns by itself: no stop() called
+    assert not running.thread.is_alive()
+    # the job done was acked, the others never claimed (one thread: one at a time)
+    assert done == ["1"]
+    assert (c.info("after").pending, c.info("after").inflight) == (2, 0)
+
+
+def test_fail_returning_nonsense_releases_and_the_worker_goes_on(H, redis):
+    c = Client(H, timeout=10)
+    c.add_batch("junk", ["bad", "good"])
+    done = []
+
+    class Odd(Worker):
+        queue, lease, wait, concurrency = "junk", 60, 1, 1
+
+        def work(self, message):
+            if message.value == "bad" and message.deliveries == 1:
+                raise ValueError("bad job")
+            done.append(message.value)
+
+        def fail(self, message, error):
+            return "soon"
+
+    running = Running(Odd(c))
+    wait_until(lambda: sorted(done) == ["bad", "good"], 10, "both jobs, bad one retried")
+    assert running.stop()
+    assert c.info("junk").inflight == c.info("junk").pending == 0
