@@ -3,9 +3,14 @@ SystemExit or return nonsense, calls against a server that accepts and never ans
 whose replies are lost. Each test names what would be lost, duplicated or hung."""
 from __future__ import annotations
 
+import socket
 import threading
+import time
 
-from restmq.client import Client, Worker
+import pytest
+import pytest_twisted
+
+from restmq.client import Client, Unavailable, Worker
 from tests.util import wait_until
 
 
@@ -85,3 +90,68 @@ def test_fail_returning_nonsense_releases_and_the_worker_goes_on(H, redis):
     wait_until(lambda: sorted(done) == ["bad", "good"], 10, "both jobs, bad one retried")
     assert running.stop()
     assert c.info("junk").inflight == c.info("junk").pending == 0
+
+
+# -- a server that accepts and never answers ----------------------------------------------------
+
+
+class Silent:
+    """Accepts connections, reads what comes, never answers; counts the connections."""
+
+    def __init__(self):
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.conns: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.conns.append(conn)
+
+    def close(self):
+        self.listener.close()
+        for conn in self.conns:
+            conn.close()
+
+
+@pytest.fixture
+def silent():
+    stub = Silent()
+    yield stub
+    stub.close()
+
+
+CALLS = {"add": lambda c: c.add("q", "v"), "add_batch": lambda c: c.add_batch("q", ["v"]),
+         "claim": lambda c: c.claim("q"), "ack": lambda c: c.ack("q", ["r"]),
+         "get": lambda c: c.get("q"), "health": lambda c: c.health()}
+
+
+@pytest.mark.parametrize("call", sorted(CALLS))
+def test_a_call_to_a_server_that_never_answers_ends_within_its_timeout(silent, call):
+    # a retry after a timeout would start another wait as long: the timeout bounds the call
+    c = Client(silent.url, timeout=1, retries=3)
+    started = time.monotonic()
+    with pytest.raises(Unavailable):
+        CALLS[call](c)
+    took = time.monotonic() - started
+    assert len(silent.conns) == 1, f"{len(silent.conns)} connections in {took:.1f} s"
+    assert took < 3.0  # 1 s, with room for a loaded machine (4 attempts took 4.7 s and more)
+    c.close()
+
+
+@pytest.mark.parametrize("call", ["add", "claim", "health"])
+@pytest_twisted.ensureDeferred
+async def test_a_tx_call_to_a_server_that_never_answers_ends_within_its_timeout(silent, call):
+    from restmq.client import TxClient
+    c = TxClient(silent.url, timeout=1, retries=3)
+    started = time.monotonic()
+    with pytest.raises(Unavailable):
+        await CALLS[call](c)
+    took = time.monotonic() - started
+    assert len(silent.conns) == 1, f"{len(silent.conns)} connections in {took:.1f} s"
+    assert took < 3.0
+    await c.close()

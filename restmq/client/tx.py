@@ -69,48 +69,83 @@ class TxClient(Api):
         data = yield readBody(response)
         return response.code, data
 
+    def _timed(self, request: Request, left: float) -> defer.Deferred:
+        """One exchange, cancelled after `left` seconds: its failure is then a TimeoutError
+        (a lost reply, as Agent reports a cancel as the response's failure, which must not be
+        taken for the caller's own cancel)."""
+        expired = []
+
+        def expire():
+            expired.append(True)
+            d.cancel()
+
+        def settled(result):
+            if timer.active():
+                timer.cancel()
+            if expired and isinstance(result, Failure):
+                return Failure(defer.TimeoutError(f"no reply within {left:.3g} s"))
+            return result
+
+        d = self._exchange(request)
+        timer = self.reactor.callLater(left, expire)
+        return d.addBoth(settled)
+
     @defer.inlineCallbacks
-    def _send(self, request: Request):
+    def _pause(self, attempt: int, deadline: float):
+        """Pauses before retry number attempt + 1; False when none is allowed or the call's
+        deadline leaves no time for it."""
+        pause = backoff(attempt + 1)
+        if attempt >= self.retries or self.reactor.seconds() + pause >= deadline:
+            return False
+        yield task.deferLater(self.reactor, pause, lambda: None)
+        return True
+
+    @defer.inlineCallbacks
+    def _send(self, request: Request, deadline: float):
+        """Sends the request, again while that is safe and the deadline allows: the timeout
+        bounds the whole call, its retries and their pauses included."""
         attempt = 0
         while True:
+            left = deadline - self.reactor.seconds()
+            if left <= 0:
+                raise Unavailable(None, f"{request.what}: no time left to reach {self.url}")
             try:
-                d = self._exchange(request)
-                d.addTimeout(self.timeout + request.wait, self.reactor)
-                status, body = yield d
+                status, body = yield self._timed(request, left)
             except NOT_SENT as e:
-                if attempt < self.retries:
+                if (yield self._pause(attempt, deadline)):
                     attempt += 1
-                    yield task.deferLater(self.reactor, backoff(attempt), lambda: None)
                     continue
                 raise Unavailable(None, f"cannot reach {self.url}: {e}") from None
             except LOST as e:
                 if _cancelled(e):
                     raise defer.CancelledError() from None  # our caller gave up: no retry
-                if request.resend and attempt < self.retries:
+                if request.resend and (yield self._pause(attempt, deadline)):
                     attempt += 1
-                    yield task.deferLater(self.reactor, backoff(attempt), lambda: None)
                     continue
                 cls = Unavailable if request.resend else OutcomeUnknown
                 raise cls(None, f"{request.what}: no reply from {self.url}: {e!r}") from None
-            if status == 503 and request.resend and attempt < self.retries:
+            if status == 503 and request.resend and (yield self._pause(attempt, deadline)):
                 attempt += 1
-                yield task.deferLater(self.reactor, backoff(attempt), lambda: None)
                 continue
             return status, body
 
+    def _deadline(self, request: Request) -> float:
+        return self.reactor.seconds() + self.timeout + request.wait
+
     @defer.inlineCallbacks
     def _call(self, request: Request):
+        deadline = self._deadline(request)
         if request.needs_protocol:
-            protocol = yield self.server_protocol()
+            protocol = yield self.server_protocol(deadline)
             request = for_protocol(request, protocol)
-        status, body = yield self._send(request)
+        status, body = yield self._send(request, deadline)
         return request.parse(status, body)
 
     @defer.inlineCallbacks
-    def server_protocol(self):
+    def server_protocol(self, deadline: float | None = None):
         if self.protocol is None:
-            status, body = yield self._send(Request("GET", "/health", resend=True,
-                                                    what="health"))
+            health = Request("GET", "/health", resend=True, what="health")
+            status, body = yield self._send(health, deadline or self._deadline(health))
             self.protocol = protocol_of(status, body)
         return self.protocol
 
