@@ -4,13 +4,15 @@ whose replies are lost. Each test names what would be lost, duplicated or hung."
 from __future__ import annotations
 
 import socket
+import struct
 import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import pytest_twisted
 
-from restmq.client import Client, Unavailable, Worker
+from restmq.client import Client, OutcomeUnknown, Unavailable, Worker
 from tests.util import wait_until
 
 
@@ -155,3 +157,51 @@ async def test_a_tx_call_to_a_server_that_never_answers_ends_within_its_timeout(
     assert len(silent.conns) == 1, f"{len(silent.conns)} connections in {took:.1f} s"
     assert took < 3.0
     await c.close()
+
+
+# -- replies lost after the server did the work ---------------------------------------------------
+
+
+class Dropper(BaseHTTPRequestHandler):
+    """A protocol-2 server whose every POST is read, then its connection reset: the add may
+    well have been stored, the client never hears of it."""
+    protocol_version = "HTTP/1.1"
+    keys: list = []
+
+    def do_GET(self):
+        body = b'{"status": "ok", "protocol": 2}'
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.keys.append(self.headers.get("Idempotency-Key"))
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.close_connection = True
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def dropper():
+    Dropper.keys = []
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Dropper)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.mark.parametrize("call", ["add", "add_batch"])
+def test_an_add_whose_replies_were_all_lost_is_an_unknown_outcome_with_its_key(dropper, call):
+    c = Client(dropper, timeout=10, retries=2)
+    with pytest.raises(OutcomeUnknown) as lost:
+        CALLS[call](c)
+    # sent again with one key (a fourth time when the first went on the kept-alive connection
+    # of /health); the caller gets that key to try again without a duplicate
+    assert len(Dropper.keys) >= 3 and len(set(Dropper.keys)) == 1 and Dropper.keys[0]
+    assert lost.value.idempotency_key == Dropper.keys[0]
+

@@ -10,9 +10,9 @@ import time
 import urllib.parse
 from typing import Iterator
 
-from restmq.client.errors import OutcomeUnknown, RestMQError, Unavailable
+from restmq.client.errors import RestMQError, Unavailable
 from restmq.client.models import Message
-from restmq.client.wire import (Api, Request, backoff, basic_auth, check, for_protocol,
+from restmq.client.wire import (Api, Request, backoff, basic_auth, check, for_protocol, lost,
                                 protocol_of, qpath, reason_of, stream_line)
 
 # Failures of a connection that was reused from an earlier call and that the server may have
@@ -174,9 +174,7 @@ class Client(Api):
                 if request.resend and self._retry(attempt, deadline):
                     attempt += 1
                     continue
-                cls = Unavailable if request.resend else OutcomeUnknown
-                raise cls(None, f"{request.what}: no reply from {self.url}: {e.args[0]}") \
-                    from None
+                raise lost(request, self.url, e.args[0]) from None
             if status == 503 and request.resend and self._retry(attempt, deadline):
                 attempt += 1
                 continue

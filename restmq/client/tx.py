@@ -14,10 +14,10 @@ from twisted.web.client import (Agent, FileBodyProducer, HTTPConnectionPool, Res
 from twisted.web._newclient import RequestNotSent, RequestTransmissionFailed
 from twisted.web.http_headers import Headers
 
-from restmq.client.errors import OutcomeUnknown, RestMQError, Unavailable
+from restmq.client.errors import RestMQError, Unavailable
 from restmq.client.models import Lease, Message
 from restmq.client.policy import ACK, DEAD, LAPSE, RELEASE, STALE, Base, fields
-from restmq.client.wire import (Api, Request, backoff, basic_auth, check, for_protocol,
+from restmq.client.wire import (Api, Request, backoff, basic_auth, check, for_protocol, lost,
                                 protocol_of, qpath, reason_of, stream_line)
 
 NOT_SENT = (net.ConnectError, net.DNSLookupError, RequestNotSent)
@@ -122,8 +122,7 @@ class TxClient(Api):
                 if request.resend and (yield self._pause(attempt, deadline)):
                     attempt += 1
                     continue
-                cls = Unavailable if request.resend else OutcomeUnknown
-                raise cls(None, f"{request.what}: no reply from {self.url}: {e!r}") from None
+                raise lost(request, self.url, repr(e)) from None
             if status == 503 and request.resend and (yield self._pause(attempt, deadline)):
                 attempt += 1
                 continue
