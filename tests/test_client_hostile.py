@@ -205,3 +205,50 @@ def test_an_add_whose_replies_were_all_lost_is_an_unknown_outcome_with_its_key(d
     assert len(Dropper.keys) >= 3 and len(set(Dropper.keys)) == 1 and Dropper.keys[0]
     assert lost.value.idempotency_key == Dropper.keys[0]
 
+
+
+# -- what after() is told --------------------------------------------------------------------------
+
+
+def test_after_hears_stale_when_the_ack_came_after_the_lease_lapsed(H, redis):
+    # the heartbeat stops extending after max_hold (as it would if every extend failed); the
+    # job returns only once the server has taken the message back: its ack is stale
+    c = Client(H, timeout=10)
+    c.add("late", "slow job")
+    outcomes = []
+
+    class Slow(Worker):
+        queue, lease, wait, max_hold = "late", 1, 1, 0.1
+
+        def work(self, message):
+            wait_until(lambda: c.info("late").inflight == 0, 15, "the lease to lapse")
+
+        def after(self, message, outcome):
+            outcomes.append(outcome)
+            self.stop()
+
+    running = Running(Slow(c))
+    running.thread.join(20)
+    assert not running.thread.is_alive()
+    assert outcomes == ["stale"]
+    assert c.info("late").pending == 1  # back in the queue, for the next worker
+
+
+def test_after_hears_ack_once_the_ack_was_taken(H, redis):
+    c = Client(H, timeout=10)
+    c.add("fine", "quick job")
+    seen = []
+
+    class Quick(Worker):
+        queue, lease, wait = "fine", 30, 1
+
+        def work(self, message):
+            pass
+
+        def after(self, message, outcome):
+            seen.append((outcome, c.info("fine").inflight))
+            self.stop()
+
+    running = Running(Quick(c))
+    running.thread.join(20)
+    assert seen == [("ack", 0)]  # told "ack" when the server had it
