@@ -252,3 +252,42 @@ def test_after_hears_ack_once_the_ack_was_taken(H, redis):
     running = Running(Quick(c))
     running.thread.join(20)
     assert seen == [("ack", 0)]  # told "ack" when the server had it
+
+
+@pytest_twisted.ensureDeferred
+async def test_tx_worker_stops_extending_a_hung_job_after_max_hold(H, redis):
+    from twisted.internet import defer, reactor, task
+
+    from restmq.client import TxClient, TxWorker
+    hung = defer.Deferred()
+    outcomes = []
+
+    class Hung(TxWorker):
+        queue, lease, wait, max_hold = "hung", 1, 1, 0.1
+
+        def work(self, message):
+            return hung  # never fires by itself
+
+        def after(self, message, outcome):
+            outcomes.append(outcome)
+
+    c = TxClient(H, timeout=10)
+    await c.add("hung", "job")
+    worker = Hung(c)
+    worker.start()
+
+    async def until(pending, inflight):
+        for _ in range(300):
+            info = await c.info("hung")
+            if (info.pending, info.inflight) == (pending, inflight):
+                return
+            await task.deferLater(reactor, 0.05, lambda: None)
+        raise AssertionError(f"still {info}")
+
+    await until(0, 1)  # claimed
+    await until(1, 0)  # given up by the heartbeat: the server takes the message back
+    stopped = worker.stop()
+    hung.callback(None)  # the job ends at last: its ack is stale
+    await stopped
+    assert outcomes == ["stale"]
+    await c.close()

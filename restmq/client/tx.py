@@ -297,10 +297,11 @@ class TxWorker(Base):
                                                   f.value, extra=fields(lease, LAPSE)))
 
     def _start(self, lease: Lease) -> None:
-        beat = task.LoopingCall(self._extend, lease)
+        state = {"started": self.reactor.seconds()}
+        beat = task.LoopingCall(self._extend, lease, state)
         beat.clock = self.reactor
+        state["beat"] = beat
         beat.start(self.lease / 3, now=False)
-        state = {"beat": beat}
         d = defer.maybeDeferred(self.before, lease)
         d.addCallback(lambda _: self.work(lease))
         d.addCallbacks(lambda _: self._succeeded(lease, state),
@@ -313,7 +314,13 @@ class TxWorker(Base):
         if state["beat"].running:
             state["beat"].stop()
 
-    def _extend(self, lease: Lease):
+    def _extend(self, lease: Lease, state):
+        if self.max_hold is not None and \
+                self.reactor.seconds() - state["started"] >= self.max_hold:
+            self.log.warning("%s still running after max_hold: its lease is left to lapse",
+                             lease.key, extra=fields(lease, LAPSE))
+            self._stop_beat(state)
+            return None
         d = self.client.extend(self.queue, [lease.receipt], self.lease)
 
         def checked(settled):
