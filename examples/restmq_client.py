@@ -1,14 +1,12 @@
-"""The two calls the examples share, standard library only: add a message (`POST /q/<q>`) and
-read a queue's comet stream (`GET /c/<q>`). Copy this file next to your own scripts."""
+"""A comet reader with nothing but the standard library, for test_collectd.py, which shows the
+wire: `GET /c/<q>` read line by line as the server sends it. The other examples use
+restmq.client, which does the same (`Client.stream`) with reconnects and typed errors."""
 from __future__ import annotations
 
 import http.client
 import json
-import sys
-import urllib.error
 import urllib.parse
-import urllib.request
-from typing import Callable, Iterator
+from typing import Iterator
 
 DEFAULT_URL = "http://127.0.0.1:8888"
 
@@ -20,17 +18,6 @@ class RestMQError(Exception):
 def queue_path(prefix: str, queue: str) -> str:
     """`/q/` + the percent-encoded name: `a/b` and `a b` travel as one path segment."""
     return prefix + urllib.parse.quote(queue, safe="")
-
-
-def add(url: str, queue: str, value: str, timeout: float = 10.0) -> str:
-    """POST /q/<queue> value=<value>; returns the new key (`jobs:7`)."""
-    data = urllib.parse.urlencode({"value": value}).encode("utf-8")
-    try:
-        with urllib.request.urlopen(url.rstrip("/") + queue_path("/q/", queue), data=data,
-                                    timeout=timeout) as reply:
-            return reply.read().decode("utf-8").strip()
-    except urllib.error.HTTPError as e:
-        raise RestMQError(f"{e.code} {e.read().decode('utf-8', 'replace').strip()}") from None
 
 
 def comet(url: str, queue: str, timeout: float | None = None) -> Iterator[dict]:
@@ -63,22 +50,3 @@ def comet(url: str, queue: str, timeout: float | None = None) -> Iterator[dict]:
                 yield message
     finally:
         conn.close()
-
-
-def consume(url: str, queue: str, handle: Callable[[dict], None], count: int = 0) -> int:
-    """Calls handle(message) for each message of the comet stream of `queue`, until `count`
-    messages (0: no limit) or the purge. Returns an exit status for the calling program: 0,
-    1 after an error (said on stderr), 130 on Ctrl-C."""
-    received = 0
-    try:
-        for message in comet(url, queue):
-            handle(message)
-            received += 1
-            if received == count:
-                break
-    except (RestMQError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    return 0

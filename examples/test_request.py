@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """A producer: adds --count messages to a queue with `POST /q/<queue>` and prints their keys.
-In --value, `{n}` becomes the message's number (1, 2, ...).
+In --value, `{n}` becomes the message's number (1, 2, ...). Each add carries an idempotency
+key, so the client's retries after a lost reply never store a message twice.
 
     python3 examples/test_request.py --queue jobs --count 3 --value 'job {n}'
 """
@@ -9,7 +10,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from restmq_client import DEFAULT_URL, RestMQError, add
+from restmq.client import Client, RestMQError
+
+DEFAULT_URL = "http://127.0.0.1:8888"
 
 
 def main() -> int:
@@ -21,11 +24,12 @@ def main() -> int:
                         help="the message; {n} is replaced by its number ('hello {n}')")
     args = parser.parse_args()
 
+    mq = Client(args.url, timeout=10)
     for n in range(1, args.count + 1):
         value = args.value.replace("{n}", str(n))
         try:
-            key = add(args.url, args.queue, value)
-        except (RestMQError, OSError) as e:
+            key = mq.add(args.queue, value)
+        except RestMQError as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
         print(f"{key}: {value}", flush=True)

@@ -3,10 +3,12 @@ each subcommand's JSON output and exit status."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
 from tests.conftest import ROOT, free_port
+from tests.test_client import OldServer, old_server  # noqa: F401 (a fixture)
 
 
 def restmq(*args: str, stdin: str = "") -> tuple[int, object, str]:
@@ -77,3 +79,74 @@ def test_errors_have_their_exit_status_and_reason(H, redis):
     assert status == 4 and json.loads(err)["status"] is None
     assert restmq("get", "not a url", "jobs")[0] == 2
     assert restmq("frobnicate", H)[0] == 2
+
+
+def test_a_protocol_1_server_gives_status_5_for_what_needs_protocol_2(old_server):
+    # the stub answers 404 to /health; nothing that needs protocol 2 is sent to it
+    for args in (["claim", old_server, "q"], ["add", old_server, "q", "v", "--delay", "5"],
+                 ["info", old_server, "q"], ["health", old_server]):
+        status, out, err = restmq(*args)
+        assert (status, out) == (5, ""), args
+        assert json.loads(err)["status"] == 404 and "protocol" in json.loads(err)["error"]
+    assert not [s for s in OldServer.seen if s != "GET /health"]
+    # an add it can take, whose reply it drops: outcome unknown, status 4, sent once
+    status, _, err = restmq("add", old_server, "q", "v")
+    assert status == 4 and "no reply" in json.loads(err)["error"]
+    assert [s for s in OldServer.seen if s.startswith("POST")] == ["POST /q/q key=None"]
+
+
+def test_bad_usage_is_status_2_whatever_the_mistake(H, redis):
+    for args in (["config", H, "jobs", "lease"], ["config", H, "jobs", "=5"],
+                 ["--auth", "nocolon", "get", H, "jobs"], ["get", H],
+                 ["claim", H, "jobs", "--limit", "many"]):
+        status, out, err = restmq(*args)
+        assert (status, out) == (2, ""), (args, err)
+        assert err.strip(), args
+    assert redis("EXISTS", "jobs:config") == 0
+
+
+def documented_commands() -> dict[str, set[str]]:
+    """The command table of docs/client.md: command -> the --options its row names."""
+    text = (ROOT / "docs" / "client.md").read_text()
+    table = text[text.index("## The restmq command"):]
+    commands = {}
+    for row in re.findall(r"^\| (`[^|]*)\|([^|]*)\|$", table, re.M):
+        names = re.findall(r"`(\w+) URL", row[0])
+        shared, *own = re.split(r"; (?=\w+ also )", row[1])   # "claim also `--lease`"
+        for name in names:
+            mine = [text for text in own if text.startswith(name + " also ")]
+            commands[name] = set(re.findall(r"--[\w-]+", " ".join([shared, *mine])))
+    assert len(commands) >= 11
+    return commands
+
+
+def test_help_lists_the_documented_commands_and_options():
+    documented = documented_commands()
+    status, out, _ = restmq("--help")
+    assert status == 0
+    listed = re.search(r"\{([\w,]+)\}", out).group(1).split(",")
+    assert sorted(listed) == sorted(documented)
+    for flag in ("--auth", "--auth-key", "--timeout", "--retries"):
+        assert flag in out
+    for name, options in documented.items():
+        status, out, _ = restmq(name, "--help")
+        assert status == 0
+        assert set(re.findall(r"(?<![\w-])--[a-z][\w-]*", out)) - {"--help"} == options, name
+        # every argument and option of a command says what it is, on its line or the next
+        lines = out[out.index("positional arguments:"):].splitlines()
+        for entry, following in zip(lines, lines[1:] + [""]):
+            if re.match(r"  \S", entry):
+                assert re.match(r"  \S+(?: \S+)?\s{2,}\S", entry) or \
+                    re.match(r" {6,}\S", following), (name, entry)
+
+
+def test_an_idempotency_key_covers_every_batch_of_a_long_add(H, redis):
+    lines = "".join(f"line {n}\n" for n in range(150))
+    status, out, err = restmq("add", H, "bulk", "--idempotency-key", "import-7", stdin=lines)
+    assert (status, err) == (0, "")
+    assert out["keys"] == [f"bulk:{n}" for n in range(1, 151)]
+    # the same command again (a user re-running it after a lost reply) stores nothing more
+    assert restmq("add", H, "bulk", "--idempotency-key", "import-7", stdin=lines)[:2] == \
+        (0, out)
+    assert redis("LLEN", "bulk:queue") == 150
+    assert redis("LINDEX", "bulk:queue", "-1") == "bulk:1"  # the oldest, at the tail

@@ -32,6 +32,9 @@ class Program:
     def __init__(self, script: Path, *args: str, env: dict | None = None, cwd: Path = ROOT):
         interpreter = "bash" if script.suffix == ".sh" else sys.executable
         argv = [interpreter, str(script), *args]
+        # the examples import restmq.client: this tree's, whatever is installed
+        env = dict(os.environ if env is None else env)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
         self.proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -137,6 +140,13 @@ def test_comet_consumer_prints_what_the_producer_sends(H, redis):
     assert (status, err) == (0, "")
     assert out.splitlines() == [f"consuming {H}/c/jobs", *sent, "received 3 messages"]
     assert redis("LLEN", "jobs:queue") == 0
+
+
+def test_producer_without_a_server_says_so_after_its_retries():
+    status, out, err = run(EXAMPLES / "test_request.py", "--url",
+                           f"http://127.0.0.1:{free_port()}", "--count", "2")
+    assert (status, out) == (1, "")
+    assert err.startswith("error: cannot reach http://127.0.0.1:"), err
 
 
 def test_comet_consumer_exits_when_the_queue_is_purged(H, redis):

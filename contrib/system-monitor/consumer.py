@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import sys
+from itertools import islice
 
-from monitor_settings import settings   # first: it puts examples/ on sys.path
-from restmq_client import consume
+from monitor_settings import settings
+from restmq.client import Client, RestMQError
 
 # figure name -> (how to read it from a sample, unit)
 FIGURES = {
@@ -35,27 +36,38 @@ def check(sample: dict, thresholds: dict[str, float]) -> list[str]:
     return warnings
 
 
+def dispatch(message, thresholds: dict[str, float]) -> None:
+    """Prints the sample's line and its warnings, or says the message is not a sample."""
+    try:
+        sample = json.loads(message.value)
+        line = (f"{message.key} {sample['host']}: cpu {sample['cpu']:g}% "
+                f"memory {sample['memory']:g}% swap {sample['swap']:g}% "
+                f"load {sample['load'][0]:g}")
+        warnings = check(sample, thresholds)
+    except (ValueError, KeyError, TypeError, IndexError):
+        print(f"{message.key}: not a sample: {message.value}", flush=True)
+        return
+    print(line, flush=True)
+    for warning in warnings:
+        print(warning, flush=True)
+
+
 def main() -> int:
     args, config = settings(__doc__.splitlines()[0])
     thresholds = {name: config.getfloat("thresholds", name)
                   for name in FIGURES if config.has_option("thresholds", name)}
 
-    def dispatch(message: dict) -> None:
-        try:
-            sample = json.loads(message["value"])
-            line = (f"{message['key']} {sample['host']}: cpu {sample['cpu']:g}% "
-                    f"memory {sample['memory']:g}% swap {sample['swap']:g}% "
-                    f"load {sample['load'][0]:g}")
-            warnings = check(sample, thresholds)
-        except (ValueError, KeyError, TypeError, IndexError):
-            print(f"{message['key']}: not a sample: {message['value']}", flush=True)
-            return
-        print(line, flush=True)
-        for warning in warnings:
-            print(warning, flush=True)
-
     print(f"watching {args.url}/c/{args.queue}", flush=True)
-    return consume(args.url, args.queue, dispatch, args.count)
+    try:
+        stream = Client(args.url).stream(args.queue, via="comet")
+        for message in islice(stream, args.count or None):
+            dispatch(message, thresholds)
+    except RestMQError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,5 +1,4 @@
-"""What producer.py and consumer.py share: the config file, the options that override it, and
-the way to examples/restmq_client.py (a copy next to these scripts is found first)."""
+"""What producer.py and consumer.py share: the config file and the options that override it."""
 from __future__ import annotations
 
 import argparse
@@ -8,7 +7,6 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(1, str(HERE.parent.parent / "examples"))
 
 
 def settings(description: str, add_arguments=None) -> tuple[argparse.Namespace,

@@ -14,8 +14,8 @@ import time
 
 import psutil
 
-from monitor_settings import settings   # first: it puts examples/ on sys.path
-from restmq_client import RestMQError, add
+from monitor_settings import settings
+from restmq.client import Client, RestMQError
 
 
 def sample() -> dict:
@@ -39,14 +39,15 @@ def main() -> int:
         config.getfloat("producer", "interval")
 
     psutil.cpu_percent(interval=None)   # the first reading is meaningless: start the clock
+    mq = Client(args.url, timeout=10)
     sent = 0
     try:
         while True:
             time.sleep(interval)
             figures = sample()
             try:
-                key = add(args.url, args.queue, json.dumps(figures))
-            except (RestMQError, OSError) as e:
+                key = mq.add(args.queue, json.dumps(figures))
+            except RestMQError as e:
                 print(f"error: {e}", file=sys.stderr, flush=True)
                 return 1
             sent += 1

@@ -11,8 +11,9 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(1, str(Path(__file__).resolve().parent.parent))   # examples/restmq_client.py
-from restmq_client import DEFAULT_URL, RestMQError, add  # noqa: E402
+from restmq.client import Client, RestMQError
+
+DEFAULT_URL = "http://127.0.0.1:8888"
 
 
 def mapper_args(description: str, queue: str) -> argparse.Namespace:
@@ -25,11 +26,12 @@ def mapper_args(description: str, queue: str) -> argparse.Namespace:
 
 def post_each(args: argparse.Namespace, summarize) -> int:
     """Posts summarize(name, text) as JSON for every file; prints `name: key`."""
+    mq = Client(args.url, timeout=10)
     for name in args.files:
         text = Path(name).read_text(encoding="utf-8", errors="replace")
         try:
-            key = add(args.url, args.queue, json.dumps(summarize(name, text)))
-        except (RestMQError, OSError) as e:
+            key = mq.add(args.queue, json.dumps(summarize(name, text)))
+        except RestMQError as e:
             print(f"error: {name}: {e}", file=sys.stderr)
             return 1
         print(f"{name}: {key}", flush=True)

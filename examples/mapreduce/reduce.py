@@ -10,10 +10,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
+from itertools import islice
 
-sys.path.insert(1, str(Path(__file__).resolve().parent.parent))   # examples/restmq_client.py
-from restmq_client import DEFAULT_URL, consume  # noqa: E402
+from restmq.client import Client, RestMQError
+
+DEFAULT_URL = "http://127.0.0.1:8888"
 
 
 def reducer_args(description: str, queue: str) -> argparse.Namespace:
@@ -26,9 +27,19 @@ def reducer_args(description: str, queue: str) -> argparse.Namespace:
 
 
 def reduce_each(args: argparse.Namespace, step) -> int:
-    """Calls step(summary) with each message's JSON value, up to --messages of them."""
-    return consume(args.url, args.queue, lambda message: step(json.loads(message["value"])),
-                   args.messages)
+    """Calls step(summary) with each message's JSON value, up to --messages of them; returns
+    the exit status (1 after an error, said on stderr; 130 on Ctrl-C)."""
+    try:
+        stream = Client(args.url).stream(args.queue, via="comet")
+        for message in islice(stream, args.messages or None):
+            step(json.loads(message.value))
+    except RestMQError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
 
 def main() -> int:
     args = reducer_args(__doc__.splitlines()[0], "reducer")

@@ -41,9 +41,18 @@ def cmd_add(c: Client, a) -> int:
         keys = []
         for i in range(0, len(values), 100):
             items = [{"value": v, **extra} for v in values[i:i + 100]]
-            keys += c.add_batch(a.queue, items, idempotency_key=key)
+            keys += c.add_batch(a.queue, items, idempotency_key=batch_key(key, i, values))
     emit({"queue": a.queue, "keys": keys})
     return OK
+
+
+def batch_key(key: str, start: int, values: list) -> str:
+    """A user's key names the whole add: each batch of a longer one gets KEY.1, KEY.2 ...,
+    so that running the same command again stores nothing twice (one key on every batch
+    would be refused as reused for a different request)."""
+    if key == "auto" or len(values) <= 100:
+        return key
+    return f"{key}.{start // 100 + 1}"
 
 
 def cmd_get(c, a) -> int:
@@ -92,7 +101,7 @@ def cmd_config(c, a) -> int:
     for pair in a.attributes:
         name, sep, value = pair.partition("=")
         if not sep or not name:
-            raise SystemExit(f"restmq config: not name=value: {pair!r}")
+            raise ValueError(f"config: not name=value: {pair!r}")  # bad usage: status 2
         attrs[name] = value
     result = c.set_config(a.queue, unset=a.unset, **attrs) if attrs or a.unset \
         else c.config(a.queue)
@@ -132,42 +141,51 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     def command(name, func, help, queue=True):
-        s = sub.add_parser(name, help=help)
-        s.add_argument("url")
+        s = sub.add_parser(name, help=help, description=help)
+        s.add_argument("url", help="the server's base URL, http://host:port")
         if queue:
-            s.add_argument("queue")
+            s.add_argument("queue", help="the queue's name")
         s.set_defaults(func=func)
         return s
 
     s = command("add", cmd_add, "add messages (the arguments, else stdin lines)")
-    s.add_argument("values", nargs="*")
-    for name in ("ttl", "delay", "priority"):
-        s.add_argument("--" + name, type=int)
-    s.add_argument("--eta", type=float)
-    s.add_argument("--idempotency-key")
+    s.add_argument("values", nargs="*", help="one message each; none: one per stdin line; "
+                   "several go in batches of 100, each stored all or none")
+    s.add_argument("--ttl", type=int, help="seconds before an unconsumed message expires")
+    s.add_argument("--delay", type=int, help="seconds before the messages are due")
+    s.add_argument("--priority", type=int, help="0 (default) ... 9 (first out)")
+    s.add_argument("--eta", type=float, help="Unix time when the messages are due")
+    s.add_argument("--idempotency-key", metavar="KEY", help="the key of this add (default: "
+                   "a fresh one per request, reused on its retries)")
     command("get", cmd_get, "take the oldest message for good (hard get)")
-    for name, func in (("pop", cmd_pop), ("claim", cmd_claim)):
-        s = command(name, func, f"{name} messages")
-        s.add_argument("--limit", type=int, default=1)
-        s.add_argument("--wait", type=int, default=0)
+    for name, func, help in (("pop", cmd_pop, "take messages, acknowledged once sent"),
+                             ("claim", cmd_claim, "lease messages (ack, extend or release "
+                                                  "them by receipt)")):
+        s = command(name, func, help)
+        s.add_argument("--limit", type=int, default=1, help="at most this many (1)")
+        s.add_argument("--wait", type=int, default=0,
+                       help="seconds to wait for a message when none is pending (0)")
         if name == "claim":
-            s.add_argument("--lease", type=int)
+            s.add_argument("--lease", type=int,
+                           help="seconds of the lease (the queue's default)")
     s = command("ack", cmd_ack, "acknowledge claimed messages by receipt")
-    s.add_argument("receipts", nargs="+")
+    s.add_argument("receipts", nargs="+", help="receipts of claim")
     s = command("peek", cmd_peek, "list pending messages without consuming them")
-    s.add_argument("--limit", type=int, default=10)
-    s.add_argument("--after")
+    s.add_argument("--limit", type=int, default=10, help="at most this many (10)")
+    s.add_argument("--after", metavar="KEY", help="continue after this key (a peek's next)")
     command("info", cmd_info, "a queue's pending, in-flight and delayed counts")
     s = command("config", cmd_config, "read, set (name=value ...) or clear a configuration")
-    s.add_argument("attributes", nargs="*")
-    s.add_argument("--unset")
-    s.add_argument("--clear", action="store_true")
+    s.add_argument("attributes", nargs="*", metavar="name=value", help="attributes to set")
+    s.add_argument("--unset", metavar="NAMES", help="attributes to remove, comma separated")
+    s.add_argument("--clear", action="store_true", help="remove the whole configuration")
     s = command("redrive", cmd_redrive, "move dead letters back")
-    s.add_argument("--to")
-    s.add_argument("--limit", type=int, default=100)
+    s.add_argument("--to", metavar="QUEUE",
+                   help="the queue to move them to (default: where each came from)")
+    s.add_argument("--limit", type=int, default=100, help="at most this many (100)")
     command("health", cmd_health, "the server's /health", queue=False)
     s = command("tail", cmd_tail, "print messages delivered live until the queue is purged")
-    s.add_argument("--via", choices=("sse", "comet"), default="sse")
+    s.add_argument("--via", choices=("sse", "comet"), default="sse",
+                   help="the live route (sse)")
     s.add_argument("--count", type=int, default=0, help="stop after this many (0: no limit)")
     return p
 

@@ -22,8 +22,13 @@ class Unavailable(RestMQError):
 
 
 class OutcomeUnknown(Unavailable):
-    """The request was sent but its reply was lost, and it was not safe to send it again: it
-    may or may not have taken effect."""
+    """The request was sent and no reply came back, on its last attempt: it may or may not
+    have taken effect. `idempotency_key` is the key an add carried (None without one): an add
+    sent again with it, within the queue's dedup_window, is stored at most once."""
+
+    def __init__(self, status: int | None, reason: str, idempotency_key: str | None = None):
+        super().__init__(status, reason)
+        self.idempotency_key = idempotency_key
 
 
 class Unauthorized(RestMQError):

@@ -55,6 +55,26 @@ class Base:
         self.processed = 0
         self.failed = 0
 
+    def _delay(self, message: Lease, error: BaseException) -> int | None:
+        """fail()'s answer in whole seconds (None: let the lease lapse); 0 when fail() raises
+        or answers something that is not a number, so the message comes back at once."""
+        try:
+            delay = self.fail(message, error)
+            return None if delay is None else max(0, int(delay))
+        except BaseException as e:
+            self.log.exception("fail() raised or gave no number; releasing",
+                               extra=fields(message))
+            self._exit_on(e)
+            return 0
+
+    def _exit_on(self, error: BaseException) -> None:
+        """SystemExit or KeyboardInterrupt from the user's code asks the worker to stop, the
+        graceful way: the message it came with is settled first, the others released."""
+        if not isinstance(error, Exception):
+            self.log.warning("%r raised by a hook: stopping", error,
+                             extra={"queue": self.queue})
+            self.stop()
+
     def work(self, message: Lease):
         """Does the job; returning acknowledges the message, raising fails it."""
         raise NotImplementedError("override work(message)")

@@ -10,9 +10,9 @@ import time
 import urllib.parse
 from typing import Iterator
 
-from restmq.client.errors import OutcomeUnknown, RestMQError, Unavailable
+from restmq.client.errors import RestMQError, Unavailable
 from restmq.client.models import Message
-from restmq.client.wire import (Api, Request, backoff, basic_auth, check, for_protocol,
+from restmq.client.wire import (Api, Request, backoff, basic_auth, check, for_protocol, lost,
                                 protocol_of, qpath, reason_of, stream_line)
 
 # Failures of a connection that was reused from an earlier call and that the server may have
@@ -139,49 +139,63 @@ class Client(Api):
             threading.local(), threading.RLock(), set(), False)
         return twin
 
-    def _send(self, request: Request):
+    def _retry(self, attempt: int, deadline: float) -> bool:
+        """Pauses before retry number attempt + 1 when one is allowed and the call's deadline
+        leaves time for it after the pause."""
+        pause = backoff(attempt + 1)
+        if attempt >= self.retries or time.monotonic() + pause >= deadline:
+            return False
+        time.sleep(pause)
+        return True
+
+    def _send(self, request: Request, deadline: float):
+        """Sends the request, again while that is safe and the deadline allows: the timeout
+        bounds the whole call, its retries and their pauses included."""
         attempt = 0
         while True:
             if self._closed:
                 raise Unavailable(None, f"{request.what}: the client was closed")
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise Unavailable(None, f"{request.what}: no time left to reach {self.url}")
             try:
                 # a kept-alive connection is reused once it shows nothing to read (a server
                 # that closed it, or its 408, shows); a close that crosses the request is
                 # then sent again only when that is safe, else raised as OutcomeUnknown
-                status, body = self._exchange(request, self.timeout + request.wait,
-                                              reuse=True)
+                status, body = self._exchange(request, left, reuse=True)
             except _Stale:
                 continue  # the next try opens a new connection, so this happens once
             except _NotSent as e:
-                if attempt < self.retries:
+                if self._retry(attempt, deadline):
                     attempt += 1
-                    time.sleep(backoff(attempt))
                     continue
                 raise Unavailable(None, f"cannot reach {self.url}: {e.args[0]}") from None
             except _Lost as e:
-                if request.resend and attempt < self.retries:
+                if request.resend and self._retry(attempt, deadline):
                     attempt += 1
-                    time.sleep(backoff(attempt))
                     continue
-                cls = Unavailable if request.resend else OutcomeUnknown
-                raise cls(None, f"{request.what}: no reply from {self.url}: {e.args[0]}") \
-                    from None
-            if status == 503 and request.resend and attempt < self.retries:
+                raise lost(request, self.url, e.args[0]) from None
+            if status == 503 and request.resend and self._retry(attempt, deadline):
                 attempt += 1
-                time.sleep(backoff(attempt))
                 continue
             return status, body
 
+    def _deadline(self, request: Request) -> float:
+        return time.monotonic() + self.timeout + request.wait
+
     def _call(self, request: Request):
+        deadline = self._deadline(request)
         if request.needs_protocol:
-            request = for_protocol(request, self.server_protocol())
-        status, body = self._send(request)
+            request = for_protocol(request, self.server_protocol(deadline))
+        status, body = self._send(request, deadline)
         return request.parse(status, body)
 
-    def server_protocol(self) -> int:
-        """1 or 2, asked of `/health` once and remembered."""
+    def server_protocol(self, deadline: float | None = None) -> int:
+        """1 or 2, asked of `/health` once and remembered (within the deadline of the call
+        that needs to know)."""
         if self.protocol is None:
-            status, body = self._send(Request("GET", "/health", resend=True, what="health"))
+            health = Request("GET", "/health", resend=True, what="health")
+            status, body = self._send(health, deadline or self._deadline(health))
             self.protocol = protocol_of(status, body)
         return self.protocol
 

@@ -14,10 +14,10 @@ from twisted.web.client import (Agent, FileBodyProducer, HTTPConnectionPool, Res
 from twisted.web._newclient import RequestNotSent, RequestTransmissionFailed
 from twisted.web.http_headers import Headers
 
-from restmq.client.errors import OutcomeUnknown, RestMQError, Unavailable
+from restmq.client.errors import RestMQError, Unavailable
 from restmq.client.models import Lease, Message
 from restmq.client.policy import ACK, DEAD, LAPSE, RELEASE, STALE, Base, fields
-from restmq.client.wire import (Api, Request, backoff, basic_auth, check, for_protocol,
+from restmq.client.wire import (Api, Request, backoff, basic_auth, check, for_protocol, lost,
                                 protocol_of, qpath, reason_of, stream_line)
 
 NOT_SENT = (net.ConnectError, net.DNSLookupError, RequestNotSent)
@@ -69,48 +69,82 @@ class TxClient(Api):
         data = yield readBody(response)
         return response.code, data
 
+    def _timed(self, request: Request, left: float) -> defer.Deferred:
+        """One exchange, cancelled after `left` seconds: its failure is then a TimeoutError
+        (a lost reply, as Agent reports a cancel as the response's failure, which must not be
+        taken for the caller's own cancel)."""
+        expired = []
+
+        def expire():
+            expired.append(True)
+            d.cancel()
+
+        def settled(result):
+            if timer.active():
+                timer.cancel()
+            if expired and isinstance(result, Failure):
+                return Failure(defer.TimeoutError(f"no reply within {left:.3g} s"))
+            return result
+
+        d = self._exchange(request)
+        timer = self.reactor.callLater(left, expire)
+        return d.addBoth(settled)
+
     @defer.inlineCallbacks
-    def _send(self, request: Request):
+    def _pause(self, attempt: int, deadline: float):
+        """Pauses before retry number attempt + 1; False when none is allowed or the call's
+        deadline leaves no time for it."""
+        pause = backoff(attempt + 1)
+        if attempt >= self.retries or self.reactor.seconds() + pause >= deadline:
+            return False
+        yield task.deferLater(self.reactor, pause, lambda: None)
+        return True
+
+    @defer.inlineCallbacks
+    def _send(self, request: Request, deadline: float):
+        """Sends the request, again while that is safe and the deadline allows: the timeout
+        bounds the whole call, its retries and their pauses included."""
         attempt = 0
         while True:
+            left = deadline - self.reactor.seconds()
+            if left <= 0:
+                raise Unavailable(None, f"{request.what}: no time left to reach {self.url}")
             try:
-                d = self._exchange(request)
-                d.addTimeout(self.timeout + request.wait, self.reactor)
-                status, body = yield d
+                status, body = yield self._timed(request, left)
             except NOT_SENT as e:
-                if attempt < self.retries:
+                if (yield self._pause(attempt, deadline)):
                     attempt += 1
-                    yield task.deferLater(self.reactor, backoff(attempt), lambda: None)
                     continue
                 raise Unavailable(None, f"cannot reach {self.url}: {e}") from None
             except LOST as e:
                 if _cancelled(e):
                     raise defer.CancelledError() from None  # our caller gave up: no retry
-                if request.resend and attempt < self.retries:
+                if request.resend and (yield self._pause(attempt, deadline)):
                     attempt += 1
-                    yield task.deferLater(self.reactor, backoff(attempt), lambda: None)
                     continue
-                cls = Unavailable if request.resend else OutcomeUnknown
-                raise cls(None, f"{request.what}: no reply from {self.url}: {e!r}") from None
-            if status == 503 and request.resend and attempt < self.retries:
+                raise lost(request, self.url, repr(e)) from None
+            if status == 503 and request.resend and (yield self._pause(attempt, deadline)):
                 attempt += 1
-                yield task.deferLater(self.reactor, backoff(attempt), lambda: None)
                 continue
             return status, body
 
+    def _deadline(self, request: Request) -> float:
+        return self.reactor.seconds() + self.timeout + request.wait
+
     @defer.inlineCallbacks
     def _call(self, request: Request):
+        deadline = self._deadline(request)
         if request.needs_protocol:
-            protocol = yield self.server_protocol()
+            protocol = yield self.server_protocol(deadline)
             request = for_protocol(request, protocol)
-        status, body = yield self._send(request)
+        status, body = yield self._send(request, deadline)
         return request.parse(status, body)
 
     @defer.inlineCallbacks
-    def server_protocol(self):
+    def server_protocol(self, deadline: float | None = None):
         if self.protocol is None:
-            status, body = yield self._send(Request("GET", "/health", resend=True,
-                                                    what="health"))
+            health = Request("GET", "/health", resend=True, what="health")
+            status, body = yield self._send(health, deadline or self._deadline(health))
             self.protocol = protocol_of(status, body)
         return self.protocol
 
@@ -263,10 +297,11 @@ class TxWorker(Base):
                                                   f.value, extra=fields(lease, LAPSE)))
 
     def _start(self, lease: Lease) -> None:
-        beat = task.LoopingCall(self._extend, lease)
+        state = {"started": self.reactor.seconds()}
+        beat = task.LoopingCall(self._extend, lease, state)
         beat.clock = self.reactor
+        state["beat"] = beat
         beat.start(self.lease / 3, now=False)
-        state = {"beat": beat}
         d = defer.maybeDeferred(self.before, lease)
         d.addCallback(lambda _: self.work(lease))
         d.addCallbacks(lambda _: self._succeeded(lease, state),
@@ -279,7 +314,13 @@ class TxWorker(Base):
         if state["beat"].running:
             state["beat"].stop()
 
-    def _extend(self, lease: Lease):
+    def _extend(self, lease: Lease, state):
+        if self.max_hold is not None and \
+                self.reactor.seconds() - state["started"] >= self.max_hold:
+            self.log.warning("%s still running after max_hold: its lease is left to lapse",
+                             lease.key, extra=fields(lease, LAPSE))
+            self._stop_beat(state)
+            return None
         d = self.client.extend(self.queue, [lease.receipt], self.lease)
 
         def checked(settled):
@@ -305,30 +346,28 @@ class TxWorker(Base):
     def _failed(self, lease: Lease, error, state):
         self._stop_beat(state)
         self.failed += 1
-        try:
-            delay = self.fail(lease, error)
-        except Exception:
-            self.log.exception("fail() raised; releasing", extra=fields(lease))
-            delay = 0
+        self._exit_on(error)
+        delay = self._delay(lease, error)
         if delay is None:
             self.log.warning("failed %s: %r; left to lapse", lease.key, error,
                              extra=fields(lease, LAPSE, error=repr(error)))
             return LAPSE
         try:
-            settled = yield lease.release(int(delay))
+            settled = yield lease.release(delay)
         except RestMQError as e:
             self.log.warning("release of %s failed: %s", lease.key, e, extra=fields(lease))
             return LAPSE
         outcome = DEAD if settled.dead else RELEASE if settled.ok else STALE
         self.log.warning("failed %s: %r; %s", lease.key, error, outcome,
-                         extra=fields(lease, outcome, error=repr(error), delay=int(delay)))
+                         extra=fields(lease, outcome, error=repr(error), delay=delay))
         return outcome
 
     def _after(self, lease: Lease, outcome: str):
         try:
             self.after(lease, outcome)
-        except Exception:
+        except BaseException as error:
             self.log.exception("after() raised", extra=fields(lease, outcome))
+            self._exit_on(error)
 
     def _finished(self, d, state) -> None:
         self._stop_beat(state)

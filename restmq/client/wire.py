@@ -11,7 +11,8 @@ import uuid
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable
 
-from restmq.client.errors import ProtocolMismatch, RestMQError, error_for
+from restmq.client.errors import (OutcomeUnknown, ProtocolMismatch, RestMQError, Unavailable,
+                                  error_for)
 from restmq.client.models import Config, Health, Info, Lease, Message, Redrive, Settled
 
 AUTO = "auto"  # idempotency_key=AUTO: a fresh UUID4 per call when retries are on
@@ -70,6 +71,15 @@ def for_protocol(request: Request, protocol: int) -> Request:
                if not (request.auto_key and k == "Idempotency-Key")}
     resend = request.resend and request.method == "GET"
     return replace(request, headers=headers, resend=resend, auto_key=False)
+
+
+def lost(request: Request, url: str, error) -> Unavailable:
+    """The error of a request whose last attempt got no reply: only a read (GET) that may be
+    sent again changed nothing; anything else may have taken effect."""
+    reason = f"{request.what}: no reply from {url}: {error}"
+    if request.method == "GET" and request.resend:
+        return Unavailable(None, reason)
+    return OutcomeUnknown(None, reason, request.headers.get("Idempotency-Key"))
 
 
 def protocol_of(status: int, body: bytes) -> int:

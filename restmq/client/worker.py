@@ -122,13 +122,17 @@ class Worker(Base):
             lease = self._todo.get()
             if lease is None:
                 return
-            if self._stopping.is_set():
-                self._give_back(lease)
-            else:
-                self._process(lease)
-            with self._lock:
-                self._idle += 1
-                self._lock.notify_all()
+            try:
+                if self._stopping.is_set():
+                    self._give_back(lease)
+                else:
+                    self._process(lease)
+            except BaseException:  # never lose a thread, and with it a slot of concurrency
+                self.log.exception("worker thread error", extra=fields(lease))
+            finally:
+                with self._lock:
+                    self._idle += 1
+                    self._lock.notify_all()
 
     def _give_back(self, lease: Lease) -> None:
         """A message claimed but not started when the worker stops goes back at once."""
@@ -147,11 +151,12 @@ class Worker(Base):
         try:
             self.before(lease)
             self.work(lease)
-        except Exception as error:
+        except BaseException as error:  # SystemExit too: the message must not stay held
             with self._lock:
                 self._running.pop(lease.receipt, None)
                 self.failed += 1
             outcome = self._failed(lease, error)
+            self._exit_on(error)
         else:
             with self._lock:
                 entry = self._running.pop(lease.receipt, None)
@@ -159,33 +164,42 @@ class Worker(Base):
             # a lease the heartbeat found lapsed cannot be acked any more
             outcome = ACK if entry is not None else STALE
             if entry is not None:
-                self._acks.put(lease)
+                outcome = self._acked(lease)
             self.log.debug("done %s", lease.key, extra=fields(
                 lease, outcome, duration=time.monotonic() - started))
         try:
             self.after(lease, outcome)
-        except Exception:
+        except BaseException as error:
             self.log.exception("after() raised", extra=fields(lease, outcome))
+            self._exit_on(error)
 
-    def _failed(self, lease: Lease, error: Exception) -> str:
-        try:
-            delay = self.fail(lease, error)
-        except Exception:
-            self.log.exception("fail() raised; releasing", extra=fields(lease))
-            delay = 0
+    def _acked(self, lease: Lease) -> str:
+        """Hands the lease to the acker. A worker with an after() hook waits for the ack's
+        outcome (ack, stale when the lease had lapsed, lapse when the ack failed) so that
+        after() is told the truth; one without goes on at once."""
+        if type(self).after is Base.after:
+            self._acks.put((lease, None))
+            return ACK
+        settled = [threading.Event(), LAPSE]
+        self._acks.put((lease, settled))
+        settled[0].wait()
+        return settled[1]
+
+    def _failed(self, lease: Lease, error: BaseException) -> str:
+        delay = self._delay(lease, error)
         if delay is None:
             self.log.warning("failed %s: %r; left to lapse", lease.key, error,
                              extra=fields(lease, LAPSE, error=repr(error)))
             return LAPSE
         try:
-            settled = lease.release(int(delay))
+            settled = lease.release(delay)
         except RestMQError as e:
             self.log.warning("failed %s: %r; release failed: %s", lease.key, error, e,
                              extra=fields(lease, LAPSE, error=repr(error)))
             return LAPSE
         outcome = DEAD if settled.dead else RELEASE if settled.ok else STALE
         self.log.warning("failed %s: %r; %s", lease.key, error, outcome,
-                         extra=fields(lease, outcome, error=repr(error), delay=int(delay)))
+                         extra=fields(lease, outcome, error=repr(error), delay=delay))
         return outcome
 
     # -- leases ------------------------------------------------------------------------------
@@ -207,7 +221,7 @@ class Worker(Base):
         try:
             settled = self.client.extend(self.queue, [e[0].receipt for e in entries],
                                          self.lease)
-        except RestMQError as e:
+        except Exception as e:  # any failure: the heartbeat thread must live on
             self.log.warning("extend failed: %s", e, extra={"queue": self.queue,
                                                             "error": str(e)})
             return
@@ -230,18 +244,25 @@ class Worker(Base):
                 except queues.Empty:
                     break
             done = None in batch
-            batch = [lease for lease in batch if lease is not None]
+            batch = [item for item in batch if item is not None]
             if batch:
                 self._ack(batch)
 
-    def _ack(self, batch: list[Lease]) -> None:
+    def _ack(self, batch: list) -> None:
+        """Acks (lease, settled) pairs in one request; fills in and signals each `settled`
+        that a work thread waits on."""
+        outcomes = {}
         try:
-            settled = self.client.ack(self.queue, [lease.receipt for lease in batch])
-        except RestMQError as e:
+            settled = self.client.ack(self.queue, [lease.receipt for lease, _ in batch])
+            outcomes = dict.fromkeys(settled.ok, ACK) | dict.fromkeys(settled.stale, STALE)
+            for receipt in settled.stale:
+                self.log.warning("ack of %s came too late: the lease had lapsed", receipt,
+                                 extra={"queue": self.queue, "receipt": receipt,
+                                        "outcome": STALE})
+        except Exception as e:  # any failure: the acker thread must live on
             self.log.error("ack of %d messages failed: %s (they will be delivered again)",
                            len(batch), e, extra={"queue": self.queue, "error": str(e)})
-            return
-        for receipt in settled.stale:
-            self.log.warning("ack of %s came too late: the lease had lapsed", receipt,
-                             extra={"queue": self.queue, "receipt": receipt,
-                                    "outcome": STALE})
+        for lease, waiter in batch:
+            if waiter is not None:
+                waiter[1] = outcomes.get(lease.receipt, LAPSE)
+                waiter[0].set()
