@@ -291,3 +291,82 @@ async def test_tx_worker_stops_extending_a_hung_job_after_max_hold(H, redis):
     await stopped
     assert outcomes == ["stale"]
     await c.close()
+
+
+# -- a heartbeat that meets a hung extend ----------------------------------------------------------
+
+
+class HoldFirstExtend(BaseHTTPRequestHandler):
+    """Forwards every request to the real server, except the first POST /extend/, which is
+    read and never answered: one extend lost in the network while the job runs on."""
+    protocol_version = "HTTP/1.1"
+    target = ""
+    held = threading.Event()
+    release = threading.Event()
+
+    def _forward(self):
+        import http.client
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if self.command == "POST" and self.path.startswith("/extend/") and \
+                not self.held.is_set():
+            self.held.set()
+            self.release.wait(60)
+            self.close_connection = True
+            return
+        host, port = self.target.split(":")
+        upstream = http.client.HTTPConnection(host, int(port), timeout=60)
+        headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}
+        upstream.request(self.command, self.path, body or None, headers)
+        reply = upstream.getresponse()
+        data = reply.read()
+        self.send_response(reply.status)
+        for k, v in reply.getheaders():
+            if k.lower() not in ("connection", "content-length", "transfer-encoding"):
+                self.send_header(k, v)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+        upstream.close()
+
+    do_GET = do_POST = do_DELETE = _forward
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_hung_extend_does_not_let_the_lease_lapse(H, redis):
+    # The job runs three leases long. Its first extend is swallowed by the network; the
+    # heartbeat must give up on it within a third of the lease and extend again, or the lease
+    # lapses, the message goes back to the queue and the job's ack comes back stale.
+    HoldFirstExtend.target = H.split("//", 1)[1].rstrip("/")
+    HoldFirstExtend.held.clear()
+    HoldFirstExtend.release.clear()
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), HoldFirstExtend)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        proxied = Client(f"http://127.0.0.1:{httpd.server_address[1]}", timeout=30)
+        direct = Client(H, timeout=10)
+        direct.add("beat", "long job")
+        outcomes = []
+
+        class Long(Worker):
+            queue, lease, wait = "beat", 3, 1
+
+            def work(self, message):
+                wait_until(HoldFirstExtend.held.is_set, 10, "the first extend to be held")
+                time.sleep(7)  # well past the 3 s lease: only fresh extends keep it
+
+            def after(self, message, outcome):
+                outcomes.append(outcome)
+                self.stop()
+
+        running = Running(Long(proxied))
+        running.thread.join(30)
+        assert outcomes == ["ack"]
+        assert not running.thread.is_alive()
+        info = direct.info("beat")
+        assert (info.pending, info.inflight) == (0, 0)
+    finally:
+        HoldFirstExtend.release.set()
+        httpd.shutdown()
+        httpd.server_close()

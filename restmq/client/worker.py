@@ -33,6 +33,7 @@ class Worker(Base):
         self._todo: queues.Queue = queues.Queue()
         self._acks: queues.Queue = queues.Queue()
         self._poller: Client | None = None
+        self._beater: Client | None = None
 
     # -- control -----------------------------------------------------------------------------
 
@@ -52,6 +53,11 @@ class Worker(Base):
     def run(self) -> None:
         restore = self._handle_signals()
         self._poller = self.client.clone()
+        # The heartbeat's own client gives up on an extend within a third of the lease: one
+        # extend lost in the network must leave time for the next, not hold the heartbeat for
+        # the client's whole timeout while the lease lapses.
+        self._beater = self.client.clone()
+        self._beater.timeout = max(0.5, min(self.client.timeout, self.lease / 3))
         if self._stopping.is_set():
             self._poller.close()
         threads = [threading.Thread(target=self._execute, name=f"work-{i}", daemon=True)
@@ -74,6 +80,7 @@ class Worker(Base):
             for t in helpers:
                 t.join()
             self._poller.close()
+            self._beater.close()
             restore()
             self.log.info("worker stopped: %d processed, %d failed", self.processed,
                           self.failed, extra={"queue": self.queue, "processed": self.processed,
@@ -219,8 +226,8 @@ class Worker(Base):
 
     def _extend(self, entries: list, now: float) -> None:
         try:
-            settled = self.client.extend(self.queue, [e[0].receipt for e in entries],
-                                         self.lease)
+            settled = self._beater.extend(self.queue, [e[0].receipt for e in entries],
+                                          self.lease)
         except Exception as e:  # any failure: the heartbeat thread must live on
             self.log.warning("extend failed: %s", e, extra={"queue": self.queue,
                                                             "error": str(e)})
