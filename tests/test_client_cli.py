@@ -150,3 +150,23 @@ def test_an_idempotency_key_covers_every_batch_of_a_long_add(H, redis):
         (0, out)
     assert redis("LLEN", "bulk:queue") == 150
     assert redis("LINDEX", "bulk:queue", "-1") == "bulk:1"  # the oldest, at the tail
+
+
+def test_tail_into_a_pipe_that_closes_ends_quietly(H, redis):
+    # `restmq tail URL q | head -1`: once head has its line and leaves, tail's next write meets a
+    # closed pipe; it must end with status 0 and no traceback (as `yes | head` does)
+    from tests.util import numsub, wait_until
+    shell = subprocess.Popen(
+        ["bash", "-c", "set -o pipefail; "
+         f"{sys.executable} -m restmq.client.cli tail {H} piped --via comet | head -1"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_until(lambda: numsub(redis, "piped") == 1, 10, "the tail's stream")
+    restmq("add", H, "piped", "1")
+    wait_until(lambda: numsub(redis, "piped") == 1, 10, "the stream still open")
+    # head leaves after the first line; the second message makes tail write into nothing
+    for n in range(2, 5):
+        restmq("add", H, "piped", str(n))
+    out, err = shell.communicate(timeout=20)
+    assert json.loads(out) == {"key": "piped:1", "value": "1"}
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
+    assert shell.returncode == 0  # tail's own status too (pipefail)

@@ -4,11 +4,13 @@
 Exit statuses: 0 done; 1 the server refused the request (its status and reason on stderr, as
 JSON); 2 bad usage; 3 nothing there (an empty queue for get, pop and claim; a stale receipt for
 ack); 4 the server or its Redis is unavailable, or the outcome is unknown; 5 the server speaks
-protocol 1 only and the call needs protocol 2."""
+protocol 1 only and the call needs protocol 2; 130 interrupted. When the reader of the output
+leaves (`restmq tail ... | head -1`), the command ends quietly with 0."""
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from restmq.client.errors import ProtocolMismatch, RestMQError, Unavailable
@@ -209,6 +211,11 @@ def main(argv: list[str] | None = None) -> int:
         return UNAVAILABLE if isinstance(e, Unavailable) else REFUSED
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # the reader of our output left (`restmq tail ... | head -1`): nothing more to say, and
+        # the interpreter's own flush at exit must not meet the closed pipe either
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return OK
 
 
 if __name__ == "__main__":
