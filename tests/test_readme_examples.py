@@ -1,4 +1,4 @@
-"""README.rst "Push queues": its complete example, run as written with bash and curl against a
+"""README.rst's examples, run as written: "Push queues"'s complete example, run as written with bash and curl against a
 real server (started with --push-private, as the example's first line does) and a real Redis.
 Only what a test cannot take as written changes: the server's port (the example's $H) and the
 worker's port 8000 (a free one here)."""
@@ -7,7 +7,6 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -77,3 +76,28 @@ def test_the_push_example_runs_as_written(push_server, tmp_path):
     # the worker printed each attempt, as the README shows
     worker = (tmp_path / "worker.out").read_text().splitlines()
     assert worker == [shown[1], shown[3], shown[4], shown[5]]
+
+
+def literal_block_after(marker: str) -> str:
+    """The indented literal block that follows `marker` in README.rst, dedented."""
+    text = (ROOT / "README.rst").read_text("utf-8")
+    rest = text[text.index(marker) + len(marker):].lstrip("\n")
+    block = []
+    for line in rest.splitlines():
+        if line and not line.startswith("    "):
+            break
+        block.append(line[4:])
+    return "\n".join(block).strip() + "\n"
+
+
+def test_the_client_library_producer_runs_as_written(push_server, tmp_path):
+    # README "Client library": the producer, against this test's server (its URL replaces
+    # the example's); the claim long-polls 20 s at most and finds the two messages due now
+    code = literal_block_after("the ``restmq`` command. A producer::")
+    assert "Client(\"http://127.0.0.1:8888\"" in code
+    code = code.replace("http://127.0.0.1:8888", push_server.url)
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60,
+                         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["resize", "42.png", "a", "b"]
