@@ -1,7 +1,7 @@
-"""README.rst's examples, run as written: "Push queues"'s complete example, run as written with bash and curl against a
-real server (started with --push-private, as the example's first line does) and a real Redis.
-Only what a test cannot take as written changes: the server's port (the example's $H) and the
-worker's port 8000 (a free one here)."""
+"""README.rst's examples run as written: the complete example of "Push queues" (bash and curl
+against a real server started with --push-private, as its first line says, and a real Redis)
+and the producer of "Client library". Only what a test cannot take as written changes: the
+server's address (the example's $H) and the push worker's port 8000 (a free one here)."""
 from __future__ import annotations
 
 import re
