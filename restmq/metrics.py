@@ -24,7 +24,7 @@ from restmq import __version__
 from restmq.delivery.push import OUTCOMES as PUSH_OUTCOMES
 from restmq.errors import RedisFailure, RedisTrouble
 from restmq.exposition import Exposition, Family, Shared, cooperator
-from restmq.redis import keys, text
+from restmq.redis import keys
 from restmq.redis.connection import encode_args
 from restmq.redis.health import MODES
 from restmq.redis.scripts import load_script
@@ -160,10 +160,10 @@ class QueueReader:
     async def read(self, limit: int) -> Snapshot:
         """Raises RedisUnavailable or RedisFailure."""
         members = await self.redis.execute("SMEMBERS", keys.QUEUESET) or []
-        names = sorted({text(name) for name in members},
-                       key=lambda n: n.encode("utf-8", "replace"))
-        truncated = len(names) > limit
-        names = names[:limit]
+        raw = sorted(name if isinstance(name, bytes) else name.encode("utf-8")
+                     for name in members)
+        truncated = len(raw) > limit
+        names = _named(raw[:limit])
         replies = await self._run(names, by_source=False)
         if any(isinstance(r, RedisFailure) and str(r).startswith("NOSCRIPT") for r in replies):
             replies = await self._run(names, by_source=True)  # EVAL also loads it
@@ -190,7 +190,8 @@ class QueueReader:
             for name in names[at:at + CHUNK]:
                 block = kept.get(name)
                 if block is None:
-                    block = encode_args(keys.metrics_keys([name], self.counting))
+                    block = encode_args([k.encode("utf-8", "surrogateescape")
+                                         for k in keys.metrics_keys([name], self.counting)])
                 self._keys[name] = block
                 blocks.append(block)
             count = len(blocks) * (8 if self.counting else 7)
@@ -214,12 +215,34 @@ class QueueReader:
             yield None
 
     def _state(self, name: str, row: list) -> QueueState:
-        state = QueueState(name, _int(row[0]), _int(row[1]), _int(row[2]), row[3] == "1",
+        state = QueueState(_label(name), _int(row[0]), _int(row[1]), _int(row[2]), row[3] == "1",
                            _int(row[4]), row[5] or None)
         if self.counting and isinstance(row[6], list) and row[6]:
             flat = row[6]
             state.counters = {k: _int(v) for k, v in zip(flat[::2], flat[1::2])}
         return state
+
+
+def _label(name: str) -> str:
+    """The `queue` label of a name: the name itself, or, for a name that is not UTF-8 (other
+    software wrote it into QUEUESET), its bytes that are not text written as `\\xff`, so
+    that two such names stay two series (U+FFFD would make them one)."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _named(raw: list[bytes]) -> list[str]:
+    """The names to read, as text (bytes that are not UTF-8 kept as surrogates, so that
+    their keys are the very bytes around them), in byte order. A name whose label another
+    name has (a name not UTF-8 and a name spelt like its label) is left out after the
+    first: an exposition may not carry one series twice."""
+    names, labels = [], set()
+    for name in raw:
+        decoded = name.decode("utf-8", "surrogateescape")
+        label = _label(decoded)
+        if label not in labels:
+            labels.add(label)
+            names.append(decoded)
+    return names
 
 
 async def _dead_letter_depths(redis: Any, states: list[QueueState]) -> None:
