@@ -19,6 +19,7 @@ from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram,
 from prometheus_client.core import CounterMetricFamily as Counter_
 from prometheus_client.core import GaugeMetricFamily as Gauge_
 from twisted.internet import defer
+from twisted.logger import Logger
 
 from restmq import __version__
 from restmq.delivery.push import OUTCOMES as PUSH_OUTCOMES
@@ -151,6 +152,8 @@ class QueueReader:
     a small pipeline more. The keys of the last scrape's queues are kept encoded, and the
     work here runs in steps on `coop` (see restmq.exposition)."""
 
+    log = Logger()
+
     def __init__(self, redis: Any, counting: bool, coop: Any):
         self.redis, self.counting, self.coop = redis, counting, coop
         self.script = _SCRIPTS[counting]
@@ -210,9 +213,21 @@ class QueueReader:
                 continue
             rows = json.loads(reply if isinstance(reply, str)
                               else reply.decode("utf-8", "replace"))
+            broken = [_label(name) for name, row in zip(page_names, rows) if row is False]
+            if broken:
+                self._broken(broken)
             pages.append((page_names, reply, [self._state(name, row)
-                                              for name, row in zip(page_names, rows)]))
+                                              for name, row in zip(page_names, rows)
+                                              if row is not False]))
             yield None
+
+    def _broken(self, labels: list[str]) -> None:
+        """Logs the queues left out because a key of theirs has the wrong type; a page read
+        unchanged is not decoded again, so this comes once per change, not once a scrape."""
+        shown = ", ".join(repr(label) for label in labels[:10])
+        more = f" and {len(labels) - 10} more" if len(labels) > 10 else ""
+        self.log.warn("/metrics leaves out {count} queue(s) with a key of the wrong type "
+                      "(not RestMQ's): {names}", count=len(labels), names=shown + more)
 
     def _state(self, name: str, row: list) -> QueueState:
         state = QueueState(_label(name), _int(row[0]), _int(row[1]), _int(row[2]), row[3] == "1",
