@@ -4,8 +4,11 @@ the others, nor make the scrape say that Redis is down; the reply stays a valid 
 (prometheus_client's parser and `promtool check metrics`)."""
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import subprocess
+import time
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -115,3 +118,42 @@ def test_a_queue_with_keys_of_the_wrong_type_leaves_the_others_exported(state):
     _, families = exposition(server.url)
     assert queue_values(families, "restmq_queue_messages") == {
         **{name: 1 for name in names}, "q100x": 0, "q550x": 0}
+
+
+def test_a_paused_redis_gives_redis_up_0_within_the_scrape_timeout():
+    """Redis stopped (SIGSTOP) answers nothing and closes nothing: the scrape must still
+    answer 200 with `restmq_redis_up 0` well within contrib/prometheus's scrape_timeout
+    (10 s), whatever --redis-timeout is (up to an hour), or Prometheus records a failed scrape
+    instead (RestMQDown, not RestMQRedisDown, and no process series at all). Scrapers that
+    come while Redis is paused get the same; once it resumes, the next scrape reads it."""
+    redis = RedisProcess().start()
+    server = ServerProcess(redis.port, "--redis-timeout", "60").start()
+    try:
+        redis.client()("RPUSH", "jobs:queue", "jobs:1")
+        redis.client()("SADD", "QUEUESET", "jobs")
+        _, families = exposition(server.url)
+        assert redis_up(families) == 1
+        os.kill(redis.pid, signal.SIGSTOP)
+        try:
+            for _ in range(2):
+                started = time.monotonic()
+                reply = get(server.url, "/metrics", timeout=30)
+                waited = time.monotonic() - started
+                assert reply.status == 200
+                assert 'restmq_redis_up{process="' in reply.body.decode()
+                assert waited < 10, f"{waited:.1f} s: Prometheus would have given up"
+                families = {s.name: s.value for f in text_string_to_metric_families(
+                    reply.body.decode()) for s in f.samples if s.name == "restmq_redis_up"}
+                assert families == {"restmq_redis_up": 0}
+                assert 'queue="jobs"' not in reply.body.decode()
+        finally:
+            os.kill(redis.pid, signal.SIGCONT)
+        deadline = time.monotonic() + 30
+        while redis_up(exposition(server.url)[1]) != 1:
+            assert time.monotonic() < deadline, "the scrapes never saw Redis again"
+            time.sleep(0.2)
+        _, families = exposition(server.url)
+        assert queue_values(families, "restmq_queue_messages") == {"jobs": 1}
+    finally:
+        server.stop()
+        redis.stop()
