@@ -107,10 +107,15 @@ def test_a_queue_with_keys_of_the_wrong_type_leaves_the_others_exported(state):
         redis("RPUSH", f"{name}:queue", f"{name}:1")
     redis("SET", "q100x:queue", "not a list")   # in the first run
     redis("SET", "q550x:inflight", "not a zset")  # in the second
+    # Dead-letter queues: one readable, one whose pending list is not a list (not exported,
+    # rather than exported as 0).
+    redis("HSET", "q001:config", "dead_letter", "q002")
+    redis("HSET", "q003:config", "dead_letter", "q100x")
     body, families = exposition(server.url)
     promtool_accepts(body)
     assert redis_up(families) == 1
     assert queue_values(families, "restmq_queue_messages") == {name: 1 for name in names}
+    assert queue_values(families, "restmq_queue_dead_letter_messages") == {"q001": 1}
     log = server.log()
     assert "q100x" in log and "q550x" in log
     # Once repaired, it is back.
@@ -118,6 +123,7 @@ def test_a_queue_with_keys_of_the_wrong_type_leaves_the_others_exported(state):
     _, families = exposition(server.url)
     assert queue_values(families, "restmq_queue_messages") == {
         **{name: 1 for name in names}, "q100x": 0, "q550x": 0}
+    assert queue_values(families, "restmq_queue_dead_letter_messages") == {"q001": 1, "q003": 0}
 
 
 def test_a_paused_redis_gives_redis_up_0_within_the_scrape_timeout():
