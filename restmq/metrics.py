@@ -116,7 +116,7 @@ class QueueState:
     started: bool = False
     added: int = 0
     dead_letter: str | None = None
-    dead_pending: int = 0
+    dead_pending: int | None = 0  # None: its dead-letter queue could not be read
     counters: dict[str, int] | None = None
 
 
@@ -272,7 +272,10 @@ async def _dead_letter_depths(redis: Any, states: list[QueueState]) -> None:
         replies = await redis.pipeline([c for name in missing for c in (
             ("LLEN", keys.pending(name)), ("ZCARD", keys.priority(name)))])
         for i, name in enumerate(missing):
-            known[name] = _int(replies[2 * i]) + _int(replies[2 * i + 1])
+            pair = replies[2 * i:2 * i + 2]
+            # A key of the wrong type (not RestMQ's) leaves the depth unknown, not 0.
+            known[name] = None if any(isinstance(r, RedisFailure) for r in pair) \
+                else _int(pair[0]) + _int(pair[1])
     for state in states:
         if state.dead_letter:
             state.dead_pending = known[state.dead_letter]
@@ -294,7 +297,8 @@ def queue_families(snap: Snapshot) -> Iterator[Family]:
                 lambda q: q.delayed)
     yield Family(Gauge_, "restmq_queue_dead_letter_messages", "Pending messages of the "
                  "queue's dead-letter queue, when it has one.", ("queue",),
-                 (((q.name,), q.dead_pending) for q in qs if q.dead_letter))
+                 (((q.name,), q.dead_pending) for q in qs
+                  if q.dead_letter and q.dead_pending is not None))
     yield gauge("restmq_queue_started", "1 when the queue's status is started, else 0.",
                 lambda q: 1 if q.started else 0)
     yield gauge("restmq_messages_added", "Messages ever added (the queue's key counter).",
