@@ -19,14 +19,15 @@ from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram,
 from prometheus_client.core import CounterMetricFamily as Counter_
 from prometheus_client.core import GaugeMetricFamily as Gauge_
 from twisted.internet import defer
+from twisted.logger import Logger
 
 from restmq import __version__
 from restmq.delivery.push import OUTCOMES as PUSH_OUTCOMES
 from restmq.errors import RedisFailure, RedisTrouble
 from restmq.exposition import Exposition, Family, Shared, cooperator
-from restmq.redis import keys, text
+from restmq.redis import keys
 from restmq.redis.connection import encode_args
-from restmq.redis.health import MODES
+from restmq.redis.health import MODES, within
 from restmq.redis.scripts import load_script
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -115,7 +116,7 @@ class QueueState:
     started: bool = False
     added: int = 0
     dead_letter: str | None = None
-    dead_pending: int = 0
+    dead_pending: int | None = 0  # None: its dead-letter queue could not be read
     counters: dict[str, int] | None = None
 
 
@@ -133,6 +134,11 @@ class Snapshot:
 
 _SCRIPTS = {flag: load_script("metrics", flag) for flag in (False, True)}
 CHUNK = 500  # queues per run of the script: Redis is held a few milliseconds for each run
+# Seconds a scrape waits for Redis (less when --redis-timeout is less): a Redis that answers
+# nothing (paused, a dead host) must not make the scrape outlast Prometheus's scrape timeout
+# (10 s by default), or Prometheus records no restmq_redis_up 0, only a failed scrape. A
+# healthy scrape of 10,000 queues reads in about a tenth of a second.
+READ_DEADLINE = 3.0
 
 
 def _int(reply: Any) -> int:
@@ -151,6 +157,8 @@ class QueueReader:
     a small pipeline more. The keys of the last scrape's queues are kept encoded, and the
     work here runs in steps on `coop` (see restmq.exposition)."""
 
+    log = Logger()
+
     def __init__(self, redis: Any, counting: bool, coop: Any):
         self.redis, self.counting, self.coop = redis, counting, coop
         self.script = _SCRIPTS[counting]
@@ -160,10 +168,10 @@ class QueueReader:
     async def read(self, limit: int) -> Snapshot:
         """Raises RedisUnavailable or RedisFailure."""
         members = await self.redis.execute("SMEMBERS", keys.QUEUESET) or []
-        names = sorted({text(name) for name in members},
-                       key=lambda n: n.encode("utf-8", "replace"))
-        truncated = len(names) > limit
-        names = names[:limit]
+        raw = sorted(name if isinstance(name, bytes) else name.encode("utf-8")
+                     for name in members)
+        truncated = len(raw) > limit
+        names = _named(raw[:limit])
         replies = await self._run(names, by_source=False)
         if any(isinstance(r, RedisFailure) and str(r).startswith("NOSCRIPT") for r in replies):
             replies = await self._run(names, by_source=True)  # EVAL also loads it
@@ -190,7 +198,8 @@ class QueueReader:
             for name in names[at:at + CHUNK]:
                 block = kept.get(name)
                 if block is None:
-                    block = encode_args(keys.metrics_keys([name], self.counting))
+                    block = encode_args([k.encode("utf-8", "surrogateescape")
+                                         for k in keys.metrics_keys([name], self.counting)])
                 self._keys[name] = block
                 blocks.append(block)
             count = len(blocks) * (8 if self.counting else 7)
@@ -209,17 +218,51 @@ class QueueReader:
                 continue
             rows = json.loads(reply if isinstance(reply, str)
                               else reply.decode("utf-8", "replace"))
+            broken = [_label(name) for name, row in zip(page_names, rows) if row is False]
+            if broken:
+                self._broken(broken)
             pages.append((page_names, reply, [self._state(name, row)
-                                              for name, row in zip(page_names, rows)]))
+                                              for name, row in zip(page_names, rows)
+                                              if row is not False]))
             yield None
 
+    def _broken(self, labels: list[str]) -> None:
+        """Logs the queues left out because a key of theirs has the wrong type; a page read
+        unchanged is not decoded again, so this comes once per change, not once a scrape."""
+        shown = ", ".join(repr(label) for label in labels[:10])
+        more = f" and {len(labels) - 10} more" if len(labels) > 10 else ""
+        self.log.warn("/metrics leaves out {count} queue(s) with a key of the wrong type "
+                      "(not RestMQ's): {names}", count=len(labels), names=shown + more)
+
     def _state(self, name: str, row: list) -> QueueState:
-        state = QueueState(name, _int(row[0]), _int(row[1]), _int(row[2]), row[3] == "1",
+        state = QueueState(_label(name), _int(row[0]), _int(row[1]), _int(row[2]), row[3] == "1",
                            _int(row[4]), row[5] or None)
         if self.counting and isinstance(row[6], list) and row[6]:
             flat = row[6]
             state.counters = {k: _int(v) for k, v in zip(flat[::2], flat[1::2])}
         return state
+
+
+def _label(name: str) -> str:
+    """The `queue` label of a name: the name itself, or, for a name that is not UTF-8 (other
+    software wrote it into QUEUESET), its bytes that are not text written as `\\xff`, so
+    that two such names stay two series (U+FFFD would make them one)."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _named(raw: list[bytes]) -> list[str]:
+    """The names to read, as text (bytes that are not UTF-8 kept as surrogates, so that
+    their keys are the very bytes around them), in byte order. A name whose label another
+    name has (a name not UTF-8 and a name spelt like its label) is left out after the
+    first: an exposition may not carry one series twice."""
+    names, labels = [], set()
+    for name in raw:
+        decoded = name.decode("utf-8", "surrogateescape")
+        label = _label(decoded)
+        if label not in labels:
+            labels.add(label)
+            names.append(decoded)
+    return names
 
 
 async def _dead_letter_depths(redis: Any, states: list[QueueState]) -> None:
@@ -229,7 +272,10 @@ async def _dead_letter_depths(redis: Any, states: list[QueueState]) -> None:
         replies = await redis.pipeline([c for name in missing for c in (
             ("LLEN", keys.pending(name)), ("ZCARD", keys.priority(name)))])
         for i, name in enumerate(missing):
-            known[name] = _int(replies[2 * i]) + _int(replies[2 * i + 1])
+            pair = replies[2 * i:2 * i + 2]
+            # A key of the wrong type (not RestMQ's) leaves the depth unknown, not 0.
+            known[name] = None if any(isinstance(r, RedisFailure) for r in pair) \
+                else _int(pair[0]) + _int(pair[1])
     for state in states:
         if state.dead_letter:
             state.dead_pending = known[state.dead_letter]
@@ -251,7 +297,8 @@ def queue_families(snap: Snapshot) -> Iterator[Family]:
                 lambda q: q.delayed)
     yield Family(Gauge_, "restmq_queue_dead_letter_messages", "Pending messages of the "
                  "queue's dead-letter queue, when it has one.", ("queue",),
-                 (((q.name,), q.dead_pending) for q in qs if q.dead_letter))
+                 (((q.name,), q.dead_pending) for q in qs
+                  if q.dead_letter and q.dead_pending is not None))
     yield gauge("restmq_queue_started", "1 when the queue's status is started, else 0.",
                 lambda q: 1 if q.started else 0)
     yield gauge("restmq_messages_added", "Messages ever added (the queue's key counter).",
@@ -303,7 +350,8 @@ class Scraper:
     def __init__(self, redis: Any, process: ProcessMetrics, health: Any, limit: int,
                  counting: bool, clock: Any):
         coop = cooperator(clock)
-        self.process, self.health, self.limit = process, health, limit
+        self.process, self.health, self.limit, self.clock = process, health, limit, clock
+        self.deadline = min(READ_DEADLINE, getattr(redis, "timeout", READ_DEADLINE))
         self.reader = QueueReader(redis, counting, coop)
         self.exposition = Exposition(coop)
         self.shared = Shared(lambda: defer.ensureDeferred(self._scrape()))
@@ -315,7 +363,11 @@ class Scraper:
     async def _scrape(self) -> bytes:
         process = self.process
         try:
-            snapshot = await self.reader.read(self.limit)
+            # Past the deadline the read is left to finish or fail on its own (cancelling it
+            # would hand its replies to the next command of the connection); what it leaves
+            # behind for the next scrape is keyed on the replies, so never stale.
+            snapshot = await within(defer.ensureDeferred(self.reader.read(self.limit)),
+                                    self.deadline, self.clock)
         except RedisTrouble:
             snapshot = Snapshot(False)
         process.up.set(1 if snapshot.up else 0)

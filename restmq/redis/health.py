@@ -114,7 +114,7 @@ class Health:
         cancelled at the deadline (that would hand its reply to the next command of the
         connection): its late answer is ignored."""
         started = self.clock.seconds()
-        await _within(self.redis.execute("PING"), PING_DEADLINE, self.clock)
+        await within(self.redis.execute("PING"), PING_DEADLINE, self.clock)
         return round((self.clock.seconds() - started) * 1000, 3)
 
     async def current(self) -> RedisSettings:
@@ -122,12 +122,12 @@ class Health:
         Redis does not answer within PING_DEADLINE."""
         now = self.clock.seconds()
         if self._settings is None or now - self._read_at >= SETTINGS_TTL:
-            settings = await _within(read_settings(self.redis), PING_DEADLINE, self.clock)
+            settings = await within(read_settings(self.redis), PING_DEADLINE, self.clock)
             self._settings, self._read_at = settings, self.clock.seconds()
         return self._settings
 
 
-def _within(d: defer.Deferred, seconds: float, clock: Any) -> defer.Deferred:
+def within(d: defer.Deferred, seconds: float, clock: Any) -> defer.Deferred:
     """A Deferred with d's result, or RedisUnavailable after `seconds`, leaving d alone."""
     out = defer.Deferred()
 

@@ -5,10 +5,11 @@
 -- Returns one JSON text (decoded in one step on the server, however many queues): an array
 -- with, per queue, [pending (every level), in flight, delayed, status or '', the key
 -- counter or '', the dead-letter queue or '', and, when counting, the counters' fields and
--- values as one flat array].
+-- values as one flat array], or false for a queue one of whose keys has the wrong type
+-- (written by other software): that queue is left out, not the page.
 local stride = COUNTING and 8 or 7
-local out = {}
-for i = 1, #KEYS, stride do
+
+local function row_of(i)
   local row = {redis.call('LLEN', KEYS[i]) + redis.call('ZCARD', KEYS[i + 1]),
                redis.call('ZCARD', KEYS[i + 2]), redis.call('ZCARD', KEYS[i + 3]),
                redis.call('GET', KEYS[i + 4]) or '', redis.call('GET', KEYS[i + 5]) or '',
@@ -16,6 +17,12 @@ for i = 1, #KEYS, stride do
   if COUNTING then
     row[7] = redis.call('HGETALL', KEYS[i + 7])
   end
-  out[#out + 1] = row
+  return row
+end
+
+local out = {}
+for i = 1, #KEYS, stride do
+  local ok, row = pcall(row_of, i)
+  out[#out + 1] = ok and row or false
 end
 return cjson.encode(out)

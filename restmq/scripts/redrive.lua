@@ -44,6 +44,9 @@ local function new_key(o)
   while redis.call('EXISTS', key) == 1 do
     key = value_key(T.counter, redis.call('INCR', T.counter))
   end
+  -- A new key is a message added to the target, as a dead letter is to its dead-letter
+  -- queue; one back under its original key was counted when first added.
+  count(T, 'added', 1)
   return key
 end
 
