@@ -32,7 +32,9 @@ class Job(Worker):
             if n % 100 == 1:
                 raise RuntimeError("poison")
             if n % 200 == 3 and m.deliveries == 1:
-                time.sleep(3.5)
+                # past the lease the last extend (before max_hold) gave, plus the second the
+                # server may take to notice a lapse: 3.5 s raced the ack of a loaded machine
+                time.sleep(6)
             log.write(f"done {m.value} {m.deliveries}\\n")
 
         def fail(self, m, error):

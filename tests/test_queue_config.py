@@ -111,7 +111,8 @@ async def test_info_of_a_queue_in_every_state(core, redis):
     empty = await core.info("q")
     assert empty.as_json() == {"queue": "q", "pending": 0, "inflight": 0, "delayed": 0,
                                "status": "", "policy": "broadcast", "dead_letter": None,
-                               "next_due": None, "counters": None}
+                               "next_due": None, "counters": None, "priority": {},
+                               "added": 0, "subscribers": 0}
     await core.config_set("q", {"max_attempts": "1", "dead_letter": "q.dead"})
     await core.add_items("q", [Item("a"), Item("b", priority=2), Item("c", delay=60),
                                Item("d"), Item("e")])
@@ -123,7 +124,8 @@ async def test_info_of_a_queue_in_every_state(core, redis):
     assert info.as_json() == {"queue": "q", "pending": 2, "inflight": 1, "delayed": 1,
                               "status": 1, "policy": "roundrobin",
                               "dead_letter": {"queue": "q.dead", "pending": 1},
-                              "next_due": due / 1000, "counters": None}
+                              "next_due": due / 1000, "counters": None, "priority": {},
+                              "added": 5, "subscribers": 0}
     assert info.priority == {}
     await core.add_items("q", [Item("f", priority=2), Item("g", priority=9)])
     assert (await core.info("q")).priority == {2: 1, 9: 1}
