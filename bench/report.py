@@ -797,7 +797,7 @@ def render(results: dict, out_path: Path, with_plots: bool = True) -> str:
     if a.sec.get("metrics", {}).get("latency"):
         o += scrapemod.render(a.sec["metrics"])
     if a.sec.get("push", {}).get("dispatch"):
-        o += pushmod.render(a.sec["push"]) + plot("push", "client")
+        o += pushmod.render(a.sec["push"]) + plot("push")
 
     o += ["## Problems and server logs", ""]
     o += [f"- {p}" for p in a.problems] or ["- none: every reply was 2xx, no socket errors, "

@@ -4,6 +4,7 @@ connection or a 5 s timeout is `redis unavailable`; reconnect at most every 5 s)
 stopService."""
 from __future__ import annotations
 
+import gc
 import os
 import re
 import signal
@@ -142,6 +143,25 @@ async def test_evalsha_with_noscript_fallback(service, redis):
     assert await service.run_script(script, ("e",), "f") == ["e", "f"]
     assert cmdstat_calls(redis, "eval") == 2
     assert redis("SCRIPT", "EXISTS", script.sha) == [1]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_script_run_leaves_no_reference_cycle(service, redis):
+    """Every route runs scripts: what one run allocates must go with its last reference, not
+    wait for the cycle collector (whose full passes scan the whole heap, and come the more
+    often the more cycles there are)."""
+    script = Script("t_echo", "return {KEYS[1], ARGV[1]}")
+    assert await service.run_script(script, ("a",), "b") == ["a", "b"]  # loaded
+    runs = 200
+    gc.collect()
+    gc.disable()
+    try:
+        for i in range(runs):
+            assert await service.run_script(script, (f"k{i}",), "v") == [f"k{i}", "v"]
+        unreachable = gc.collect()
+    finally:
+        gc.enable()
+    assert unreachable < runs  # other work of the reactor may leave a few; not one per run
 
 
 @pytest_twisted.ensureDeferred

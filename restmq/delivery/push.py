@@ -20,7 +20,8 @@ from twisted.application import service
 from twisted.internet import defer, endpoints, protocol, ssl, task, threads
 from twisted.internet.error import TimeoutError as ConnectTimeout
 from twisted.logger import Logger
-from twisted.web import client
+from twisted.python.failure import Failure
+from twisted.web import _newclient, client
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer
 from zope.interface import implementer
@@ -36,6 +37,7 @@ REPLY_MAX = 64 * 1024  # bytes of a reply read, at most
 RETRY_AFTER_MAX = 3600  # seconds a Retry-After may postpone an attempt
 PAUSE_DEFAULT, PAUSE_MAX = 1.0, 300.0  # seconds a 429 or 503 pauses the queue
 SETTLE_TRIES = 5  # tries of an ack or release that meets Redis trouble, a second apart
+ACK_MAX = 100  # receipts in one ack (the most an ack takes)
 USER_AGENT = f"RestMQ/{__version__}".encode()
 OUTCOMES = ("ok", "http_error", "timeout", "connect_error", "pre_hook", "forbidden_target")
 
@@ -104,6 +106,41 @@ class _QuietFactory(client._HTTP11ClientFactory):
     noisy = False  # not two log lines per connection
 
 
+class _Agent(client.Agent):
+    """An Agent that parses each URL once rather than on every request (a push queue POSTs
+    to the same URL thousands of times a second): its parts, the pool's key, the Host header
+    and the endpoint are kept per URL. The endpoint is only used when the pool has no idle
+    connection to the host, and it resolves and checks the address (CheckedEndpoints) for
+    every connection it makes, so keeping it checks no less."""
+
+    TARGETS_MAX = 1024  # URLs kept; past that the cache starts again
+    _targets: dict[bytes, tuple] | None = None  # usingEndpointFactory skips __init__
+
+    def request(self, method, uri, headers=None, bodyProducer=None):  # noqa: N803
+        if self._targets is None:
+            self._targets = {}
+        targets = self._targets
+        target = targets.get(uri)
+        if target is None:
+            try:
+                parsed = client.URI.fromBytes(_newclient._ensureValidURI(uri.strip()))
+                target = (parsed, self._getEndpoint(parsed), parsed.originForm,
+                          self._computeHostValue(parsed.scheme, parsed.host, parsed.port))
+            except Exception:
+                return defer.fail()
+            if len(targets) >= self.TARGETS_MAX:
+                targets.clear()
+            targets[uri] = target
+        parsed, endpoint, path, host = target
+        # The headers are the caller's, built for this request: given their Host here, the
+        # Agent need not copy them to add it.
+        headers = Headers() if headers is None else headers
+        if not headers.hasHeader(b"host"):
+            headers.setRawHeaders(b"host", [host])
+        return self._requestWithEndpoint((parsed.scheme, parsed.host, parsed.port), endpoint,
+                                         method, parsed, headers, bodyProducer, path)
+
+
 class _CappedReader(protocol.Protocol):
     """Reads at most REPLY_MAX bytes of a reply, then stops the transfer (the connection is
     dropped rather than a large reply read to its end). `done` fires with the size read;
@@ -155,35 +192,32 @@ class AttemptTimeout(Exception):
     """No complete reply within push_timeout."""
 
 
-async def _post(agent: Any, url: str, body: bytes, headers: dict[bytes, bytes],
-                timeout: float, clock: Any) -> tuple[int, Any]:
-    """POST and read at most REPLY_MAX bytes of the reply, all within `timeout` seconds:
-    (status, headers), or AttemptTimeout. Redirects are not followed (the Agent never
-    does)."""
-    async def run():
-        response = await agent.request(b"POST", url.encode("ascii"),
-                                       Headers({k: [v] for k, v in headers.items()}),
-                                       _Body(body))
-        reader = _CappedReader()
-        response.deliverBody(reader)
-        await reader.done
-        return response.code, response.headers
+def _read_reply(response: Any) -> defer.Deferred:
+    reader = _CappedReader()
+    response.deliverBody(reader)
+    return reader.done.addCallback(lambda _: (response.code, response.headers))
 
-    # Cancelling makes the Agent drop the connection; its failure then names the cancel in
-    # several ways (ResponseNeverReceived, ConnectingCancelledError...), so the timer itself
-    # says whether time ran out.
-    d = defer.ensureDeferred(run())
-    late = []
-    timer = clock.callLater(timeout, lambda: (late.append(True), d.cancel()))
-    try:
-        return await d
-    except Exception:
-        if late:
-            raise AttemptTimeout() from None
-        raise
-    finally:
+
+def _post(agent: Any, url: bytes, body: bytes, headers: Headers, timeout: float,
+          clock: Any) -> defer.Deferred:
+    """POST and read at most REPLY_MAX bytes of the reply, all within `timeout` seconds:
+    fires with (status, headers), or fails (AttemptTimeout when time ran out). Redirects
+    are not followed (the Agent never does). A chain of callbacks rather than coroutines:
+    this runs for every push."""
+    d = agent.request(b"POST", url, headers, _Body(body)).addCallback(_read_reply)
+    timer = clock.callLater(timeout, d.cancel)
+
+    def ended(result: Any) -> Any:
         if timer.active():
             timer.cancel()
+        elif isinstance(result, Failure):
+            # Cancelling makes the Agent drop the connection; its failure then names the
+            # cancel in several ways (ResponseNeverReceived, ConnectingCancelledError...), so
+            # the timer itself says whether time ran out.
+            return Failure(AttemptTimeout())
+        return result
+
+    return d.addBoth(ended)
 
 
 def retry_after(headers: Any, now: float) -> float | None:
@@ -234,7 +268,7 @@ class PushService(service.Service):
         self.pool._factory = _QuietFactory
         self.pool.maxPersistentPerHost = 100
         self.pool.retryAutomatically = False  # a POST is not retried behind our back
-        self.agent = client.Agent.usingEndpointFactory(
+        self.agent = _Agent.usingEndpointFactory(
             reactor, CheckedEndpoints(reactor, private), pool=self.pool)
         self._sweep = task.LoopingCall(self.sweep)
         self._sweep.clock = clock
@@ -308,18 +342,27 @@ class PushService(service.Service):
         pass  # the 1 s sweep goes on claiming meanwhile
 
     def message(self, channel: str, message: str) -> None:
+        # Every notice of every channel this process holds comes here (live consumers'
+        # included): only those of a push queue's channel are read.
+        dispatcher = self._dispatcher(channel)
+        if dispatcher is None:
+            return
         try:
             note = json.loads(message)
         except (ValueError, RecursionError):
             return
         if isinstance(note, dict) and note.get("type") == "wake" and note.get("db") == self.db:
-            self._wake(channel)
+            dispatcher.trigger()
 
     def _wake(self, channel: str) -> None:
+        dispatcher = self._dispatcher(channel)
+        if dispatcher is not None:
+            dispatcher.trigger()
+
+    def _dispatcher(self, channel: str) -> Dispatcher | None:
         if channel.endswith(keys.CHANNEL_SUFFIX):
-            dispatcher = self.dispatchers.get(channel[:-len(keys.CHANNEL_SUFFIX)])
-            if dispatcher is not None:
-                dispatcher.trigger()
+            return self.dispatchers.get(channel[:-len(keys.CHANNEL_SUFFIX)])
+        return None
 
     # -- outcomes ------------------------------------------------------------------------------
 
@@ -357,6 +400,10 @@ class Dispatcher:
         self.admitted = False
         self.concurrency = 10  # push_concurrency as the last claim read it
         self._failing = False
+        self.acks = _Acks(self)
+        self.holding = False  # attempts are ending together: one claim after them all
+        self.ended = False  # an attempt ended while holding
+        self.queue_header = b""
 
     def stop(self) -> list[defer.Deferred]:
         self.stopped = True
@@ -420,7 +467,23 @@ class Dispatcher:
 
     def _attempt_ended(self, _: Any, attempt: defer.Deferred) -> None:
         self.attempts.discard(attempt)
-        self.trigger()
+        if self.holding:
+            self.ended = True
+        else:
+            self.trigger()
+
+    def ending_together(self, end: Any) -> None:
+        """Calls `end()`, which ends several attempts at once (an ack for them all was
+        answered), and then claims once for the room they all left, rather than once for
+        the first and again for the rest."""
+        self.holding, self.ended = True, False
+        try:
+            end()
+        finally:
+            self.holding = False
+        if self.ended:
+            self.ended = False
+            self.trigger()
 
     def _after(self, seconds: float) -> None:
         if self.timer is not None and self.timer.active():
@@ -428,6 +491,47 @@ class Dispatcher:
                 return
             self.timer.cancel()
         self.timer = self.owner.clock.callLater(seconds, self.trigger)
+
+
+class _Acks:
+    """The acks of one push queue's attempts, committed in groups: the first goes to Redis at
+    once; those that come while it is on its way wait, and go together (ACK_MAX receipts a
+    script run) when it is answered. Under load a round trip and a script run then serve many
+    pushes rather than one each; alone, an ack waits for nothing."""
+
+    def __init__(self, dispatcher: Dispatcher):
+        self.dispatcher = dispatcher
+        self.waiting: list[tuple[str, defer.Deferred]] = []
+        self.sending = 0
+
+    def ack(self, receipt: str) -> defer.Deferred:
+        """Fires with True (acked) or False (its lease had ended: stale), or fails as
+        core.ack does."""
+        d = defer.Deferred()
+        self.waiting.append((receipt, d))
+        if not self.sending:
+            self._send()
+        return d
+
+    def _send(self) -> None:
+        while self.waiting:
+            batch, self.waiting = self.waiting[:ACK_MAX], self.waiting[ACK_MAX:]
+            self.sending += 1
+            sent = defer.maybeDeferred(self.dispatcher.owner.core.ack, self.dispatcher.queue,
+                                       [receipt for receipt, _ in batch])
+            sent.addBoth(self._answered, batch)
+
+    def _answered(self, result: Any, batch: list[tuple[str, defer.Deferred]]) -> None:
+        self.sending -= 1
+        if not self.sending:
+            self._send()  # those that came meanwhile go now, before these attempts end
+        if isinstance(result, Failure):
+            # Each attempt tries its ack again on its own schedule (Attempt._settle).
+            self.dispatcher.ending_together(lambda: [d.errback(result) for _, d in batch])
+        else:
+            acked = set(result.acked)
+            self.dispatcher.ending_together(
+                lambda: [d.callback(receipt in acked) for receipt, d in batch])
 
 
 class Attempt:
@@ -439,21 +543,24 @@ class Attempt:
         self.owner = dispatcher.owner
         self.queue = dispatcher.queue
 
-    def _headers(self, content_type: str) -> dict[bytes, bytes]:
-        headers = {b"content-type": content_type.encode("latin-1"),
-                   b"user-agent": USER_AGENT,
-                   b"restmq-queue": quote(self.queue, safe="/:@-._~").encode("ascii"),
-                   b"restmq-key": quote(self.lease.key, safe="/:@-._~").encode("ascii"),
-                   b"restmq-attempt": str(self.lease.deliveries).encode("ascii")}
+    def _headers(self, content_type: str) -> Headers:
+        dispatcher = self.dispatcher
+        if not dispatcher.queue_header:  # the queue's name (as admitted) quoted once
+            dispatcher.queue_header = quote(self.queue, safe="/:@-._~").encode("ascii")
+        headers = Headers({b"content-type": [content_type.encode("latin-1")],
+                           b"user-agent": [USER_AGENT],
+                           b"restmq-queue": [dispatcher.queue_header],
+                           b"restmq-key": [quote(self.lease.key, safe="/:@-._~").encode()],
+                           b"restmq-attempt": [str(self.lease.deliveries).encode()]})
         if self.config.auth:
-            headers[b"authorization"] = self.config.auth.encode("latin-1")
+            headers.setRawHeaders(b"authorization", [self.config.auth.encode("latin-1")])
         return headers
 
     async def _call(self, url: str, body: bytes, content_type: str) -> tuple[str, int | None,
                                                                             Any]:
         """(outcome, status, reply headers) of one POST."""
         try:
-            status, headers = await _post(self.owner.agent, url, body,
+            status, headers = await _post(self.owner.agent, url.encode("ascii"), body,
                                           self._headers(content_type), self.config.timeout,
                                           self.owner.clock)
         except (AttemptTimeout, ConnectTimeout):
@@ -500,8 +607,7 @@ class Attempt:
         for tries in range(SETTLE_TRIES):
             try:
                 if outcome == "ok":
-                    acked = await core.ack(self.queue, [receipt])
-                    return "done" if acked.acked else None
+                    return "done" if await self.dispatcher.acks.ack(receipt) else None
                 if pause:
                     await core.push_pause(self.queue, pause)
                     pause = None

@@ -429,18 +429,21 @@ class RedisService(service.Service):
         """Run a Lua script by EVALSHA with `keys` as KEYS (every key it touches, built by
         restmq.redis.keys) and `args` as ARGV; on NOSCRIPT load it by EVAL."""
         d = self.execute(*script_command(script, keys, args))
+        # A method, not a closure that names itself: that would be a reference cycle per
+        # run, left to the cycle collector.
+        return d.addErrback(self._script_failed, script, keys, args)
 
-        def noscript(failure):
-            failure.trap(RedisFailure)
-            if str(failure.value).startswith("EXPIRED"):
-                # Redis ran it after its deadline (it was paused): nothing was written.
-                raise RedisUnavailable(str(failure.value))
-            if not str(failure.value).startswith("NOSCRIPT"):
-                return failure
-            return self.execute(*script_command(script, keys, args, by_source=True)) \
-                .addErrback(noscript)
-
-        return d.addErrback(noscript)
+    def _script_failed(self, failure, script: Script | None, keys: Sequence[str],
+                       args: tuple) -> Any:
+        """Loads `script` by EVAL on NOSCRIPT (given `script`: once, not again after EVAL)."""
+        failure.trap(RedisFailure)
+        if str(failure.value).startswith("EXPIRED"):
+            # Redis ran it after its deadline (it was paused): nothing was written.
+            raise RedisUnavailable(str(failure.value))
+        if script is None or not str(failure.value).startswith("NOSCRIPT"):
+            return failure
+        return self.execute(*script_command(script, keys, args, by_source=True)) \
+            .addErrback(self._script_failed, None, keys, args)
 
 
 def _reply(reply):
