@@ -798,6 +798,8 @@ def render(results: dict, out_path: Path, with_plots: bool = True) -> str:
         o += scrapemod.render(a.sec["metrics"])
     if a.sec.get("push", {}).get("dispatch"):
         o += pushmod.render(a.sec["push"]) + plot("push")
+    if a.sec.get("client", {}).get("worker"):
+        o += clientmod.render(a.sec["client"])
 
     o += ["## Problems and server logs", ""]
     o += [f"- {p}" for p in a.problems] or ["- none: every reply was 2xx, no socket errors, "
