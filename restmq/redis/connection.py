@@ -84,12 +84,22 @@ def encode_args(args: Sequence[Any]) -> bytes:
     """The arguments of a command in RESP, without the count that heads it: a caller that
     sends the same arguments at every call (the keys of /metrics) keeps them encoded."""
     out = []
+    append = out.append
     for arg in args:
-        if arg == "":
-            out.append(_EMPTY_ARG)
+        kind = type(arg)
+        if kind is str:
+            if not arg:
+                append(_EMPTY_ARG)
+                continue
+            data = arg.encode("utf-8")
+        elif kind is bytes or isinstance(arg, bytes):
+            data = arg
+        elif arg == "":  # a str subclass
+            append(_EMPTY_ARG)
             continue
-        data = arg if isinstance(arg, bytes) else str(arg).encode("utf-8")
-        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+        else:
+            data = str(arg).encode("utf-8")
+        append(b"$%d\r\n%s\r\n" % (len(data), data))
     return b"".join(out)
 
 
