@@ -120,6 +120,7 @@ ERRORS = [
     (b'["ok", {"value": 5}]', 400, "invalid argument: messages[1].value"),
     (b'["ok", {"value": null}]', 400, "invalid argument: messages[1].value"),
     (b'["\\ud800"]', 400, "invalid argument: messages[0].value"),
+    (b'["a", "b", "\\udfff"]', 400, "invalid argument: messages[2].value"),  # all strings
     (b'[{"value": "a", "ttl": 0}]', 400, "invalid argument: messages[0].ttl"),
     (b'[{"value": "a", "ttl": 2147483648}]', 400, "invalid argument: messages[0].ttl"),
     (b'[{"value": "a", "ttl": "5"}]', 400, "invalid argument: messages[0].ttl"),

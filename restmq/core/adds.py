@@ -54,6 +54,9 @@ class Added:
     replayed: bool = False
 
 
+_NO_FIELDS = (None, None, None, None)
+
+
 def _blank(value: Any) -> Any:
     return "" if value is None else value
 
@@ -90,7 +93,8 @@ class AddsMixin:
         idem, fingerprint = idempotency or ("", "")
         args = [queue, keys.channel(queue), self.redis.db, DEADLINE, once, idem, fingerprint]
         for item in items:
-            args += item.arguments()
+            # A bare value, the usual item, without a method call (see Item.arguments).
+            args += (item[0], "", "", "", "") if item[1:] == _NO_FIELDS else item.arguments()
         d = self.redis.run_script(self.scripts["add"], keys.add_keys(queue), *args)
         return d.addCallback(self._added)
 

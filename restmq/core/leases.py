@@ -16,6 +16,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 from twisted.internet import defer
 
 from restmq.core import arguments
+from restmq.core.acks import AckMerger
 from restmq.core.steps import DEAD_STEP, MORE
 from restmq.errors import InvalidArgument, RedisUnavailable
 from restmq.names import check_name, is_valid_name
@@ -121,6 +122,12 @@ def receipt(key: str, deliveries: int | str, token: str) -> str:
     return f"{key.rsplit(':', 1)[1]}.{deliveries}.{token}"
 
 
+def _acked(queue: str, receipts: Sequence[str], outcomes: Sequence[str]) -> Acked:
+    acked = [r for r, outcome in zip(receipts, outcomes) if outcome == "acked"]
+    stale = [r for r, outcome in zip(receipts, outcomes) if outcome != "acked"]
+    return Acked(queue, acked, stale)
+
+
 def _check_receipts(receipts: Sequence[str]) -> list[str]:
     if isinstance(receipts, str) or not 1 <= len(receipts) <= arguments.RECEIPTS_MAX:
         raise InvalidArgument("receipt")
@@ -157,8 +164,9 @@ class LeasesMixin:
         now, lease_ms = int(reply[0]), int(reply[1])
         until = (now + lease_ms) / 1000
         rows = reply[2:]
-        messages = [Lease(rows[i], rows[i + 1], receipt(rows[i], rows[i + 2], token),
-                          int(rows[i + 2]), until) for i in range(0, len(rows), 3)]
+        tail = "." + token  # receipt() for each, spelled out: a pop makes a hundred
+        messages = [Lease(key, value, f"{key[key.rindex(':') + 1:]}.{c}{tail}", int(c), until)
+                    for key, value, c in zip(rows[0::3], rows[1::3], rows[2::3])]
         if messages:
             self._due_in(lease_ms / 1000)
         return Claimed(queue, messages)
@@ -169,13 +177,20 @@ class LeasesMixin:
         for no receipt or more than 100."""
         check_name(queue)
         receipts = _check_receipts(receipts)
+        return self._lease_script("ack", queue, *receipts).addCallback(
+            lambda reply: _acked(queue, receipts, reply))
 
-        def done(reply):
-            acked = [r for r, outcome in zip(receipts, reply) if outcome == "acked"]
-            stale = [r for r, outcome in zip(receipts, reply) if outcome != "acked"]
-            return Acked(queue, acked, stale)
-
-        return self._lease_script("ack", queue, *receipts).addCallback(done)
+    def ack_together(self, queue: str, receipts: Sequence[str]) -> defer.Deferred:
+        """ACK as `ack` does, run with the other acks_together asked for on `queue` in this
+        turn of the reactor: one script for the messages of many pops' replies, each
+        request's receipts answered by an Acked of their own (restmq.core.acks)."""
+        check_name(queue)
+        receipts = _check_receipts(receipts)
+        merger = self.__dict__.get("_ack_merger")
+        if merger is None:
+            merger = self._ack_merger = AckMerger(
+                lambda q, merged: self._lease_script("ack", q, *merged), _acked, self.clock)
+        return merger.ack(queue, receipts)
 
     def extend(self, queue: str, receipts: Sequence[str], lease: int) -> defer.Deferred:
         """EXTEND: the current receipts' leases end `lease` seconds (1 to 43200) from now.

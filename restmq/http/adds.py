@@ -102,6 +102,10 @@ def batch_items(body: bytes, max_batch: int) -> list[Item]:
                          parse_float=_finite_float)
     except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         raise BadRequest("malformed JSON") from None
+    if type(doc) is list and doc and set(map(type, doc)) == {str} and len(doc) <= max_batch:
+        plain = _plain_items(doc)
+        if plain is not None:
+            return plain
     if not isinstance(doc, list) or any(_nested(entry) for entry in doc):
         raise BadRequest("malformed JSON")
     if not doc or not all(isinstance(entry, (str, dict)) for entry in doc):
@@ -109,6 +113,20 @@ def batch_items(body: bytes, max_batch: int) -> list[Item]:
     if len(doc) > max_batch:
         raise BadRequest("too many messages")
     return [_item(entry, i) for i, entry in enumerate(doc)]
+
+
+_new_tuple = tuple.__new__
+_NO_FIELDS = (None, None, None, None)
+
+
+def _plain_items(values: list[str]) -> list[Item] | None:
+    """A batch of bare values, the usual one: their items, or None when one of them cannot be
+    stored (the item by item path then names it). One encoding of them all tells."""
+    try:
+        "".join(values).encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return [_new_tuple(Item, (value, *_NO_FIELDS)) for value in values]
 
 
 def _item(entry, i: int) -> Item:

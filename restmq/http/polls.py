@@ -91,15 +91,16 @@ class PollHandler(BaseHandler):
         return self.ctx.core.release(self.target, [m.receipt for m in claimed.messages])
 
     def give_back_unsent(self, claimed: Claimed) -> None:
-        keys = ", ".join(m.key for m in claimed.messages)
         self.log.info("{keys} taken from {queue}: the client left before the reply went out; "
-                      "released", keys=keys, queue=self.target)
-        defer.ensureDeferred(self._settle("release", lambda: self.give_back(claimed), keys,
+                      "released", keys=_keys(claimed), queue=self.target)
+        defer.ensureDeferred(self._settle("release", lambda: self.give_back(claimed), claimed,
                                           RELEASE_FOR))
 
-    async def _settle(self, what: str, call: Any, keys: str, within: float) -> tuple[Any, int]:
-        """`call()`, an ack or a release, with Redis trouble waited out for `within` seconds
-        (SETTLE_RETRY): (its result, or None when it failed for good; the tries made)."""
+    async def _settle(self, what: str, call: Any, claimed: Claimed,
+                      within: float) -> tuple[Any, int]:
+        """`call()`, an ack or a release of `claimed`, with Redis trouble waited out for
+        `within` seconds (SETTLE_RETRY): (its result, or None when it failed for good; the
+        tries made)."""
         clock = self.settings["clock"]
         give_up = clock.seconds() + within
         delay, tries = SETTLE_RETRY[0], 0
@@ -109,19 +110,19 @@ class PollHandler(BaseHandler):
                 return await call(), tries
             except RedisTrouble as e:
                 if clock.seconds() + delay >= give_up:
-                    self._unsettled(what, keys, e, "back when the lease ends")
+                    self._unsettled(what, claimed, e, "back when the lease ends")
                     return None, tries
                 if tries == 1:
-                    self._unsettled(what, keys, e, f"trying again for {within:g} s")
+                    self._unsettled(what, claimed, e, f"trying again for {within:g} s")
                 await task.deferLater(clock, delay, lambda: None)
                 delay = min(2 * delay, SETTLE_RETRY[1])
             except RestMQError as e:
-                self._unsettled(what, keys, e, "back when the lease ends")
+                self._unsettled(what, claimed, e, "back when the lease ends")
                 return None, tries
 
-    def _unsettled(self, what: str, keys: str, error: RestMQError, outcome: str) -> None:
+    def _unsettled(self, what: str, claimed: Claimed, error: RestMQError, outcome: str) -> None:
         self.log.warn("taken from {queue}, {keys}: {what} failed ({error}); {outcome}",
-                      queue=self.target, keys=keys, what=what, error=error.reason,
+                      queue=self.target, keys=_keys(claimed), what=what, error=error.reason,
                       outcome=outcome)
 
 
@@ -145,13 +146,20 @@ class PopHandler(PollHandler):
         defer.ensureDeferred(self._ack(claimed))
 
     async def _ack(self, claimed: Claimed) -> None:
-        keys = ", ".join(m.key for m in claimed.messages)
+        # Many pops of a queue finish their replies in the same turn of the reactor: their
+        # acks run as one script (each still gets its own outcome, and tries again alone).
         receipts = [m.receipt for m in claimed.messages]
-        acked, tries = await self._settle("ack", lambda: self.ctx.core.ack(self.target, receipts),
-                                          keys, self.ctx.pop_lease)
+        acked, tries = await self._settle(
+            "ack", lambda: self.ctx.core.ack_together(self.target, receipts), claimed,
+            self.ctx.pop_lease)
         if acked is not None and acked.stale:
             # After a failed try, stale may also mean that the try ran and its reply was lost.
             self.log.warn("popped from {queue}, {keys} went out after the pop lease ended{also}: "
-                          "{n} of them may be delivered again", queue=self.target, keys=keys,
-                          n=len(acked.stale),
+                          "{n} of them may be delivered again", queue=self.target,
+                          keys=_keys(claimed), n=len(acked.stale),
                           also=" (or an ack tried earlier ran after all)" if tries > 1 else "")
+
+
+def _keys(claimed: Claimed) -> str:
+    """The claimed messages' keys, for a log line: made only when one is written."""
+    return ", ".join(m.key for m in claimed.messages)

@@ -15,6 +15,7 @@ run with --counters: a queue used only through the original routes keeps exactly
 original keyspace."""
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Iterable
 
 QUEUESET = "QUEUESET"  # the set of every queue name ever added to
@@ -148,6 +149,9 @@ def collides(name: str) -> bool:
 # -- the KEYS of each script ------------------------------------------------------------------
 
 
+# A queue's keys are asked for at every script run (sixteen names, twice a pop): the busy
+# queues' are kept.
+@lru_cache(maxsize=4096)
 def queue_block(queue: str) -> tuple[str, ...]:
     """Every key of one queue, in the order the prelude's `queue_keys` reads them. A script
     that gets a block may touch any of them; most touch few (an add on a queue without
@@ -160,6 +164,7 @@ def queue_block(queue: str) -> tuple[str, ...]:
 BLOCK = 14  # len(queue_block(q)); the prelude's BLOCK
 
 
+@lru_cache(maxsize=4096)
 def _with_globals(queue: str) -> tuple[str, ...]:
     return (*queue_block(queue), QUEUESET, DUESET)
 

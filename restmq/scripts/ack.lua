@@ -9,47 +9,43 @@ local ctx = lease_context()
 -- The receipts' delivery fields are read together; the messages leave the in-flight set and
 -- their records together, at the end; until then a receipt given twice is known stale by
 -- `seen`. Read counts are rare: one look tells whether any of them needs retiring.
-local numbers, asked, named = {}, {}, {}  -- per receipt that parses: n, the field it needs
-local position = {}  -- per receipt: its place in those, or false when it does not parse
-for i = 8, #ARGV do
+local reply, numbers, asked, place = {}, {}, {}, {}  -- per receipt that parses: n, the field
+for i = 8, #ARGV do                                   -- it needs, its place in the reply
+  reply[i - 7] = 'stale'
   local n, field = receipt_parts(ARGV[i])
-  position[#position + 1] = n and #numbers + 1 or false
   if n then
-    numbers[#numbers + 1], asked[#numbers + 1] = n, field
-    named[#named + 1] = value_key(Q.counter, n)
+    local at = #numbers + 1
+    numbers[at], asked[at], place[at] = n, field, i - 7
   end
 end
-local fields = {}
-if #named > 0 then
-  fields = redis.call('HMGET', Q.deliveries, unpack(named))
+if #numbers == 0 then
+  return reply
 end
-local reply, acked, done, seen = {}, {}, {}, {}
-for r, at in ipairs(position) do
-  local key = nil
-  if at then
-    key = value_key(Q.counter, numbers[at])
-  end
-  if key and fields[at] == asked[at] and not seen[key] then
+local named = {}
+for at, n in ipairs(numbers) do
+  named[at] = value_key(Q.counter, n)
+end
+local fields = redis.call('HMGET', Q.deliveries, unpack(named))
+local acked, done, refcounts, seen = {}, {}, {}, {}
+local ttl = tostring(ctx.retention)
+for at, n in ipairs(numbers) do
+  local key = value_key(Q.counter, n)
+  if fields[at] == asked[at] and not seen[key] then
     seen[key] = true
     acked[#acked + 1] = key
-    done[#done + 1] = numbers[at]
-    retire(key, ctx.retention)
-    count(Q, 'acked', 1)
-    reply[r] = 'acked'
-  else
-    reply[r] = 'stale'
+    done[#done + 1] = n
+    refcounts[#refcounts + 1] = refcount_of(key)
+    retire(key, ctx.retention, ttl)
+    reply[place[at]] = 'acked'
   end
 end
 if #acked > 0 then
-  local refcounts = {}
-  for i, n in ipairs(done) do
-    refcounts[i] = refcount_of(value_key(Q.counter, n))
-  end
   if redis.call('EXISTS', unpack(refcounts)) > 0 then
     for _, n in ipairs(done) do
-      retire(refcount_of(value_key(Q.counter, n)), ctx.retention)
+      retire(refcount_of(value_key(Q.counter, n)), ctx.retention, ttl)
     end
   end
+  count(Q, 'acked', #acked)
   redis.call('ZREM', Q.inflight, unpack(acked))
   forget_all(Q, acked)
 end

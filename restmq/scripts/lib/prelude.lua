@@ -18,11 +18,17 @@
 -- key (no slot, no key permission applies to it): scripts get its name in ARGV.
 -- tests/test_declared_keys.py reads every script and holds them to these rules.
 
+local prefixes = {}  -- counter -> the prefix of its queue's value keys, once checked
 local function value_key(counter, n)
-  if counter:sub(-4) ~= 'UUID' then
-    error('value_key: ' .. counter .. ' is not a <q>:UUID counter')
+  local prefix = prefixes[counter]
+  if not prefix then
+    if counter:sub(-4) ~= 'UUID' then
+      error('value_key: ' .. counter .. ' is not a <q>:UUID counter')
+    end
+    prefix = counter:sub(1, -5)
+    prefixes[counter] = prefix
   end
-  return counter:sub(1, -5) .. n
+  return prefix .. n
 end
 
 local function refcount_of(key)
@@ -115,23 +121,31 @@ local function forget(Q, key)
 end
 
 -- forget_all(Q, keys): forget for each of `keys` (a list of value keys), one command per hash.
+-- Few messages have a priority or an origin: a look at whether those hashes exist at all
+-- spares handing each of them the whole list.
 local function forget_all(Q, keys)
   redis.call('HDEL', Q.deliveries, unpack(keys))
-  redis.call('HDEL', Q.prio, unpack(keys))
-  redis.call('HDEL', Q.origin, unpack(keys))
+  if redis.call('EXISTS', Q.prio) == 1 then
+    redis.call('HDEL', Q.prio, unpack(keys))
+  end
+  if redis.call('EXISTS', Q.origin) == 1 then
+    redis.call('HDEL', Q.origin, unpack(keys))
+  end
 end
 
--- retire(k, retention): keep a consumed value readable for the retention period. A retention
--- of 0 deletes at once; a shorter remaining ttl is kept (by Redis 7 itself: EXPIRE's LT sets a
--- ttl only where it shortens one, a key without a ttl counting as infinite).
+-- retire(k, retention[, text]): keep a consumed value readable for the retention period. A
+-- retention of 0 deletes at once; a shorter remaining ttl is kept (by Redis 7 itself: EXPIRE's
+-- LT sets a ttl only where it shortens one, a key without a ttl counting as infinite). `text`:
+-- the retention as text, made once by a caller that retires many (a number argument of
+-- redis.call is formatted anew at each call).
 local EXPIRE_LT = (redis.REDIS_VERSION_NUM or 0) >= 0x070000
-local function retire(k, retention)
+local function retire(k, retention, text)
   if retention == 0 then
     redis.call('DEL', k)
     return
   end
   if EXPIRE_LT then
-    redis.call('EXPIRE', k, retention, 'LT')
+    redis.call('EXPIRE', k, text or retention, 'LT')
     return
   end
   local ttl = redis.call('TTL', k)
@@ -236,14 +250,15 @@ local function deliveries_of(Q, key)
   return tonumber(field and field:match('^(%d+)') or 0)
 end
 
--- receipt_parts(receipt): of a receipt <n>.<c>.<t>, the digits n, the deliveries field 'c.t'
--- its message has while it is current, and c; nil when it does not parse.
+-- receipt_parts(receipt): of a receipt <n>.<c>.<t>, the digits n and the deliveries field
+-- 'c.t' its message has while it is current; nil when it does not parse. (An ack parses a
+-- hundred at a time: two captures, and the token's length told by where its dot is.)
 local function receipt_parts(receipt)
-  local n, c, t = receipt:match('^(%d+)%.(%d+)%.([0-9a-f]+)$')
-  if not n or #n > 15 or #t ~= 16 then
+  local n, field = receipt:match('^(%d+)%.(%d+%.[0-9a-f]+)$')
+  if not n or #n > 15 or field:find('.', 1, true) ~= #field - 16 then
     return nil
   end
-  return n, c .. '.' .. t, c
+  return n, field
 end
 
 -- leased(Q, receipt): the value key and delivery count a receipt <n>.<c>.<t> names when it is
@@ -251,7 +266,7 @@ end
 -- delivery). Else nil: a receipt that does not parse, of a message acked or gone, or of an
 -- earlier delivery (its lease expired and the message was delivered again).
 local function leased(Q, receipt)
-  local n, field, c = receipt_parts(receipt)
+  local n, field = receipt_parts(receipt)
   if not n then
     return nil
   end
@@ -259,7 +274,7 @@ local function leased(Q, receipt)
   if redis.call('HGET', Q.deliveries, key) ~= field then
     return nil
   end
-  return key, tonumber(c)
+  return key, tonumber(field:sub(1, -18))
 end
 
 -- The script's context for moves between queues: ctx = {queue, channel, db, retention,
@@ -345,6 +360,8 @@ local function take_leases(Q, D, G, ctx, now, limit, lease, token, dead_limit, r
   local flat = redis.call('EXISTS', Q.priority) == 0
   local taken, dead, leases, fields = 0, 0, {}, {}
   local counted = {}  -- key -> its count, once taken here (a key listed twice is taken twice)
+  local score = tostring(now + lease)  -- made text once, not at each ZADD argument
+  local dot_token = '.' .. token
 
   -- take(key, value, field): the message `key`, whose deliveries field was `field`.
   local function take(key, value, field)
@@ -355,8 +372,8 @@ local function take_leases(Q, D, G, ctx, now, limit, lease, token, dead_limit, r
     end
     counted[key] = c
     fields[#fields + 1] = key
-    fields[#fields + 1] = c .. '.' .. token
-    leases[#leases + 1] = now + lease
+    fields[#fields + 1] = c .. dot_token
+    leases[#leases + 1] = score
     leases[#leases + 1] = key
     taken = taken + 1
     reply[#reply + 1] = key
