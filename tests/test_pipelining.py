@@ -262,48 +262,57 @@ def stop(pid: int) -> None:
     wait_until(stopped, what=f"process {pid} to stop")
 
 
+def claim_with_a_request_behind_its_redis_reply(redis_proc, server, sock) -> None:
+    """On `sock`, a fresh connection to `server`: a claim, whose Redis reply and the next
+    request then wait together for the server (both processes are stopped meanwhile), so
+    that the server writes the claim's reply in the reactor turn in which the request is
+    readable. Both must be answered."""
+    port = redis_proc.port
+    replies = Replies(sock)
+    sock.sendall(request("POST", "/q/turn", {"value": "claimed"}))
+    assert replies.reply("POST") == (200, b"turn:1\r\n")
+    # Loads the claim script, so that the claim below is one round trip to Redis.
+    sock.sendall(request("POST", "/claim/empty", {"limit": 1}))
+    assert replies.reply("POST")[0] == 204
+    stop(redis_proc.pid)
+    try:
+        before = receive_queues(port)
+        sock.sendall(request("POST", "/claim/turn", {"limit": 1, "lease": 60}))
+        wait_until(lambda: peer_has_read(sock), what="the server to read the claim")
+        # Redis's end of the connection that carries the claim's script call
+        ends = wait_until(lambda: [ends for ends, size in receive_queues(port).items()
+                                   if ends[0] == port and size > before.get(ends, 0)],
+                          what="the claim's script call to reach Redis")
+        stop(server.proc.pid)
+    finally:
+        os.kill(redis_proc.pid, signal.SIGCONT)
+    try:
+        wait_until(lambda: all(receive_queues(port).get((theirs, ours)) for ours, theirs in ends),
+                   what="Redis's reply to wait for the server")
+        sock.sendall(request("GET", "/stats/turn"))
+        wait_until(lambda: not peer_has_read(sock), what="the request to arrive")
+    finally:
+        os.kill(server.proc.pid, signal.SIGCONT)
+    status, body = replies.reply("POST")  # before the fix: h11 saw the connection close
+    assert status == 200
+    assert [m["key"] for m in json.loads(body)["messages"]] == ["turn:1"]
+    status, body = replies.reply("GET")
+    assert status == 200 and json.loads(body)["queue"] == "turn"
+    assert "the client left before the reply went out" not in server.log()
+
+
 def test_a_request_that_arrives_with_the_redis_reply_of_a_claim_does_not_end_the_connection():
-    """The adversarial tier's intermittent `no reply`: a claim's reply is written with
-    Twisted's bufferSize at 0 (so that its flush can be noticed), and Twisted also reads at
-    most bufferSize bytes at a time. When the next pipelined request became readable in the
-    same reactor turn as the claim's Redis reply, its read got 0 bytes, which Twisted takes
-    for the peer closing: the connection was dropped with the claim's reply unsent, and the
-    claimed messages released. Both processes are stopped so that the Redis reply and the
-    request wait together for the server."""
+    """The adversarial tier's intermittent `no reply`: a claim's reply was written with
+    Twisted's bufferSize at 0 (so that its going out could be noticed), and Twisted also
+    reads at most bufferSize bytes at a time. When the next pipelined request was readable in
+    the same reactor turn as the claim's Redis reply, its read got 0 bytes, which Twisted
+    takes for the peer closing: the connection was dropped with the claim's reply unsent,
+    and the claimed messages were released."""
     redis_proc = RedisProcess().start()
     server = ServerProcess(redis_proc.port).start()
-    port = redis_proc.port
     try:
-        post(server.url, "/q/turn", form={"value": "claimed"})
-        # Loads the claim script, so that the claim below is one round trip to Redis.
-        assert post(server.url, "/claim/empty", form={"limit": 1}).status == 204
         with connect(server.url) as sock:
-            stop(redis_proc.pid)
-            try:
-                before = receive_queues(port)
-                sock.sendall(request("POST", "/claim/turn", {"limit": 1, "lease": 60}))
-                wait_until(lambda: peer_has_read(sock), what="the server to read the claim")
-                # Redis's end of the connection that carries the claim's script call
-                ends = wait_until(lambda: [ends for ends, size in receive_queues(port).items()
-                                           if ends[0] == port and size > before.get(ends, 0)],
-                                  what="the claim's script call to reach Redis")
-                stop(server.proc.pid)
-            finally:
-                os.kill(redis_proc.pid, signal.SIGCONT)
-            try:
-                wait_until(lambda: all(receive_queues(port).get((theirs, ours)) for ours, theirs
-                                       in ends), what="Redis's reply to wait for the server")
-                sock.sendall(request("GET", "/stats/turn"))
-                wait_until(lambda: not peer_has_read(sock), what="the request to arrive")
-            finally:
-                os.kill(server.proc.pid, signal.SIGCONT)
-            replies = Replies(sock)
-            status, body = replies.reply("POST")
-            assert status == 200
-            assert [m["key"] for m in json.loads(body)["messages"]] == ["turn:1"]
-            status, body = replies.reply("GET")
-            assert status == 200 and json.loads(body)["queue"] == "turn"
-        assert "the client left before the reply went out" not in server.log()
+            claim_with_a_request_behind_its_redis_reply(redis_proc, server, sock)
     finally:
         server.stop()
         redis_proc.stop()
