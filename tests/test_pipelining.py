@@ -7,7 +7,9 @@ refuses any reply that is not framed exactly (a reply written inside another one
 from __future__ import annotations
 
 import json
+import os
 import random
+import signal
 import socket
 import time
 from urllib.parse import urlencode, urlsplit
@@ -15,6 +17,7 @@ from urllib.parse import urlencode, urlsplit
 import h11
 import pytest
 
+from tests.conftest import RedisProcess, ServerProcess
 from tests.http_client import delete, post
 from tests.util import numsub, peer_has_read, wait_until
 
@@ -230,3 +233,86 @@ def test_a_stream_ended_by_purge_keeps_its_connection_unless_bytes_came_behind_i
         # the quiet one is kept alive, and serves its next request
         quiet.sendall(request("GET", "/q/ends"))
         assert replies[quiet].reply("GET") == (204, b"")
+
+
+# -- bytes that arrive while a watched reply is written ---------------------------------------
+
+def receive_queues(port: int) -> dict[tuple[int, int], int]:
+    """Bytes waiting unread in the receive queue of each local TCP socket with `port` at one
+    end, by (local port, remote port) (Linux, /proc/net/tcp and tcp6)."""
+    queues = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                ends = tuple(int(end.rsplit(":", 1)[1], 16) for end in fields[1:3])
+                if port in ends:
+                    queues[ends] = int(fields[4].split(":")[1], 16)
+    return queues
+
+
+def stop(pid: int) -> None:
+    """SIGSTOP, and wait until the process is stopped (the signal takes effect a little
+    later when the process runs on another CPU)."""
+    os.kill(pid, signal.SIGSTOP)
+
+    def stopped():
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] == "T"
+    wait_until(stopped, what=f"process {pid} to stop")
+
+
+def claim_with_a_request_behind_its_redis_reply(redis_proc, server, sock) -> None:
+    """On `sock`, a fresh connection to `server`: a claim, whose Redis reply and the next
+    request then wait together for the server (both processes are stopped meanwhile), so
+    that the server writes the claim's reply in the reactor turn in which the request is
+    readable. Both must be answered."""
+    port = redis_proc.port
+    replies = Replies(sock)
+    sock.sendall(request("POST", "/q/turn", {"value": "claimed"}))
+    assert replies.reply("POST") == (200, b"turn:1\r\n")
+    # Loads the claim script, so that the claim below is one round trip to Redis.
+    sock.sendall(request("POST", "/claim/empty", {"limit": 1}))
+    assert replies.reply("POST")[0] == 204
+    stop(redis_proc.pid)
+    try:
+        before = receive_queues(port)
+        sock.sendall(request("POST", "/claim/turn", {"limit": 1, "lease": 60}))
+        wait_until(lambda: peer_has_read(sock), what="the server to read the claim")
+        # Redis's end of the connection that carries the claim's script call
+        ends = wait_until(lambda: [ends for ends, size in receive_queues(port).items()
+                                   if ends[0] == port and size > before.get(ends, 0)],
+                          what="the claim's script call to reach Redis")
+        stop(server.proc.pid)
+    finally:
+        os.kill(redis_proc.pid, signal.SIGCONT)
+    try:
+        wait_until(lambda: all(receive_queues(port).get((theirs, ours)) for ours, theirs in ends),
+                   what="Redis's reply to wait for the server")
+        sock.sendall(request("GET", "/stats/turn"))
+        wait_until(lambda: not peer_has_read(sock), what="the request to arrive")
+    finally:
+        os.kill(server.proc.pid, signal.SIGCONT)
+    status, body = replies.reply("POST")  # before the fix: h11 saw the connection close
+    assert status == 200
+    assert [m["key"] for m in json.loads(body)["messages"]] == ["turn:1"]
+    status, body = replies.reply("GET")
+    assert status == 200 and json.loads(body)["queue"] == "turn"
+    assert "the client left before the reply went out" not in server.log()
+
+
+def test_a_request_that_arrives_with_the_redis_reply_of_a_claim_does_not_end_the_connection():
+    """The adversarial tier's intermittent `no reply`: a claim's reply was written with
+    Twisted's bufferSize at 0 (so that its going out could be noticed), and Twisted also
+    reads at most bufferSize bytes at a time. When the next pipelined request was readable in
+    the same reactor turn as the claim's Redis reply, its read got 0 bytes, which Twisted
+    takes for the peer closing: the connection was dropped with the claim's reply unsent,
+    and the claimed messages were released."""
+    redis_proc = RedisProcess().start()
+    server = ServerProcess(redis_proc.port).start()
+    try:
+        with connect(server.url) as sock:
+            claim_with_a_request_behind_its_redis_reply(redis_proc, server, sock)
+    finally:
+        server.stop()
+        redis_proc.stop()

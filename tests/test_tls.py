@@ -1,5 +1,6 @@
 """TLS listener (--ssl-cert / --ssl-key, and --endpoint): a round trip with a certificate the
-test makes with openssl, and TLS older than 1.2 refused."""
+test makes with openssl, TLS older than 1.2 refused, and replies whose going out is watched
+(pops, claims) through the TLS layer."""
 from __future__ import annotations
 
 import socket
@@ -9,7 +10,8 @@ import warnings
 
 import pytest
 
-from tests.conftest import ServerProcess, free_port
+from tests.conftest import RedisProcess, ServerProcess, free_port
+from tests.test_pipelining import claim_with_a_request_behind_its_redis_reply
 from tests.util import wait_until
 
 
@@ -103,3 +105,22 @@ def test_pop_over_tls_acks_what_went_out(redis_proc, redis, certificate):
     finally:
         server.stop()
     assert "Traceback" not in server.final_log
+
+
+def test_a_request_that_arrives_with_the_redis_reply_of_a_claim_does_not_end_a_tls_connection(
+        certificate):
+    """As test_pipelining's test of that name, through TLS, where the reply reaches the socket
+    one reactor turn after it was written (Twisted gathers small TLS writes): the lowered
+    bufferSize lasts that turn, and must not be 0 then."""
+    cert, key = certificate
+    redis_proc = RedisProcess().start()
+    server = tls_server(redis_proc, "--ssl-cert", str(cert), "--ssl-key", str(key))
+    try:
+        context = ssl.create_default_context(cafile=str(cert))
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw:
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with context.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
+                claim_with_a_request_behind_its_redis_reply(redis_proc, server, sock)
+    finally:
+        server.stop()
+        redis_proc.stop()

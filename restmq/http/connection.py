@@ -134,7 +134,7 @@ class HTTPConnection(OutputMixin, protocol.Protocol):
         self._producing = True
         self._sent_watches: list[defer.Deferred] = []  # see watch_sent
         self._sent_at_finish: list[defer.Deferred] = []
-        self._buffer_size: int | None = None  # the transport's own, while it is set to 0
+        self._buffer_size: int | None = None  # the transport's own, while a watch lowers it
         self._paused_since_watch = False
         self.transport.registerProducer(self, True)
         self._scheme = "https" if ISSLTransport.providedBy(self.transport) else "http"

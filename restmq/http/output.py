@@ -19,6 +19,7 @@ class OutputMixin:
     def pauseProducing(self) -> None:
         """Twisted holds too much of our replies unsent: read no further request."""
         self._paused_since_watch = True
+        self._restore_buffer_size()  # the pause a watch waits for: its resume is the news
         self._pause_reading("output")
 
     def resumeProducing(self) -> None:
@@ -65,10 +66,14 @@ class OutputMixin:
 
         Twisted pauses the connection (a streaming producer of its transport) when more than
         the transport's `bufferSize` bytes wait unsent, and resumes it once all of them went
-        out. With the TCP transport's `bufferSize` at 0 until then, the reply's first write
-        pauses the connection, so the resume that follows is the news. A transport without a
-        socket (a test's) takes what it is given at once: the reply counts as sent when it is
-        finished."""
+        out. With the TCP transport's `bufferSize` at 1 until that pause, the reply's first
+        write (or, under TLS, the TLS layer's write of it) pauses the connection, so the
+        resume that follows is the news. Not 0: Twisted also reads at most `bufferSize` bytes
+        at a time, and a read of 0 bytes looks to it like the peer closing, which would end
+        the connection with the reply unsent whenever a request arrived meanwhile (pipelined,
+        or readable in the same reactor turn as the Redis reply this reply carries). A
+        transport without a socket (a test's) takes what it is given at once: the reply
+        counts as sent when it is finished."""
         d = defer.Deferred()
         if self._closing or not self.connected:
             d.callback(False)
@@ -79,16 +84,19 @@ class OutputMixin:
             return d
         if self._buffer_size is None:
             self._buffer_size = tcp.bufferSize
-            tcp.bufferSize = 0
+            tcp.bufferSize = 1
         self._paused_since_watch = False
         self._sent_watches.append(d)
         return d
 
-    def _sent(self, delivered: bool) -> None:
+    def _restore_buffer_size(self) -> None:
         tcp = tcp_of(self.transport)
         if self._buffer_size is not None and tcp is not None:
             tcp.bufferSize = self._buffer_size
         self._buffer_size = None
+
+    def _sent(self, delivered: bool) -> None:
+        self._restore_buffer_size()
         self._fire(self._sent_watches, delivered)
         if self._closing and delivered:
             self._leave_transport()  # the close `_close` held back can complete

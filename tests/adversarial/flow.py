@@ -111,7 +111,7 @@ class Waiter(Pipeline):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         sock.settimeout(REQUEST_TIMEOUT)
         sock.connect(("127.0.0.1", port))
-        self.sock, self.buffer, self.broken, self.malformed = sock, b"", "", False
+        self.on(sock)
         self.sent = time.monotonic()
         self.send(request_bytes("POST", path), [], 0.0)
 

@@ -215,7 +215,8 @@ class Model(LeaseBook):
     def _reply_checks(self, what: str, status: int | None, body: bytes, sent: float,
                       replied: float) -> None:
         if status is None:
-            self.problem(f"{what}: no reply within the client timeout ({replied - sent:.1f} s)")
+            self.problem(f"{what}: no reply (the connection failed, or the client timeout "
+                         f"passed) after {replied - sent:.1f} s")
         elif status == 503:
             try:
                 reason = json.loads(body)

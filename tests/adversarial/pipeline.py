@@ -26,13 +26,22 @@ class Pipeline:
     """One connection: `send` writes everything in pieces, `replies` reads them in order."""
 
     def __init__(self, port: int):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=REQUEST_TIMEOUT)
+        sock = socket.create_connection(("127.0.0.1", port), timeout=REQUEST_TIMEOUT)
         # Each send() its own segment, so the server's parser meets a request cut anywhere.
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.on(sock)
+
+    def on(self, sock: socket.socket) -> None:
+        """Starts reading and writing on `sock`, a connected socket."""
+        self.sock = sock
         self.buffer = b""  # read but not yet parsed: the start of the next reply
         self.broken = ""  # why reading stopped (the rest of the replies are missing)
         self.malformed = False  # because a reply broke HTTP/1.1's rules
         self.sent = 0.0
+        self.local_port = self.sock.getsockname()[1]
+        self.sent_bytes = 0  # written before a failure, if any
+        self.pieces = 0
+        self.received = 0  # bytes read in all
 
     def send(self, data: bytes, cuts: list[int], pause: float) -> None:
         """Writes `data` cut at the offsets `cuts` (taken modulo its length), pausing
@@ -45,6 +54,7 @@ class Pipeline:
                 if i:
                     time.sleep(pause)
                 self.sock.sendall(data[start:end])
+                self.sent_bytes, self.pieces = end, i + 1
                 start = end
         except OSError as e:
             self.broken = f"send failed: {e!r}"
@@ -65,6 +75,7 @@ class Pipeline:
                 event = parser.next_event()
                 if event is h11.NEED_DATA:
                     data = self.sock.recv(65536)
+                    self.received += len(data)
                     if not data:
                         raise ConnectionResetError("the server closed the connection")
                     parser.receive_data(data)
@@ -77,7 +88,7 @@ class Pipeline:
                 else:
                     raise h11.RemoteProtocolError(f"unexpected {event!r}")
         except (OSError, h11.RemoteProtocolError) as e:
-            self.broken = f"reply to {method}: {e!r}"
+            self.broken = f"reply to {method}: {e!r} after {self.received} bytes read"
             self.malformed = isinstance(e, h11.RemoteProtocolError)
             return Reply(None, b"", self.sent, time.monotonic(), self.broken)
         self.buffer = parser.trailing_data[0]

@@ -279,6 +279,8 @@ class PipelineRules:
         for record, method, _, replied in items:
             reply = pipe.reply(method)
             replied(record, reply.status, reply.body, reply.replied)
+        if pipe.broken and not pipe.malformed:
+            self.pipeline_broken(pipe, via)
         if live is None:
             self.pipeline_marker(pipe, marker)
         if pipe.malformed:
@@ -295,6 +297,16 @@ class PipelineRules:
         if not client.streaming:
             self.drop(live, "fin")
         self.sync_subscriptions()
+
+    def pipeline_broken(self, pipe: Pipeline, via: int) -> None:
+        """What the client saw, the sockets and the server's last words when a pipeline's
+        connection failed before its replies were all read: enough to tell a server that
+        closed or reset it from one that never answered."""
+        self.model.log(f"pipeline from :{pipe.local_port} broke: {pipe.broken}; sent "
+                       f"{pipe.sent_bytes} bytes in {pipe.pieces} piece(s); sockets: "
+                       f"{self.system.tcp_state(pipe.local_port)}")
+        for line in self.servers[via].log().splitlines()[-12:]:
+            self.model.log(f"s{via} log: {line[line.find(']') + 1:].strip()[:300]}")
 
     def pipeline_marker(self, pipe: Pipeline, marker: str) -> None:
         """The reply after the last request's is the marker's (`GET /stats/<marker>`): no
