@@ -26,7 +26,7 @@ from restmq.delivery.push import OUTCOMES as PUSH_OUTCOMES
 from restmq.errors import RedisFailure, RedisTrouble
 from restmq.exposition import Exposition, Family, Shared, cooperator
 from restmq.redis import keys
-from restmq.redis.connection import encode_args
+from restmq.redis.wire import encode_args
 from restmq.redis.health import MODES, within
 from restmq.redis.scripts import load_script
 

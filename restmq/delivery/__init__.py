@@ -2,7 +2,8 @@
 when (live), the long polls waiting for one (waiters), the flow control of their stream
 connections (streams), and when a process looks at what is due: leases ending, delayed
 messages (ticker)."""
-from restmq.delivery.live import Consumer, Delivery
+from restmq.delivery.live import Delivery
+from restmq.delivery.presence import Consumer
 from restmq.delivery.streams import Outbox, StallWatch, tune_stream
 from restmq.delivery.ticker import Ticker
 from restmq.delivery.waiters import Waiter

@@ -9,9 +9,7 @@ polls, restmq.delivery.waiters) park here too, and a dispatch serves them first.
 from __future__ import annotations
 
 import json
-from collections import deque
-from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
 from twisted.application import service
 from twisted.internet import defer, task
@@ -19,6 +17,7 @@ from twisted.logger import Logger
 
 from restmq.clock import reactor_clock
 from restmq.core import BATCH_BYTES, BATCH_COUNT, Core, Message
+from restmq.delivery.presence import PRESENCE_KINDS, Consumer, Presence, Run
 from restmq.delivery.waiters import Waiter
 from restmq.errors import RedisTrouble, RestMQError
 from restmq.jsontext import json_text
@@ -35,76 +34,6 @@ PUT_BACK_FOR = 60.0
 # before the connections close, and how often it is looked at meanwhile.
 SHUTDOWN_GRACE = 10.0
 DRAIN_POLL = 0.05
-# The kinds a queue's presence is counted by: the live consumers' `kind`, then the waiters.
-PRESENCE_KINDS = ("comet", "websocket", "sse", "waiter")
-
-
-class Consumer(Protocol):
-    """What delivery needs of a live connection."""
-
-    ready: bool  # can take a roundrobin message now: connected, its output not backed up
-    kind: str  # "comet", "websocket" or "sse", as /info/ and /metrics count them
-
-    def send(self, batch: list[tuple[str, str]]) -> bool:
-        """Write messages given as (key, message object as JSON text), in order; False when
-        nothing was written because the consumer has gone (or was just cut for being too far
-        behind)."""
-
-    def end(self) -> None:
-        """Write the final `null` and end the stream (purge)."""
-
-    def unsent(self) -> int:
-        """Bytes written that the peer has not acknowledged yet; 0 once the connection is
-        gone."""
-
-    def cut(self, why: str) -> None:
-        """Log `why` and drop the connection."""
-
-
-@dataclass(eq=False)
-class _Queue:
-    """The local consumers of one queue, in connection order, and its parked waiters, in
-    arrival order (a dict for its order and its removals in constant time)."""
-
-    consumers: list = field(default_factory=list)
-    waiters: dict = field(default_factory=dict)
-    counter: int = 0
-    policy: str | None = None  # as the last pop for this queue saw it
-
-    def next_ready(self) -> Consumer | None:
-        """The next consumer in rotation that can take a message now, skipping the others."""
-        n = len(self.consumers)
-        for step in range(n):
-            consumer = self.consumers[(self.counter + step) % n]
-            if consumer.ready:
-                self.counter += step + 1
-                return consumer
-        return None
-
-    def any_ready(self) -> bool:
-        return any(consumer.ready for consumer in self.consumers)
-
-
-@dataclass(eq=False)
-class _Run:
-    """The dispatch running for one queue. It outlives the consumer list it started with:
-    consumers may all leave and others arrive while a pop is on its way."""
-
-    again: bool = False
-    waiters: list = field(default_factory=list)
-    batch_arrived: defer.Deferred | None = None
-    awaited_key: str | None = None
-    # Last keys of recently arrived broadcast batches: the subscription can deliver a batch
-    # before the script's reply reaches us on the command connection.
-    arrived: deque = field(default_factory=lambda: deque(maxlen=64))
-    purges: int = 0  # purge notifications of the queue heard while this run went on
-
-    def ended(self) -> defer.Deferred:
-        d = defer.Deferred()
-        self.waiters.append(d)
-        return d
-
-
 class Delivery(service.Service):
     """Per-process live delivery over one Core and one pub/sub connection (`pubsub`, a
     restmq.redis.PubSubService whose listener is this object). `stall_timeout` is how long
@@ -121,8 +50,8 @@ class Delivery(service.Service):
         self.db = db
         self.clock = clock
         self.stall_timeout = stall_timeout
-        self.queues: dict[str, _Queue] = {}
-        self.runs: dict[str, _Run] = {}
+        self.queues: dict[str, Presence] = {}
+        self.runs: dict[str, Run] = {}
         self.stopping = False
         self._sweep = task.LoopingCall(self.sweep)
         self._sweep.clock = clock
@@ -214,14 +143,14 @@ class Delivery(service.Service):
             counts["waiter"] = len(state.waiters)
         return counts
 
-    def _presence(self, queue: str) -> _Queue:
+    def _presence(self, queue: str) -> Presence:
         state = self.queues.get(queue)
         if state is None:
-            state = self.queues[queue] = _Queue()
+            state = self.queues[queue] = Presence()
             self.pubsub.subscribe(keys.channel(queue))
         return state
 
-    def _forget_if_empty(self, queue: str, state: _Queue) -> None:
+    def _forget_if_empty(self, queue: str, state: Presence) -> None:
         if not state.consumers and not state.waiters and self.queues.get(queue) is state:
             del self.queues[queue]
             self.pubsub.unsubscribe(keys.channel(queue))
@@ -257,12 +186,12 @@ class Delivery(service.Service):
         if run is not None:
             run.again = True
             return
-        run = self.runs[queue] = _Run()
+        run = self.runs[queue] = Run()
         d = defer.ensureDeferred(self._dispatch(queue, run))
         d.addErrback(lambda f: self.log.failure("dispatch of {queue} failed", f, queue=queue))
         d.addBoth(self._ended, queue, run)
 
-    def _ended(self, _: Any, queue: str, run: _Run) -> None:
+    def _ended(self, _: Any, queue: str, run: Run) -> None:
         if self.runs.get(queue) is run:
             del self.runs[queue]
         for waiter in run.waiters:
@@ -272,7 +201,7 @@ class Delivery(service.Service):
         for queue in list(self.queues):
             self.trigger(queue)
 
-    async def _dispatch(self, queue: str, run: _Run) -> None:
+    async def _dispatch(self, queue: str, run: Run) -> None:
         while True:
             run.again = False
             state = self.queues.get(queue)
@@ -296,7 +225,7 @@ class Delivery(service.Service):
                 return
             self._unpark(queue, waiter)  # gone already, once answered: never served twice
 
-    async def _feed_consumers(self, queue: str, run: _Run) -> bool:
+    async def _feed_consumers(self, queue: str, run: Run) -> bool:
         """One POP_BATCH for the live consumers, if there are any. False: the run stops
         (Redis trouble, or every roundrobin consumer backed up)."""
         state = self.queues.get(queue)
@@ -387,7 +316,7 @@ class Delivery(service.Service):
             self.log.error("{key} popped for {queue} could not be put back ({error}): lost",
                            key=message.key, queue=queue, error=error.reason)
 
-    async def _wait_for_broadcast(self, run: _Run, last_key: str) -> None:
+    async def _wait_for_broadcast(self, run: Run, last_key: str) -> None:
         """Pace a full broadcast batch: pop again once it came back on the subscription."""
         if last_key in run.arrived:
             return

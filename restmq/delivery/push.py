@@ -26,7 +26,7 @@ from restmq.delivery.push_http import (
     post_capped, retry_after)
 from restmq.errors import RestMQError
 from restmq.redis import keys
-from restmq.redis.connection import text
+from restmq.redis.wire import text
 
 SWEEP_INTERVAL = 1.0  # seconds between two reads of PUSHSET (and a claim on every queue)
 PAUSE_DEFAULT, PAUSE_MAX = 1.0, 300.0  # seconds a 429 or 503 pauses the queue

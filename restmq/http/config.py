@@ -3,7 +3,7 @@ configuration, `/info/<q>` shows its counts at a glance (docs/http-api.md#queue-
 from __future__ import annotations
 
 from restmq.core import arguments
-from restmq.delivery.live import PRESENCE_KINDS
+from restmq.delivery.presence import PRESENCE_KINDS
 from restmq.http.base import PATH, BaseHandler
 
 

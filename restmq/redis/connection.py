@@ -17,6 +17,7 @@ from twisted.python.failure import Failure
 from restmq.clock import RedisClock, reactor_clock
 from restmq.errors import RedisFailure, RedisUnavailable
 from restmq.redis.scripts import Script, script_command
+from restmq.redis.wire import decoded, encode_command
 
 COMMAND_TIMEOUT = 5.0
 RECONNECT_MAX_DELAY = 5.0
@@ -41,66 +42,6 @@ class _Deadline:
 # `run_script` replaces it, once it knows the connection, with Redis's time at which the
 # command may no longer run.
 DEADLINE = _Deadline()
-
-
-def text(value: Any) -> Any:
-    """Values that are not valid UTF-8 arrive as bytes: decode them with U+FFFD replacement."""
-    kind = type(value)
-    if kind is list:
-        # A reply of hundreds of strings (a pop's) is mostly text already: no call for those.
-        return [v if type(v) is str else text(v) for v in value]
-    if kind is bytes or isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    if isinstance(value, list):
-        return [text(v) for v in value]
-    return value
-
-
-def _decoded(data: Any) -> Any:
-    """txredisapi's conversion of a reply on a connection without number conversion and with
-    the UTF-8 charset: text decoded, bytes that are not UTF-8 left as they are."""
-    kind = type(data)
-    if kind is bytes:
-        try:
-            return data.decode("utf-8")
-        except UnicodeDecodeError:
-            return data
-    if kind is list:
-        return [_decoded(x) for x in data]
-    return data
-
-
-_EMPTY_ARG = b"$0\r\n\r\n"
-
-
-def encode_command(args: tuple) -> bytes:
-    """One command in RESP: what txredisapi's _build_command does, at a fifth of the cost. An
-    empty string, the usual filler of a script's optional arguments (four of the five of each
-    item of a batch), is one constant."""
-    return b"*%d\r\n%s" % (len(args), encode_args(args))
-
-
-def encode_args(args: Sequence[Any]) -> bytes:
-    """The arguments of a command in RESP, without the count that heads it: a caller that
-    sends the same arguments at every call (the keys of /metrics) keeps them encoded."""
-    out = []
-    append = out.append
-    for arg in args:
-        kind = type(arg)
-        if kind is str:
-            if not arg:
-                append(_EMPTY_ARG)
-                continue
-            data = arg.encode("utf-8")
-        elif kind is bytes or isinstance(arg, bytes):
-            data = arg
-        elif arg == "":  # a str subclass
-            append(_EMPTY_ARG)
-            continue
-        else:
-            data = str(arg).encode("utf-8")
-        append(b"$%d\r\n%s\r\n" % (len(data), data))
-    return b"".join(out)
 
 
 class _Protocol(txredisapi.RedisProtocol):
@@ -130,7 +71,7 @@ class _Protocol(txredisapi.RedisProtocol):
         # With the settings of our pool, what txredisapi does, at a third of the cost per
         # string of a long reply.
         if not self.convertNumbers and self.charset in ("utf-8", "utf8"):
-            return _decoded(data)
+            return decoded(data)
         return super().tryConvertData(data)
 
     def replyReceived(self, reply):

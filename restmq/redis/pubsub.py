@@ -10,7 +10,8 @@ from twisted.application import service
 from twisted.internet import task
 from twisted.logger import Logger
 
-from restmq.redis.connection import COMMAND_TIMEOUT, RECONNECT_MAX_DELAY, RedisService, text
+from restmq.redis.connection import COMMAND_TIMEOUT, RECONNECT_MAX_DELAY, RedisService
+from restmq.redis.wire import text
 
 
 class _Subscriber(txredisapi.SubscriberProtocol):
