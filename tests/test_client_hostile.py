@@ -335,9 +335,9 @@ class HoldFirstExtend(BaseHTTPRequestHandler):
 
 
 def test_a_hung_extend_does_not_let_the_lease_lapse(H, redis):
-    # The job runs three leases long. Its first extend is swallowed by the network; the
-    # heartbeat must give up on it within a third of the lease and extend again, or the lease
-    # lapses, the message goes back to the queue and the job's ack comes back stale.
+    # The job runs longer than its lease. Its first extend is swallowed by the network; the
+    # heartbeat must give up on it within a quarter of the lease and extend again, or the
+    # lease lapses, the message goes back to the queue and the job's ack comes back stale.
     HoldFirstExtend.target = H.split("//", 1)[1].rstrip("/")
     HoldFirstExtend.held.clear()
     HoldFirstExtend.release.clear()
@@ -350,11 +350,11 @@ def test_a_hung_extend_does_not_let_the_lease_lapse(H, redis):
         outcomes = []
 
         class Long(Worker):
-            queue, lease, wait = "beat", 3, 1
+            queue, lease, wait = "beat", 6, 1
 
             def work(self, message):
                 wait_until(HoldFirstExtend.held.is_set, 10, "the first extend to be held")
-                time.sleep(7)  # well past the 3 s lease: only fresh extends keep it
+                time.sleep(8)  # past the 6 s lease: only the extends after the lost one keep it
 
             def after(self, message, outcome):
                 outcomes.append(outcome)

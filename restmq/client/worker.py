@@ -53,11 +53,13 @@ class Worker(Base):
     def run(self) -> None:
         restore = self._handle_signals()
         self._poller = self.client.clone()
-        # The heartbeat's own client gives up on an extend within a third of the lease: one
-        # extend lost in the network must leave time for the next, not hold the heartbeat for
-        # the client's whole timeout while the lease lapses.
+        # The heartbeat's own client gives up on an extend within a quarter of the lease: an
+        # extend lost in the network must leave time for the next (sent at the next beat, a
+        # sixth of the lease later at most), not hold the heartbeat for the client's whole
+        # timeout while the lease lapses. The first extend goes at a third of the lease, so a
+        # lost one and its successor are done by three quarters of it.
         self._beater = self.client.clone()
-        self._beater.timeout = max(0.5, min(self.client.timeout, self.lease / 3))
+        self._beater.timeout = max(0.5, min(self.client.timeout, self.lease / 4))
         if self._stopping.is_set():
             self._poller.close()
         threads = [threading.Thread(target=self._execute, name=f"work-{i}", daemon=True)
