@@ -2,7 +2,11 @@
 records every request (arrival time, path, headers, body), counts the requests open at once,
 and answers as `behave(request)` says: a (status, headers, body) tuple, HANG (hold the
 request until `release()` or 30 s, then answer 200), RESET (close with a TCP reset), or
-BIG (200 with a 10 MiB body, counting what the peer took before it hung up)."""
+BIG (200 with a 10 MiB body, counting what the peer took before it hung up).
+
+Also the fixtures the push test modules share (import them into the module): `redis_proc`, a
+Redis of the module's own (a push-enabled server of another module would claim its queues),
+and `target`."""
 from __future__ import annotations
 
 import http.server
@@ -12,6 +16,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
+
+import pytest
+
+from tests.conftest import RedisProcess
 
 HANG, RESET, BIG = "hang", "reset", "big"
 BIG_SIZE = 10 * 1024 * 1024
@@ -124,3 +132,17 @@ class Target:
             handler.wfile.write(body)
         except OSError:  # the dispatcher gave up on it (a timeout)
             handler.close_connection = True
+
+
+@pytest.fixture(scope="module")
+def redis_proc():
+    proc = RedisProcess().start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def target():
+    t = Target().start()
+    yield t
+    t.stop()

@@ -12,17 +12,10 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.conftest import RedisProcess, ServerProcess
+from tests.conftest import ServerProcess
 from tests.http_client import post, request
-from tests.push_target import BIG, BIG_SIZE, HANG, RESET, Target
+from tests.push_target import BIG, BIG_SIZE, HANG, RESET, redis_proc, target  # noqa: F401 (fixtures)
 from tests.util import redis_ms, v2_json, wait_until
-
-
-@pytest.fixture(scope="module")
-def redis_proc():
-    proc = RedisProcess().start()
-    yield proc
-    proc.stop()
 
 
 @pytest.fixture(scope="module")
@@ -32,13 +25,6 @@ def servers(redis_proc):
     yield procs
     for proc in procs:
         proc.stop()
-
-
-@pytest.fixture
-def target():
-    t = Target().start()
-    yield t
-    t.stop()
 
 
 def configure(H, queue="jobs", **attributes) -> dict:

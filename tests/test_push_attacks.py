@@ -14,18 +14,11 @@ import time
 
 import pytest
 
-from tests.conftest import RedisProcess, ServerProcess
-from tests.push_target import HANG, Target
+from tests.conftest import ServerProcess
+from tests.push_target import HANG, redis_proc, target  # noqa: F401 (fixtures)
 from tests.test_push import add, configure, due_in
 from tests.http_client import post
 from tests.util import numsub, wait_until
-
-
-@pytest.fixture(scope="module")
-def redis_proc():
-    proc = RedisProcess().start()
-    yield proc
-    proc.stop()
 
 
 @pytest.fixture(scope="module")
@@ -33,13 +26,6 @@ def server(redis_proc):
     proc = ServerProcess(redis_proc.port, "--push-private").start()
     yield proc
     proc.stop()
-
-
-@pytest.fixture
-def target():
-    t = Target().start()
-    yield t
-    t.stop()
 
 
 class Trickler:

@@ -11,18 +11,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import RedisProcess, ServerProcess
 from tests.http_client import get, post
-from tests.push_target import HANG, Target
+from tests.push_target import HANG, redis_proc, target  # noqa: F401 (fixtures)
 from tests.util import v2_json, wait_until
 
 OUTCOMES = ("ok", "http_error", "timeout", "connect_error", "pre_hook", "forbidden_target")
-
-
-@pytest.fixture(scope="module")
-def redis_proc():
-    """Its own Redis: a push-enabled server of another module would claim these queues."""
-    proc = RedisProcess().start()
-    yield proc
-    proc.stop()
 
 
 @pytest.fixture
@@ -39,13 +31,6 @@ def counting(redis_proc):
     yield proc
     proc.stop()
     assert "Traceback" not in proc.log()
-
-
-@pytest.fixture
-def target():
-    t = Target().start()
-    yield t
-    t.stop()
 
 
 def push_series(url: str) -> tuple[dict, dict]:

@@ -7,19 +7,12 @@ from __future__ import annotations
 import pytest
 
 from restmq.redis.scripts import load_script
-from tests.conftest import RedisProcess, ServerProcess
-from tests.push_target import HANG, Target
+from tests.conftest import ServerProcess
+from tests.push_target import HANG, Target, redis_proc  # noqa: F401 (fixtures)
 from tests.test_push import add, configure
 from tests.util import wait_until
 
 MESSAGES = 10
-
-
-@pytest.fixture(scope="module")
-def redis_proc():
-    proc = RedisProcess().start()
-    yield proc
-    proc.stop()
 
 
 @pytest.fixture(scope="module")

@@ -9,17 +9,10 @@ import socket
 
 import pytest
 
-from tests.conftest import RedisProcess, ServerProcess
-from tests.push_target import Target
+from tests.conftest import ServerProcess
+from tests.push_target import Target, redis_proc  # noqa: F401 (fixtures)
 from tests.test_push import add, configure, due_in
 from tests.util import wait_until
-
-
-@pytest.fixture(scope="module")
-def redis_proc():
-    proc = RedisProcess().start()
-    yield proc
-    proc.stop()
 
 
 @pytest.fixture(scope="module")
